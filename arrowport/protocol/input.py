@@ -1,0 +1,78 @@
+"""A queue of received chunks that can be consumed without joining them.
+
+Chunks are kept as the caller handed them (no copy on receive); ``take_into``
+copies straight from them into a message buffer, so every body byte is
+copied exactly once on its way to pyarrow.
+"""
+
+from __future__ import annotations
+
+import collections
+
+
+class InputBuffer:
+    __slots__ = ("_chunks", "_offset", "size", "eof")
+
+    def __init__(self) -> None:
+        self._chunks: collections.deque[memoryview] = collections.deque()
+        self._offset = 0  # bytes already consumed from the first chunk
+        self.size = 0
+        self.eof = False
+
+    def feed(self, data: bytes | bytearray | memoryview) -> None:
+        if not data:
+            self.eof = True
+            return
+        if self.eof:
+            raise RuntimeError("received data after EOF")
+        view = memoryview(data).cast("B") if isinstance(data, memoryview) else memoryview(data)
+        self._chunks.append(view)
+        self.size += len(view)
+
+    def take_into(self, dest: memoryview, start: int, count: int) -> int:
+        """Copy up to ``count`` bytes into ``dest[start:]``; return how many."""
+        done = 0
+        chunks = self._chunks
+        while done < count and chunks:
+            head = chunks[0]
+            available = len(head) - self._offset
+            n = min(available, count - done)
+            dest[start + done : start + done + n] = head[self._offset : self._offset + n]
+            done += n
+            if n == available:
+                chunks.popleft()
+                self._offset = 0
+            else:
+                self._offset += n
+        self.size -= done
+        return done
+
+    def take(self, count: int) -> bytes:
+        """Remove and return exactly ``count`` bytes (the caller checked ``size``)."""
+        head = self._chunks[0] if self._chunks else None
+        if head is not None and len(head) - self._offset >= count:
+            out = bytes(head[self._offset : self._offset + count])
+            self._offset += count
+            if self._offset == len(head):
+                self._chunks.popleft()
+                self._offset = 0
+            self.size -= count
+            return out
+        buf = bytearray(count)
+        got = self.take_into(memoryview(buf), 0, count)
+        assert got == count
+        return bytes(buf)
+
+    def peek(self, count: int) -> bytes:
+        """Return the first ``count`` bytes without consuming them."""
+        out = bytearray()
+        offset = self._offset
+        for chunk in self._chunks:
+            out += chunk[offset : offset + count - len(out)]
+            offset = 0
+            if len(out) >= count:
+                break
+        return bytes(out)
+
+    def peek_all(self) -> bytes:
+        return self.peek(self.size)
