@@ -92,7 +92,7 @@ class _Table:
         slot = 4 + 2 * index
         if slot + 2 > self.vt_len:
             return None
-        off = _U16.unpack_from(self.buf, self.vt + slot)[0]
+        off: int = _U16.unpack_from(self.buf, self.vt + slot)[0]
         if off == 0:
             return None
         loc = self.pos + off
@@ -112,7 +112,8 @@ class _Table:
         loc = self._field(index, 4)
         if loc is None:
             return None
-        return loc + _U32.unpack_from(self.buf, loc)[0]
+        target: int = loc + _U32.unpack_from(self.buf, loc)[0]
+        return target
 
     def table(self, index: int) -> _Table | None:
         target = self._indirect(index)

@@ -66,7 +66,7 @@ class MessageFeed:
         return pa.py_buffer(b"".join(parts))
 
     def read(self, nbytes: int = -1) -> bytes:
-        return self.read_buffer(nbytes).to_pybytes()
+        return bytes(self.read_buffer(nbytes))
 
     def _advance(self, n: int) -> None:
         self._offset += n

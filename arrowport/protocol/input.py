@@ -11,7 +11,7 @@ import collections
 
 
 class InputBuffer:
-    __slots__ = ("_chunks", "_offset", "size", "eof")
+    __slots__ = ("_chunks", "_offset", "eof", "size")
 
     def __init__(self) -> None:
         self._chunks: collections.deque[memoryview] = collections.deque()

@@ -21,7 +21,6 @@ Framing: each message is ``0xFFFFFFFF``, an int32 metadata length, the
 
 from __future__ import annotations
 
-import collections
 import enum
 import struct
 
@@ -78,7 +77,7 @@ def nesting_depth(data_type: pa.DataType, limit: int) -> int:
         return nesting_depth(data_type.value_type, limit)
     deepest = 1
     if limit <= 1:
-        return deepest + (data_type.num_fields > 0)
+        return deepest + int(data_type.num_fields > 0)
     for i in range(data_type.num_fields):
         deepest = max(deepest, 1 + nesting_depth(data_type.field(i).type, limit - 1))
     return deepest
@@ -211,18 +210,23 @@ class IPCStreamDecoder:
         if buffered < 4:
             return self._need("in a message prefix")
         head = self._input.peek(4)
-        if head == _CONTINUATION:
+        legacy = head != _CONTINUATION
+        if self._legacy is not None and legacy != self._legacy:
+            expected = "a legacy length prefix" if self._legacy else "the continuation marker"
+            raise invalid(
+                f"IPC message framing changed mid-stream: expected {expected}, got {head.hex()}",
+                error="invalid_ipc_framing",
+            )
+        if legacy:
+            length = _I32.unpack(self._input.take(4))[0]
+            prefix = 4
+        else:
             if buffered < 8:
                 return self._need("in a message prefix")
             length = _I32.unpack(self._input.take(8)[4:])[0]
             prefix = 8
-            legacy = False
-        else:
-            length = _I32.unpack(self._input.take(4))[0]
-            prefix = 4
-            legacy = True
-        if self._legacy is None:
-            self._legacy = legacy
+        first = self._legacy is None
+        self._legacy = legacy
         self._pending_wire_bytes += prefix
         if length == 0:
             if self._schema is None:
@@ -239,6 +243,15 @@ class IPCStreamDecoder:
                 error="invalid_ipc_framing",
             )
         if length > self.max_metadata_size:
+            if first and legacy:
+                # No continuation marker, and read as a legacy prefix the first
+                # word is implausible: most likely not Arrow at all (JSON, CSV...).
+                raise invalid(
+                    f"not an Arrow IPC stream: it starts with {head.hex()}, neither the "
+                    "0xFFFFFFFF continuation marker nor a legacy metadata length within "
+                    f"the limit of {self.max_metadata_size} bytes",
+                    error="invalid_ipc_framing",
+                )
             raise limit_exceeded(
                 f"IPC message metadata of {length} bytes exceeds the limit of "
                 f"{self.max_metadata_size} bytes"
@@ -293,9 +306,7 @@ class IPCStreamDecoder:
                 raise invalid("a second Schema message in one stream", error="invalid_ipc_framing")
         elif kind not in (HeaderType.RECORD_BATCH, HeaderType.DICTIONARY_BATCH):
             name = HeaderType(kind).name if kind in HeaderType._value2member_map_ else str(kind)
-            raise invalid(
-                f"unsupported IPC message type {name}", error="unsupported_message"
-            )
+            raise invalid(f"unsupported IPC message type {name}", error="unsupported_message")
         if header.body_length > self.max_body_size:
             raise limit_exceeded(
                 f"IPC message body of {header.body_length} bytes exceeds the limit of "

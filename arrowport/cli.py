@@ -1,0 +1,118 @@
+"""The ``arrowport`` command line."""
+
+from __future__ import annotations
+
+import logging
+import sys
+from enum import Enum
+from pathlib import Path
+from typing import Annotated, Any
+
+import typer
+
+from . import __version__
+from .config import ConfigError, load_config
+
+app = typer.Typer(
+    help="Arrowport: receive Arrow IPC streams over HTTP and write them transactionally into DuckDB.",
+    no_args_is_help=True,
+    add_completion=False,
+)
+
+
+class Backend(str, Enum):
+    duckdb = "duckdb"
+    delta = "delta"
+
+
+def _version(value: bool) -> None:
+    if value:
+        typer.echo(f"arrowport {__version__}")
+        raise typer.Exit()
+
+
+@app.callback()
+def main_callback(
+    version: Annotated[
+        bool,
+        typer.Option("--version", callback=_version, is_eager=True, help="Print the version and exit."),
+    ] = False,
+) -> None:
+    """Arrowport command line."""
+
+
+@app.command()
+def serve(
+    config: Annotated[
+        Path | None,
+        typer.Option(
+            "--config", "-c",
+            help="YAML config file (default: $ARROWPORT_STREAMS_PATH, else built-in defaults). "
+            "It is reloaded while the server runs.",
+        ),
+    ] = None,
+    host: Annotated[
+        str | None,
+        typer.Option(help="Address to bind (env ARROWPORT_HOST; default 127.0.0.1, loopback only). "
+                     "Use 0.0.0.0 to accept connections from the network."),
+    ] = None,
+    port: Annotated[
+        int | None, typer.Option(help="Port for HTTP (env ARROWPORT_PORT; default 8888; 0 picks a free port).")
+    ] = None,
+    db: Annotated[
+        str | None,
+        typer.Option("--db", help="DuckDB database file (env ARROWPORT_DB; default ./arrowport.duckdb)."),
+    ] = None,
+    backend: Annotated[
+        Backend | None,
+        typer.Option(help="Default storage backend for streams (env ARROWPORT_STORAGE_BACKEND; "
+                     "default duckdb). Only duckdb is available in this release."),
+    ] = None,
+    log_level: Annotated[str, typer.Option(help="Log level: debug, info, warning, error.")] = "info",
+) -> None:
+    """Serve HTTP ingest (POST /ingest/{stream}) until Ctrl-C or SIGTERM."""
+    logging.basicConfig(
+        level=getattr(logging, log_level.upper(), logging.INFO),
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+    )
+    overrides: dict[str, Any] = {
+        "host": host,
+        "port": port,
+        "db_path": db,
+        "storage_backend": backend.value if backend else None,
+    }
+    path = str(config) if config is not None else None
+    try:
+        effective = load_config(path, overrides=overrides)
+    except ConfigError as exc:
+        typer.echo(f"arrowport: config error: {exc}", err=True)
+        raise typer.Exit(2) from None
+    needs_delta = effective.storage_backend == "delta" or any(
+        s.storage_backend == "delta" for s in effective.streams.values()
+    )
+    if needs_delta:
+        typer.echo(
+            "arrowport: the delta backend is not available in this release; "
+            "use --backend duckdb (the default)",
+            err=True,
+        )
+        raise typer.Exit(2)
+
+    from .io.server import run
+    from .storage import StorageError
+
+    try:
+        run(effective, config_path=path, overrides=overrides)
+    except StorageError as exc:
+        typer.echo(f"arrowport: {exc.detail}", err=True)
+        raise typer.Exit(1) from None
+    except KeyboardInterrupt:
+        pass
+
+
+def main() -> None:
+    app(prog_name="arrowport")
+
+
+if __name__ == "__main__":
+    sys.exit(main())

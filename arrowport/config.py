@@ -1,0 +1,377 @@
+"""Configuration: YAML file, environment overrides, CLI overrides, validation.
+
+Precedence, lowest first: built-in defaults, the YAML file, ``ARROWPORT_*``
+environment variables, command-line flags. Every problem is reported as a
+``ConfigError`` whose message starts with the dotted key it concerns.
+"""
+
+from __future__ import annotations
+
+import difflib
+import os
+import re
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from .names import InvalidNameError, validate_name
+
+BACKENDS = ("duckdb", "delta")
+COMMIT_MODES = ("request", "batch")
+COMPRESSIONS = ("zstd", "lz4", "none")
+DEFAULT_PORT = 8888
+DEFAULT_HOST = "127.0.0.1"
+DEFAULT_DB = "arrowport.duckdb"
+
+ENV_OVERRIDES = {
+    "ARROWPORT_DB": "db_path",
+    "ARROWPORT_PORT": "port",
+    "ARROWPORT_HOST": "host",
+    "ARROWPORT_COMPRESSION": "compression",
+    "ARROWPORT_STORAGE_BACKEND": "storage_backend",
+}
+ENV_CONFIG_PATH = "ARROWPORT_STREAMS_PATH"
+
+
+class ConfigError(ValueError):
+    """The configuration is invalid; the message names the key."""
+
+
+_SIZE = re.compile(r"\s*(\d+(?:\.\d+)?)\s*([KMGT]?i?B?)\s*\Z", re.IGNORECASE)
+_UNITS = {"": 1, "B": 1, "K": 1000, "M": 1000**2, "G": 1000**3, "T": 1000**4}
+
+
+def parse_size(value: object, key: str) -> int:
+    """Parse ``123``, ``"64MiB"``, ``"16MB"`` or ``"1.5GiB"`` into bytes."""
+    if isinstance(value, bool):
+        raise ConfigError(f"{key}: expected a size, got {value!r}")
+    if isinstance(value, int):
+        if value < 0:
+            raise ConfigError(f"{key}: must not be negative")
+        return value
+    match = _SIZE.match(str(value))
+    if not match:
+        raise ConfigError(f"{key}: expected a size such as 1048576, '64MiB' or '16MB', got {value!r}")
+    number, unit = float(match.group(1)), match.group(2).upper()
+    binary = "I" in unit
+    letter = unit.replace("I", "").replace("B", "")
+    scale = 1024 ** " KMGT".index(letter or " ") if binary else _UNITS[letter]
+    return int(number * scale)
+
+
+@dataclass(frozen=True, slots=True)
+class Compression:
+    algorithm: str = "zstd"
+    level: int | None = 3
+
+
+@dataclass(frozen=True, slots=True)
+class Limits:
+    max_metadata_size: int = 64 * 1024**2
+    max_body_size: int = 256 * 1024**2
+    max_decompressed_size: int = 1024**3
+    max_dictionary_bytes: int = 256 * 1024**2
+    max_nesting_depth: int = 64
+    max_columns: int = 10_000
+    max_batch_rows: int = 64 * 1024**2
+    max_request_size: int | None = None
+    queue_depth: int = 4
+
+    def decoder_kwargs(self) -> dict[str, int]:
+        return {
+            "max_metadata_size": self.max_metadata_size,
+            "max_body_size": self.max_body_size,
+            "max_decompressed_size": self.max_decompressed_size,
+            "max_dictionary_bytes": self.max_dictionary_bytes,
+            "max_nesting_depth": self.max_nesting_depth,
+            "max_columns": self.max_columns,
+            "max_batch_rows": self.max_batch_rows,
+        }
+
+
+@dataclass(frozen=True, slots=True)
+class DuckDBSettings:
+    memory_limit: str | None = None
+    threads: int | None = None
+    checkpoint_threshold: str = "16MB"
+    checkpoint_interval: float = 0.0
+    checkpoint_on_shutdown: bool = True
+
+
+@dataclass(frozen=True, slots=True)
+class StreamConfig:
+    name: str
+    target_table: str
+    storage_backend: str | None = None
+    chunk_size: int = 122_880
+    compression: Compression | None = None
+    commit: str = "request"
+    delta_options: Mapping[str, Any] = field(default_factory=dict)
+
+
+@dataclass(frozen=True, slots=True)
+class Route:
+    """Where one stream's data goes."""
+
+    stream: str
+    table: str
+    backend: str
+    commit: str
+    configured: bool
+
+
+@dataclass(frozen=True, slots=True)
+class Config:
+    host: str = DEFAULT_HOST
+    port: int = DEFAULT_PORT
+    db_path: str = DEFAULT_DB
+    storage_backend: str = "duckdb"
+    compression: Compression = Compression()
+    streams: Mapping[str, StreamConfig] = field(default_factory=dict)
+    duckdb_extensions: tuple[str, ...] = ()
+    duckdb: DuckDBSettings = DuckDBSettings()
+    delta_config: Mapping[str, Any] = field(default_factory=dict)
+    limits: Limits = Limits()
+    reload_interval: float = 1.0
+    source: str | None = None
+
+    def route(self, stream: str) -> Route:
+        """Route ``stream``; an unconfigured stream goes to a table of its own name."""
+        validate_name(stream, "stream")
+        conf = self.streams.get(stream)
+        if conf is None:
+            return Route(stream, stream, self.storage_backend, "request", configured=False)
+        backend = conf.storage_backend or self.storage_backend
+        return Route(stream, conf.target_table, backend, conf.commit, configured=True)
+
+
+# -- parsing ---------------------------------------------------------------
+
+
+def _check_keys(raw: Mapping[str, Any], allowed: set[str], where: str) -> None:
+    for key in raw:
+        if key not in allowed:
+            hint = difflib.get_close_matches(str(key), sorted(allowed), n=1)
+            suffix = f" (did you mean {hint[0]!r}?)" if hint else ""
+            valid = ", ".join(sorted(allowed))
+            raise ConfigError(f"{where}{key}: unknown key{suffix}; valid keys: {valid}")
+
+
+def _mapping(value: object, key: str) -> Mapping[str, Any]:
+    if value is None:
+        return {}
+    if not isinstance(value, Mapping):
+        raise ConfigError(f"{key}: expected a mapping, got {type(value).__name__}")
+    return value
+
+
+def _int(value: object, key: str, minimum: int = 0, maximum: int | None = None) -> int:
+    if isinstance(value, bool) or not isinstance(value, int | str):
+        raise ConfigError(f"{key}: expected an integer, got {value!r}")
+    try:
+        number = int(value)
+    except ValueError:
+        raise ConfigError(f"{key}: expected an integer, got {value!r}") from None
+    if number < minimum or (maximum is not None and number > maximum):
+        upper = f" and {maximum}" if maximum is not None else ""
+        raise ConfigError(f"{key}: must be at least {minimum}{upper}, got {number}")
+    return number
+
+
+def _float(value: object, key: str) -> float:
+    if isinstance(value, bool):
+        raise ConfigError(f"{key}: expected a number, got {value!r}")
+    try:
+        number = float(value)  # type: ignore[arg-type]
+    except (TypeError, ValueError):
+        raise ConfigError(f"{key}: expected a number, got {value!r}") from None
+    if number < 0:
+        raise ConfigError(f"{key}: must not be negative")
+    return number
+
+
+def _bool(value: object, key: str) -> bool:
+    if isinstance(value, bool):
+        return value
+    if isinstance(value, str) and value.lower() in ("true", "yes", "1", "on", "false", "no", "0", "off"):
+        return value.lower() in ("true", "yes", "1", "on")
+    raise ConfigError(f"{key}: expected true or false, got {value!r}")
+
+
+def _choice(value: object, key: str, choices: tuple[str, ...]) -> str:
+    text = str(value).lower() if value is not None else ""
+    if text not in choices:
+        raise ConfigError(f"{key}: must be one of {', '.join(choices)}; got {value!r}")
+    return text
+
+
+def _str(value: object, key: str) -> str:
+    if not isinstance(value, str | int | float) or isinstance(value, bool) or value == "":
+        raise ConfigError(f"{key}: expected a non-empty string, got {value!r}")
+    return str(value)
+
+
+def _compression(value: object, key: str) -> Compression:
+    if isinstance(value, str):  # "zstd", "lz4", "none" or "zstd:3"
+        algorithm, _, level = value.partition(":")
+        value = {"algorithm": algorithm, "level": level or None}
+    raw = _mapping(value, key)
+    _check_keys(raw, {"algorithm", "level"}, f"{key}.")
+    algorithm = _choice(raw.get("algorithm", "zstd"), f"{key}.algorithm", COMPRESSIONS)
+    level = raw.get("level", 3 if algorithm == "zstd" else None)
+    if level is not None:
+        level = _int(level, f"{key}.level", minimum=-7, maximum=22)
+    return Compression(algorithm, None if algorithm == "none" else level)
+
+
+def _limits(raw: Mapping[str, Any], key: str) -> Limits:
+    defaults = Limits()
+    allowed = set(Limits.__dataclass_fields__)
+    _check_keys(raw, allowed, f"{key}.")
+    values: dict[str, Any] = {}
+    for name in allowed:
+        if name not in raw:
+            continue
+        value, where = raw[name], f"{key}.{name}"
+        if name in ("max_nesting_depth", "max_columns", "max_batch_rows", "queue_depth"):
+            values[name] = _int(value, where, minimum=1)
+        elif name == "max_request_size" and value in (None, 0, "0", "unlimited"):
+            values[name] = None
+        else:
+            values[name] = parse_size(value, where)
+            if values[name] <= 0:
+                raise ConfigError(f"{where}: must be positive")
+    return Limits(**{**{n: getattr(defaults, n) for n in allowed}, **values})
+
+
+def _duckdb(raw: Mapping[str, Any], key: str) -> DuckDBSettings:
+    _check_keys(raw, set(DuckDBSettings.__dataclass_fields__), f"{key}.")
+    base = DuckDBSettings()
+    memory = raw.get("memory_limit", base.memory_limit)
+    threads = raw.get("threads", base.threads)
+    return DuckDBSettings(
+        memory_limit=None if memory is None else _str(memory, f"{key}.memory_limit"),
+        threads=None if threads is None else _int(threads, f"{key}.threads", minimum=1),
+        checkpoint_threshold=_str(
+            raw.get("checkpoint_threshold", base.checkpoint_threshold), f"{key}.checkpoint_threshold"
+        ),
+        checkpoint_interval=_float(
+            raw.get("checkpoint_interval", base.checkpoint_interval), f"{key}.checkpoint_interval"
+        ),
+        checkpoint_on_shutdown=_bool(
+            raw.get("checkpoint_on_shutdown", base.checkpoint_on_shutdown),
+            f"{key}.checkpoint_on_shutdown",
+        ),
+    )
+
+
+_STREAM_KEYS = {"target_table", "storage_backend", "chunk_size", "compression", "commit", "delta_options"}
+_DELTA_OPTION_KEYS = {"partition_by", "z_order_by", "target_file_size", "compression", "schema_mode"}
+_DELTA_CONFIG_KEYS = {"table_path", "version_retention_hours", "checkpoint_interval", "enable_cdc"}
+
+
+def _stream(name: str, value: object) -> StreamConfig:
+    key = f"streams.{name}"
+    try:
+        validate_name(name, "stream")
+    except InvalidNameError as exc:
+        raise ConfigError(f"{key}: {exc.detail}") from None
+    raw = _mapping(value, key)
+    _check_keys(raw, _STREAM_KEYS, f"{key}.")
+    table = str(raw.get("target_table", name))
+    try:
+        validate_name(table, "table")
+    except InvalidNameError as exc:
+        raise ConfigError(f"{key}.target_table: {exc.detail}") from None
+    backend = raw.get("storage_backend")
+    delta_options = _mapping(raw.get("delta_options"), f"{key}.delta_options")
+    _check_keys(delta_options, _DELTA_OPTION_KEYS, f"{key}.delta_options.")
+    return StreamConfig(
+        name=name,
+        target_table=table,
+        storage_backend=None if backend is None else _choice(backend, f"{key}.storage_backend", BACKENDS),
+        chunk_size=_int(raw.get("chunk_size", 122_880), f"{key}.chunk_size", minimum=1),
+        compression=(
+            None if raw.get("compression") is None else _compression(raw["compression"], f"{key}.compression")
+        ),
+        commit=_choice(raw.get("commit", "request"), f"{key}.commit", COMMIT_MODES),
+        delta_options=dict(delta_options),
+    )
+
+
+_PARSERS: dict[str, Callable[[Any, str], Any]] = {
+    "host": _str,
+    "port": lambda v, k: _int(v, k, minimum=0, maximum=65535),
+    "db_path": _str,
+    "storage_backend": lambda v, k: _choice(v, k, BACKENDS),
+    "compression": _compression,
+    "reload_interval": _float,
+}
+_TOP_KEYS = set(_PARSERS) | {"streams", "duckdb_extensions", "duckdb", "delta_config", "limits"}
+
+
+def parse_config(raw: Mapping[str, Any], source: str | None = None) -> Config:
+    """Validate a raw mapping (from YAML, with overrides applied) into a ``Config``."""
+    raw = _mapping(raw, "config")
+    _check_keys(raw, _TOP_KEYS, "")
+    values: dict[str, Any] = {"source": source}
+    for key, parser in _PARSERS.items():
+        if raw.get(key) is not None:
+            values[key] = parser(raw[key], key)
+    streams = _mapping(raw.get("streams"), "streams")
+    values["streams"] = {str(name): _stream(str(name), conf) for name, conf in streams.items()}
+    extensions = raw.get("duckdb_extensions") or []
+    if not isinstance(extensions, list) or not all(isinstance(e, str) and e.isidentifier() for e in extensions):
+        raise ConfigError("duckdb_extensions: expected a list of extension names such as [ducklake]")
+    values["duckdb_extensions"] = tuple(extensions)
+    values["duckdb"] = _duckdb(_mapping(raw.get("duckdb"), "duckdb"), "duckdb")
+    delta = _mapping(raw.get("delta_config"), "delta_config")
+    _check_keys(delta, _DELTA_CONFIG_KEYS, "delta_config.")
+    values["delta_config"] = dict(delta)
+    values["limits"] = _limits(_mapping(raw.get("limits"), "limits"), "limits")
+    return Config(**values)
+
+
+def read_yaml(path: str | os.PathLike[str]) -> dict[str, Any]:
+    try:
+        text = Path(path).read_text(encoding="utf-8")
+    except OSError as exc:
+        raise ConfigError(f"cannot read config file {str(path)!r}: {exc.strerror or exc}") from None
+    try:
+        data = yaml.safe_load(text)
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"config file {str(path)!r} is not valid YAML: {exc}") from None
+    if data is None:
+        return {}
+    if not isinstance(data, dict):
+        raise ConfigError(f"config file {str(path)!r}: the top level must be a mapping")
+    return data
+
+
+def load_config(
+    path: str | os.PathLike[str] | None = None,
+    *,
+    env: Mapping[str, str] | None = None,
+    overrides: Mapping[str, Any] | None = None,
+) -> Config:
+    """Load the effective configuration.
+
+    ``path`` falls back to ``$ARROWPORT_STREAMS_PATH``; with neither, only
+    defaults, environment and overrides apply. ``overrides`` (from CLI flags)
+    win over the environment, which wins over the file.
+    """
+    env = os.environ if env is None else env
+    if path is None:
+        path = env.get(ENV_CONFIG_PATH) or None
+    raw: dict[str, Any] = read_yaml(path) if path is not None else {}
+    for var, key in ENV_OVERRIDES.items():
+        value = env.get(var)
+        if value:
+            raw[key] = value
+    for key, value in (overrides or {}).items():
+        if value is not None:
+            raw[key] = value
+    return parse_config(raw, source=None if path is None else str(path))

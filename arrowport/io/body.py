@@ -1,0 +1,122 @@
+"""A request body for quart-trio with backpressure and no copies.
+
+Stock Quart reads every ASGI body message as soon as it arrives and appends
+it to one ``bytearray``, so a slow consumer lets a fast client fill memory,
+and each chunk is copied twice. Here the ASGI receive loop waits while more
+than ``HIGH_WATER`` bytes are buffered, so TCP flow control holds the client
+back, and chunks are handed out as received.
+"""
+
+from __future__ import annotations
+
+import collections
+from collections.abc import Generator
+from typing import Any
+
+import trio
+from hypercorn.typing import ASGIReceiveCallable
+from quart.wrappers import Request
+from quart_trio.asgi import TrioASGIHTTPConnection
+from quart_trio.wrappers.request import TrioRequest
+from werkzeug.exceptions import RequestEntityTooLarge
+
+HIGH_WATER = 1024 * 1024
+
+
+class StreamingBody:
+    """Iterate with ``async for chunk in body``; ``await body`` reads it all."""
+
+    def __init__(self, expected_content_length: int | None, max_content_length: int | None) -> None:
+        self._chunks: collections.deque[bytes] = collections.deque()
+        self._size = 0
+        self._complete = False
+        self._changed = trio.Event()
+        self._max = max_content_length
+        self._received = 0
+        self._must_raise: Exception | None = None
+        if (
+            expected_content_length is not None
+            and max_content_length is not None
+            and expected_content_length > max_content_length
+        ):
+            self._must_raise = RequestEntityTooLarge()
+
+    @property
+    def complete(self) -> bool:
+        return self._complete
+
+    def _notify(self) -> None:
+        self._changed.set()
+        self._changed = trio.Event()
+
+    def append(self, data: bytes) -> None:
+        if not data or self._must_raise is not None:
+            return
+        self._chunks.append(data)
+        self._size += len(data)
+        self._received += len(data)
+        if self._max is not None and self._received > self._max:
+            self._must_raise = RequestEntityTooLarge()
+            self._complete = True
+        self._notify()
+
+    def set_complete(self) -> None:
+        self._complete = True
+        self._notify()
+
+    def clear(self) -> None:
+        self._chunks.clear()
+        self._size = 0
+        self._notify()
+
+    async def wait_writable(self) -> None:
+        """Block the ASGI receive loop while the consumer is behind."""
+        while self._size >= HIGH_WATER and not self._complete:
+            await self._changed.wait()
+
+    def __aiter__(self) -> StreamingBody:
+        return self
+
+    async def __anext__(self) -> bytes:
+        while True:
+            if self._must_raise is not None:
+                raise self._must_raise
+            if self._chunks:
+                chunk = self._chunks.popleft()
+                self._size -= len(chunk)
+                self._notify()
+                return chunk
+            if self._complete:
+                raise StopAsyncIteration
+            await self._changed.wait()
+
+    async def _read_all(self) -> bytes:
+        parts = [chunk async for chunk in self]
+        return b"".join(parts)
+
+    def __await__(self) -> Generator[Any, None, bytes]:
+        return self._read_all().__await__()
+
+
+class StreamingRequest(TrioRequest):
+    body_class = StreamingBody  # type: ignore[assignment]
+
+
+class StreamingASGIHTTPConnection(TrioASGIHTTPConnection):
+    """quart-trio's HTTP connection, with a receive loop that honours backpressure."""
+
+    async def handle_messages(  # type: ignore[override]
+        self, nursery: trio.Nursery, request: Request, receive: ASGIReceiveCallable
+    ) -> None:
+        body = request.body
+        while True:
+            if isinstance(body, StreamingBody):
+                await body.wait_writable()
+            message = await receive()
+            if message["type"] == "http.request":
+                body.append(message.get("body", b""))
+                if not message.get("more_body", False):
+                    body.set_complete()
+            elif message["type"] == "http.disconnect":
+                break
+        nursery.cancel_scope.cancel()

@@ -1,0 +1,197 @@
+"""HTTP routes on quart-trio: a thin adapter around the ingest pipeline.
+
+Routes: ``POST /ingest/{stream}`` (alias ``/stream/{stream}``), ``GET /health``,
+``GET /streams``. Errors are JSON ``{error, detail}`` with a specific status.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from typing import Any
+
+import trio
+from quart import Response, jsonify, request
+from quart_trio import QuartTrio
+from werkzeug.exceptions import HTTPException, RequestEntityTooLarge
+
+from .. import __version__
+from ..protocol import ArrowportError
+from .body import StreamingASGIHTTPConnection, StreamingRequest
+from .ingest import Progress, ingest
+from .state import ServerState
+
+log = logging.getLogger("arrowport.http")
+
+ARROW_STREAM_TYPES = ("application/vnd.apache.arrow.stream", "application/octet-stream")
+DRAIN_LIMIT = 64 * 1024 * 1024
+DRAIN_SECONDS = 5.0
+
+
+def error_response(status: int, error: str, detail: str, **extra: Any) -> Response:
+    response = jsonify({"error": error, "detail": detail, **extra})
+    response.status_code = status
+    return response
+
+
+async def _drain_body(limit: int = DRAIN_LIMIT, seconds: float = DRAIN_SECONDS) -> None:
+    """Read and discard what remains of a refused body, within bounds.
+
+    Answering while the client is still sending makes many clients report a
+    reset instead of our error; a bounded drain lets the answer arrive.
+    """
+    drained = 0
+    with trio.move_on_after(seconds):
+        try:
+            async for chunk in request.body:
+                drained += len(chunk)
+                if drained > limit:
+                    break
+        except HTTPException:
+            pass
+
+
+def create_app(state: ServerState) -> QuartTrio:
+    app = QuartTrio("arrowport")
+    app.asgi_http_class = StreamingASGIHTTPConnection  # type: ignore[assignment]
+    app.request_class = StreamingRequest
+    app.config["MAX_CONTENT_LENGTH"] = None
+    app.config["BODY_TIMEOUT"] = None
+    app.config["RESPONSE_TIMEOUT"] = None
+    app.config["PROVIDE_AUTOMATIC_OPTIONS"] = True
+
+    @app.get("/health")
+    async def health() -> Response:
+        return jsonify({"status": "ok", "version": __version__})
+
+    @app.get("/streams")
+    async def streams() -> Response:
+        config = state.config
+        names = sorted(set(config.streams) | set(state.stats.stream_names()))
+        listing = []
+        for name in names:
+            route = config.route(name)
+            conf = config.streams.get(name)
+            compression = (conf.compression if conf and conf.compression else config.compression)
+            listing.append(
+                {
+                    "name": name,
+                    "configured": route.configured,
+                    "target_table": route.table,
+                    "storage_backend": route.backend,
+                    "commit": route.commit,
+                    "chunk_size": conf.chunk_size if conf else None,
+                    "compression": {"algorithm": compression.algorithm, "level": compression.level},
+                    **state.stats.stream(name),
+                }
+            )
+        return jsonify({"streams": listing, "config_source": config.source})
+
+    async def ingest_route(stream: str) -> Response:
+        started = time.monotonic()
+        config = state.config  # one snapshot for the whole request
+        try:
+            route = config.route(stream)
+        except ArrowportError as exc:
+            state.stats.refused("bad_input")
+            await _drain_body()
+            return error_response(exc.http_status, exc.error, exc.detail)
+        mimetype = request.mimetype
+        if mimetype not in ARROW_STREAM_TYPES:
+            state.stats.refused("bad_input")
+            await _drain_body()
+            shown = mimetype or "none"
+            return error_response(
+                415,
+                "unsupported_media_type",
+                f"Content-Type {shown!r} is not accepted; send the body as an Arrow IPC stream "
+                f"with Content-Type: {ARROW_STREAM_TYPES[0]} (or {ARROW_STREAM_TYPES[1]})",
+            )
+        encoding = request.headers.get("Content-Encoding", "identity").lower()
+        if encoding != "identity":
+            state.stats.refused("bad_input")
+            await _drain_body()
+            return error_response(
+                415,
+                "unsupported_content_encoding",
+                f"Content-Encoding {encoding!r} is not supported; use Arrow IPC body "
+                "compression (LZ4_FRAME or ZSTD) instead",
+            )
+        limit = config.limits.max_request_size
+        if limit is not None and (request.content_length or 0) > limit:
+            state.stats.refused("limit")
+            return error_response(
+                413, "limit_exceeded", f"request body exceeds the limit of {limit} bytes"
+            )
+        store = state.store_for(route.backend)
+        if store is None:
+            state.stats.refused("bad_input")
+            await _drain_body()
+            return error_response(
+                400,
+                "backend_unavailable",
+                f"stream {stream!r} routes to the {route.backend!r} backend, "
+                "which this server does not run",
+            )
+        progress = Progress()
+        state.stats.in_flight += 1
+        try:
+            result = await ingest(
+                request.body,
+                route=route,
+                store=store,
+                limits=config.limits,
+                locks=state.locks,
+                stats=state.stats,
+                progress=progress,
+            )
+        except ArrowportError as exc:
+            state.stats.finished(stream, ok=False)
+            state.stats.refused(_reason(exc))
+            log.info("ingest %s refused: %s: %s", stream, exc.error, exc.detail)
+            if not request.body.complete:
+                await _drain_body()
+            extra: dict[str, Any] = {"stream": stream, "table": route.table}
+            if route.commit == "batch":
+                extra.update(committed_rows=progress.rows, committed_batches=progress.batches)
+            response = jsonify({**exc.to_json(), **extra})
+            response.status_code = exc.http_status
+            return response
+        except RequestEntityTooLarge:
+            state.stats.finished(stream, ok=False)
+            return error_response(413, "limit_exceeded", "request body too large")
+        finally:
+            state.stats.in_flight -= 1
+        state.stats.finished(stream, ok=True)
+        log.info(
+            "ingest %s -> %s: %d rows, %d batches, %d bytes in %.1f ms",
+            stream, result.table, result.rows, result.batches, result.bytes,
+            (time.monotonic() - started) * 1000,
+        )
+        return jsonify(result.to_json())
+
+    app.add_url_rule("/ingest/<stream>", "ingest", ingest_route, methods=["POST"])
+    app.add_url_rule("/stream/<stream>", "stream", ingest_route, methods=["POST"])
+
+    @app.errorhandler(HTTPException)
+    async def http_error(exc: HTTPException) -> Response:
+        code = exc.code or 500
+        name = (exc.name or "error").lower().replace(" ", "_")
+        return error_response(code, name, exc.description or name)
+
+    @app.errorhandler(Exception)
+    async def internal_error(exc: Exception) -> Response:
+        log.exception("internal error")
+        return error_response(500, "internal_error", f"{type(exc).__name__}: {exc}")
+
+    return app
+
+
+def _reason(exc: ArrowportError) -> str:
+    if exc.http_status == 413:
+        return "limit"
+    if exc.http_status == 422:
+        return "schema_mismatch" if exc.error == "schema_mismatch" else "bad_input"
+    if exc.http_status >= 500:
+        return "storage"
+    return "bad_input"

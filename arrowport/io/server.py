@@ -1,0 +1,161 @@
+"""Run the server: storage, the HTTP app on hypercorn's trio worker, hot reload.
+
+Shutdown is graceful: on SIGINT/SIGTERM hypercorn stops accepting, in-flight
+requests finish (up to ``graceful_timeout``), then the database is
+checkpointed and closed.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import signal
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+import trio
+from hypercorn.config import Config as HypercornConfig
+from hypercorn.trio import serve as hypercorn_serve
+
+from ..config import Config, ConfigError, load_config
+from ..storage import DuckDBStore
+from .http import create_app
+from .state import ServerState
+
+log = logging.getLogger("arrowport.server")
+
+
+def open_stores(config: Config) -> dict[str, Any]:
+    duck = config.duckdb
+    store = DuckDBStore(
+        config.db_path,
+        extensions=config.duckdb_extensions,
+        memory_limit=duck.memory_limit,
+        threads=duck.threads,
+        checkpoint_threshold=duck.checkpoint_threshold,
+    )
+    store.open()
+    return {"duckdb": store}
+
+
+def hypercorn_config(config: Config) -> HypercornConfig:
+    hc = HypercornConfig()
+    host = f"[{config.host}]" if ":" in config.host else config.host
+    hc.bind = [f"{host}:{config.port}"]
+    hc.accesslog = None
+    hc.errorlog = logging.getLogger("arrowport.hypercorn")
+    hc.graceful_timeout = 30.0
+    hc.keep_alive_timeout = 75.0
+    return hc
+
+
+def _fingerprint(path: str) -> tuple[int, int] | None:
+    try:
+        st = os.stat(path)
+    except OSError:
+        return None
+    return (st.st_mtime_ns, st.st_size)
+
+
+async def watch_config(
+    state: ServerState,
+    reload: Callable[[], Config],
+    path: str,
+) -> None:
+    """Poll ``path``; on a change, swap in the new config or keep the old one."""
+    seen = _fingerprint(path)
+    while True:
+        await trio.sleep(state.config.reload_interval or 1.0)
+        now = _fingerprint(path)
+        if now == seen:
+            continue
+        seen = now
+        try:
+            new = reload()
+        except ConfigError as exc:
+            log.error("config reload failed; keeping the previous config: %s", exc)
+            continue
+        old = state.config
+        for key in ("host", "port", "db_path", "storage_backend", "duckdb_extensions", "duckdb"):
+            if getattr(new, key) != getattr(old, key):
+                log.warning("config reload: %s changed; it takes effect after a restart", key)
+        state.config = _keep_restart_only(new, old)
+        log.info("config reloaded from %s (%d streams)", path, len(new.streams))
+
+
+def _keep_restart_only(new: Config, old: Config) -> Config:
+    from dataclasses import replace
+
+    return replace(
+        new,
+        host=old.host,
+        port=old.port,
+        db_path=old.db_path,
+        storage_backend=old.storage_backend,
+        duckdb_extensions=old.duckdb_extensions,
+        duckdb=old.duckdb,
+    )
+
+
+async def checkpoint_loop(store: DuckDBStore, interval: float) -> None:
+    while True:
+        await trio.sleep(interval)
+        try:
+            await trio.to_thread.run_sync(store.checkpoint)
+        except Exception:
+            log.exception("periodic checkpoint failed")
+
+
+async def serve(
+    config: Config,
+    *,
+    reload: Callable[[], Config] | None = None,
+    shutdown_trigger: Callable[[], Awaitable[None]] | None = None,
+    task_status: trio.TaskStatus[list[str]] = trio.TASK_STATUS_IGNORED,
+) -> None:
+    """Serve until ``shutdown_trigger`` returns (default: SIGINT or SIGTERM)."""
+    stores = await trio.to_thread.run_sync(open_stores, config)
+    state = ServerState(config=config, stores=stores)
+    app = create_app(state)
+    duck: DuckDBStore = stores["duckdb"]
+    try:
+        async with trio.open_nursery() as nursery:
+            if reload is not None and config.source is not None:
+                nursery.start_soon(watch_config, state, reload, config.source)
+            if config.duckdb.checkpoint_interval > 0:
+                nursery.start_soon(checkpoint_loop, duck, config.duckdb.checkpoint_interval)
+
+            async def run_http(task_status: trio.TaskStatus[list[str]]) -> None:
+                await hypercorn_serve(
+                    app,
+                    hypercorn_config(config),
+                    shutdown_trigger=shutdown_trigger or wait_for_signal,
+                    task_status=task_status,
+                )
+                nursery.cancel_scope.cancel()  # stop the helpers too
+
+            binds = await nursery.start(run_http)
+            log.info("serving on %s; writing %s", ", ".join(binds), config.db_path)
+            task_status.started(binds)
+    finally:
+        with trio.CancelScope(shield=True):
+            await trio.to_thread.run_sync(
+                lambda: duck.close(checkpoint=config.duckdb.checkpoint_on_shutdown)
+            )
+        log.info("stopped; database closed")
+
+
+async def wait_for_signal() -> None:
+    with trio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
+        async for signum in signals:
+            log.info("received %s; shutting down", signal.Signals(signum).name)
+            return
+
+
+def run(config: Config, *, config_path: str | None, overrides: dict[str, Any]) -> None:
+    """Blocking entry point for the CLI."""
+
+    def reload() -> Config:
+        return load_config(config_path, overrides=overrides)
+
+    trio.run(lambda: serve(config, reload=reload))

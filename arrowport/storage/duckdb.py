@@ -1,0 +1,291 @@
+"""The DuckDB writer: plain synchronous code, run in worker threads.
+
+Invariants:
+
+* One ``duckdb.DuckDBPyConnection`` per store; each write uses its own cursor
+  and transaction. The caller orders writes to one table (one at a time).
+* Request mode: the whole stream is one ``INSERT ... BY NAME`` statement over
+  a ``RecordBatchReader`` fed by the caller's iterator, inside one
+  transaction that also creates a missing table. If the iterator raises, the
+  statement fails and the transaction rolls back: nothing is left behind.
+* Batch mode: each batch is its own transaction; ``on_commit`` is called after
+  each commit with the running totals.
+* Nothing is installed at run time: extensions load from registry packages.
+"""
+
+from __future__ import annotations
+
+import itertools
+import logging
+import os
+from collections.abc import Callable, Iterable, Iterator
+from dataclasses import dataclass
+from typing import Any
+
+import duckdb
+import pyarrow as pa
+
+from ..names import quote_identifier
+from .errors import SchemaMismatchError, StorageError, WriteRejectedError
+from .schema import Column, check_subset, duplicate_names
+
+log = logging.getLogger("arrowport.storage")
+
+OnCommit = Callable[[int, int], None]
+_source_ids = itertools.count(1)
+
+
+@dataclass(frozen=True, slots=True)
+class WriteResult:
+    table: str
+    rows: int
+    batches: int
+    created: bool
+
+
+class _Counted:
+    """Wrap the caller's batches: count them, and keep the error that ended them."""
+
+    def __init__(self, batches: Iterable[pa.RecordBatch]) -> None:
+        self._it = iter(batches)
+        self.rows = 0
+        self.batches = 0
+        self.error: BaseException | None = None
+        self.exhausted = False
+
+    def __iter__(self) -> Iterator[pa.RecordBatch]:
+        while True:
+            try:
+                batch = next(self._it)
+            except StopIteration:
+                self.exhausted = True
+                return
+            except BaseException as exc:
+                self.error = exc
+                raise
+            self.rows += batch.num_rows
+            self.batches += 1
+            yield batch
+
+
+def load_extension(con: duckdb.DuckDBPyConnection, name: str) -> None:
+    """Load ``name`` from a registry package, never from the network."""
+    try:
+        con.execute(f"LOAD {name}")
+        return
+    except duckdb.Error:
+        pass
+    try:
+        import duckdb_extensions  # type: ignore[import-not-found]
+
+        duckdb_extensions.import_extension(name)
+        con.execute(f"LOAD {name}")
+    except Exception as exc:
+        raise StorageError(
+            f"DuckDB extension {name!r} is not available offline: install the "
+            f"'duckdb-extensions' and 'duckdb-extension-{name}' packages matching "
+            f"duckdb {duckdb.__version__} ({exc})"
+        ) from None
+
+
+class DuckDBStore:
+    """A DuckDB database file that Arrowport writes into."""
+
+    backend = "duckdb"
+
+    def __init__(
+        self,
+        path: str | os.PathLike[str],
+        *,
+        extensions: Iterable[str] = (),
+        memory_limit: str | None = None,
+        threads: int | None = None,
+        checkpoint_threshold: str | None = None,
+    ) -> None:
+        self.path = os.fspath(path)
+        self.extensions = tuple(extensions)
+        self._settings: dict[str, Any] = {"autoinstall_known_extensions": False}
+        if memory_limit:
+            self._settings["memory_limit"] = memory_limit
+        if threads:
+            self._settings["threads"] = threads
+        if checkpoint_threshold:
+            self._settings["checkpoint_threshold"] = checkpoint_threshold
+        self._con: duckdb.DuckDBPyConnection | None = None
+        self.commits = 0
+        self.rollbacks = 0
+        self.schema_mismatches = 0
+
+    # -- lifecycle ----------------------------------------------------------
+
+    def open(self) -> None:
+        try:
+            self._con = duckdb.connect(self.path, config=self._settings)
+        except duckdb.IOException as exc:
+            raise StorageError(f"cannot open DuckDB database {self.path!r}: {exc}") from None
+        for name in self.extensions:
+            load_extension(self._con, name)
+
+    def close(self, *, checkpoint: bool = True) -> None:
+        con, self._con = self._con, None
+        if con is None:
+            return
+        try:
+            if checkpoint:
+                con.execute("CHECKPOINT")
+        finally:
+            con.close()
+
+    def checkpoint(self) -> None:
+        with self._cursor() as cur:
+            cur.execute("CHECKPOINT")
+
+    def _cursor(self) -> duckdb.DuckDBPyConnection:
+        if self._con is None:
+            raise StorageError("the DuckDB store is not open")
+        return self._con.cursor()
+
+    def statistics(self) -> dict[str, Any]:
+        wal = self.path + ".wal"
+        return {
+            "path": self.path,
+            "commits": self.commits,
+            "rollbacks": self.rollbacks,
+            "schema_mismatches": self.schema_mismatches,
+            "file_bytes": os.path.getsize(self.path) if os.path.exists(self.path) else 0,
+            "wal_bytes": os.path.getsize(wal) if os.path.exists(wal) else 0,
+        }
+
+    # -- reading (for tests and tools) ----------------------------------------
+
+    def table_columns(self, cur: duckdb.DuckDBPyConnection, table: str) -> list[Column] | None:
+        rows = cur.execute(
+            "SELECT column_name, data_type, is_nullable FROM information_schema.columns "
+            "WHERE table_schema = 'main' AND lower(table_name) = lower(?) "
+            "ORDER BY ordinal_position",
+            [table],
+        ).fetchall()
+        if not rows:
+            return None
+        return [Column(name, dtype, nullable == "YES") for name, dtype, nullable in rows]
+
+    def count_rows(self, table: str) -> int:
+        with self._cursor() as cur:
+            row = cur.execute(f"SELECT count(*) FROM {quote_identifier(table)}").fetchone()
+            return int(row[0]) if row else 0
+
+    # -- writing ------------------------------------------------------------
+
+    def write(
+        self,
+        table: str,
+        schema: pa.Schema,
+        batches: Iterable[pa.RecordBatch],
+        *,
+        commit: str = "request",
+        on_commit: OnCommit | None = None,
+    ) -> WriteResult:
+        """Write ``batches`` into ``table``; see the module invariants."""
+        dupes = duplicate_names(schema.names)
+        if dupes:
+            self.schema_mismatches += 1
+            raise SchemaMismatchError(
+                f"stream has duplicate column names (case-insensitive): {', '.join(dupes)}"
+            )
+        if any(name == "" for name in schema.names):
+            self.schema_mismatches += 1
+            raise SchemaMismatchError("stream has a column with an empty name")
+        counted = _Counted(batches)
+        with self._cursor() as cur:
+            try:
+                if commit == "batch":
+                    created = self._write_per_batch(cur, table, schema, counted, on_commit)
+                else:
+                    cur.begin()
+                    created = self._prepare_table(cur, table, schema)
+                    self._insert(cur, table, schema, counted)
+                    if not counted.exhausted:
+                        raise StorageError("DuckDB stopped reading before the stream ended")
+                    cur.commit()
+                    self.commits += 1
+            except BaseException as exc:
+                self._rollback(cur)
+                raise self._translate(exc, counted) from None
+        return WriteResult(table, counted.rows, counted.batches, created)
+
+    def _write_per_batch(
+        self,
+        cur: duckdb.DuckDBPyConnection,
+        table: str,
+        schema: pa.Schema,
+        counted: _Counted,
+        on_commit: OnCommit | None,
+    ) -> bool:
+        cur.begin()
+        created = self._prepare_table(cur, table, schema)
+        cur.commit()
+        rows = batches = 0
+        for batch in counted:
+            cur.begin()
+            self._insert(cur, table, schema, [batch])
+            cur.commit()
+            self.commits += 1
+            rows, batches = rows + batch.num_rows, batches + 1
+            if on_commit is not None:
+                on_commit(rows, batches)
+        return created
+
+    def _prepare_table(self, cur: duckdb.DuckDBPyConnection, table: str, schema: pa.Schema) -> bool:
+        """Create ``table`` from ``schema`` if missing, else check the schema fits."""
+        empty = schema.empty_table()
+        name = f"__arrowport_schema_{next(_source_ids)}"
+        cur.register(name, empty)
+        try:
+            relation = cur.sql(f"SELECT * FROM {name}")
+            incoming = [Column(n, str(t)) for n, t in zip(relation.columns, relation.types, strict=True)]
+            existing = self.table_columns(cur, table)
+            if existing is None:
+                cur.execute(f"CREATE TABLE {quote_identifier(table)} AS SELECT * FROM {name} LIMIT 0")
+                return True
+            try:
+                check_subset(table, incoming, existing)
+            except SchemaMismatchError:
+                self.schema_mismatches += 1
+                raise
+            return False
+        finally:
+            cur.unregister(name)
+
+    def _insert(
+        self,
+        cur: duckdb.DuckDBPyConnection,
+        table: str,
+        schema: pa.Schema,
+        batches: Iterable[pa.RecordBatch],
+    ) -> None:
+        reader = pa.RecordBatchReader.from_batches(schema, iter(batches))
+        name = f"__arrowport_source_{next(_source_ids)}"
+        cur.register(name, reader)
+        try:
+            cur.execute(f"INSERT INTO {quote_identifier(table)} BY NAME SELECT * FROM {name}")
+        finally:
+            cur.unregister(name)
+
+    def _rollback(self, cur: duckdb.DuckDBPyConnection) -> None:
+        try:
+            cur.rollback()
+            self.rollbacks += 1
+        except duckdb.Error:
+            pass  # no transaction was open
+
+    @staticmethod
+    def _translate(exc: BaseException, counted: _Counted) -> BaseException:
+        if counted.error is not None:
+            return counted.error  # the source's own reason (abort, protocol error)
+        if isinstance(exc, duckdb.ConstraintException | duckdb.ConversionException):
+            return WriteRejectedError(f"DuckDB refused the rows: {exc}")
+        if isinstance(exc, duckdb.IOException | duckdb.OutOfMemoryException):
+            return StorageError(f"DuckDB could not write: {exc}")
+        if isinstance(exc, duckdb.Error):
+            return StorageError(f"DuckDB error: {exc}")
+        return exc
