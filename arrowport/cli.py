@@ -3,8 +3,7 @@
 from __future__ import annotations
 
 import logging
-import sys
-from enum import Enum
+from enum import StrEnum
 from pathlib import Path
 from typing import Annotated, Any
 
@@ -14,13 +13,14 @@ from . import __version__
 from .config import ConfigError, load_config
 
 app = typer.Typer(
-    help="Arrowport: receive Arrow IPC streams over HTTP and write them transactionally into DuckDB.",
+    help="Arrowport: receive Arrow IPC streams over HTTP and write them, transactionally, "
+    "into DuckDB.",
     no_args_is_help=True,
     add_completion=False,
 )
 
 
-class Backend(str, Enum):
+class Backend(StrEnum):
     duckdb = "duckdb"
     delta = "delta"
 
@@ -35,7 +35,9 @@ def _version(value: bool) -> None:
 def main_callback(
     version: Annotated[
         bool,
-        typer.Option("--version", callback=_version, is_eager=True, help="Print the version and exit."),
+        typer.Option(
+            "--version", callback=_version, is_eager=True, help="Print the version and exit."
+        ),
     ] = False,
 ) -> None:
     """Arrowport command line."""
@@ -46,29 +48,39 @@ def serve(
     config: Annotated[
         Path | None,
         typer.Option(
-            "--config", "-c",
+            "--config",
+            "-c",
             help="YAML config file (default: $ARROWPORT_STREAMS_PATH, else built-in defaults). "
             "It is reloaded while the server runs.",
         ),
     ] = None,
     host: Annotated[
         str | None,
-        typer.Option(help="Address to bind (env ARROWPORT_HOST; default 127.0.0.1, loopback only). "
-                     "Use 0.0.0.0 to accept connections from the network."),
+        typer.Option(
+            help="Address to bind (env ARROWPORT_HOST; default 127.0.0.1, loopback only). "
+            "Use 0.0.0.0 to accept connections from the network."
+        ),
     ] = None,
     port: Annotated[
-        int | None, typer.Option(help="Port for HTTP (env ARROWPORT_PORT; default 8888; 0 picks a free port).")
+        int | None,
+        typer.Option(help="Port for HTTP (env ARROWPORT_PORT; default 8888; 0 picks a free port)."),
     ] = None,
     db: Annotated[
         str | None,
-        typer.Option("--db", help="DuckDB database file (env ARROWPORT_DB; default ./arrowport.duckdb)."),
+        typer.Option(
+            "--db", help="DuckDB database file (env ARROWPORT_DB; default ./arrowport.duckdb)."
+        ),
     ] = None,
     backend: Annotated[
         Backend | None,
-        typer.Option(help="Default storage backend for streams (env ARROWPORT_STORAGE_BACKEND; "
-                     "default duckdb). Only duckdb is available in this release."),
+        typer.Option(
+            help="Default storage backend for streams (env ARROWPORT_STORAGE_BACKEND; "
+            "default duckdb). Only duckdb is available in this release."
+        ),
     ] = None,
-    log_level: Annotated[str, typer.Option(help="Log level: debug, info, warning, error.")] = "info",
+    log_level: Annotated[
+        str, typer.Option(help="Log level: debug, info, warning, error.")
+    ] = "info",
 ) -> None:
     """Serve HTTP ingest (POST /ingest/{stream}) until Ctrl-C or SIGTERM."""
     logging.basicConfig(
@@ -115,4 +127,4 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    main()

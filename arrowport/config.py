@@ -54,7 +54,9 @@ def parse_size(value: object, key: str) -> int:
         return value
     match = _SIZE.match(str(value))
     if not match:
-        raise ConfigError(f"{key}: expected a size such as 1048576, '64MiB' or '16MB', got {value!r}")
+        raise ConfigError(
+            f"{key}: expected a size such as 1048576, '64MiB' or '16MB', got {value!r}"
+        )
     number, unit = float(match.group(1)), match.group(2).upper()
     binary = "I" in unit
     letter = unit.replace("I", "").replace("B", "")
@@ -196,7 +198,16 @@ def _float(value: object, key: str) -> float:
 def _bool(value: object, key: str) -> bool:
     if isinstance(value, bool):
         return value
-    if isinstance(value, str) and value.lower() in ("true", "yes", "1", "on", "false", "no", "0", "off"):
+    if isinstance(value, str) and value.lower() in (
+        "true",
+        "yes",
+        "1",
+        "on",
+        "false",
+        "no",
+        "0",
+        "off",
+    ):
         return value.lower() in ("true", "yes", "1", "on")
     raise ConfigError(f"{key}: expected true or false, got {value!r}")
 
@@ -216,14 +227,13 @@ def _str(value: object, key: str) -> str:
 
 def _compression(value: object, key: str) -> Compression:
     if isinstance(value, str):  # "zstd", "lz4", "none" or "zstd:3"
-        algorithm, _, level = value.partition(":")
-        value = {"algorithm": algorithm, "level": level or None}
+        name, _, given = value.partition(":")
+        value = {"algorithm": name, "level": given or None}
     raw = _mapping(value, key)
     _check_keys(raw, {"algorithm", "level"}, f"{key}.")
     algorithm = _choice(raw.get("algorithm", "zstd"), f"{key}.algorithm", COMPRESSIONS)
-    level = raw.get("level", 3 if algorithm == "zstd" else None)
-    if level is not None:
-        level = _int(level, f"{key}.level", minimum=-7, maximum=22)
+    raw_level = raw.get("level", 3 if algorithm == "zstd" else None)
+    level = None if raw_level is None else _int(raw_level, f"{key}.level", minimum=-7, maximum=22)
     return Compression(algorithm, None if algorithm == "none" else level)
 
 
@@ -256,7 +266,8 @@ def _duckdb(raw: Mapping[str, Any], key: str) -> DuckDBSettings:
         memory_limit=None if memory is None else _str(memory, f"{key}.memory_limit"),
         threads=None if threads is None else _int(threads, f"{key}.threads", minimum=1),
         checkpoint_threshold=_str(
-            raw.get("checkpoint_threshold", base.checkpoint_threshold), f"{key}.checkpoint_threshold"
+            raw.get("checkpoint_threshold", base.checkpoint_threshold),
+            f"{key}.checkpoint_threshold",
         ),
         checkpoint_interval=_float(
             raw.get("checkpoint_interval", base.checkpoint_interval), f"{key}.checkpoint_interval"
@@ -268,8 +279,21 @@ def _duckdb(raw: Mapping[str, Any], key: str) -> DuckDBSettings:
     )
 
 
-_STREAM_KEYS = {"target_table", "storage_backend", "chunk_size", "compression", "commit", "delta_options"}
-_DELTA_OPTION_KEYS = {"partition_by", "z_order_by", "target_file_size", "compression", "schema_mode"}
+_STREAM_KEYS = {
+    "target_table",
+    "storage_backend",
+    "chunk_size",
+    "compression",
+    "commit",
+    "delta_options",
+}
+_DELTA_OPTION_KEYS = {
+    "partition_by",
+    "z_order_by",
+    "target_file_size",
+    "compression",
+    "schema_mode",
+}
 _DELTA_CONFIG_KEYS = {"table_path", "version_retention_hours", "checkpoint_interval", "enable_cdc"}
 
 
@@ -292,10 +316,14 @@ def _stream(name: str, value: object) -> StreamConfig:
     return StreamConfig(
         name=name,
         target_table=table,
-        storage_backend=None if backend is None else _choice(backend, f"{key}.storage_backend", BACKENDS),
+        storage_backend=None
+        if backend is None
+        else _choice(backend, f"{key}.storage_backend", BACKENDS),
         chunk_size=_int(raw.get("chunk_size", 122_880), f"{key}.chunk_size", minimum=1),
         compression=(
-            None if raw.get("compression") is None else _compression(raw["compression"], f"{key}.compression")
+            None
+            if raw.get("compression") is None
+            else _compression(raw["compression"], f"{key}.compression")
         ),
         commit=_choice(raw.get("commit", "request"), f"{key}.commit", COMMIT_MODES),
         delta_options=dict(delta_options),
@@ -324,8 +352,12 @@ def parse_config(raw: Mapping[str, Any], source: str | None = None) -> Config:
     streams = _mapping(raw.get("streams"), "streams")
     values["streams"] = {str(name): _stream(str(name), conf) for name, conf in streams.items()}
     extensions = raw.get("duckdb_extensions") or []
-    if not isinstance(extensions, list) or not all(isinstance(e, str) and e.isidentifier() for e in extensions):
-        raise ConfigError("duckdb_extensions: expected a list of extension names such as [ducklake]")
+    if not isinstance(extensions, list) or not all(
+        isinstance(e, str) and e.isidentifier() for e in extensions
+    ):
+        raise ConfigError(
+            "duckdb_extensions: expected a list of extension names such as [ducklake]"
+        )
     values["duckdb_extensions"] = tuple(extensions)
     values["duckdb"] = _duckdb(_mapping(raw.get("duckdb"), "duckdb"), "duckdb")
     delta = _mapping(raw.get("delta_config"), "delta_config")

@@ -18,9 +18,7 @@ import pyarrow as pa
 ARROW = "application/vnd.apache.arrow.stream"
 
 
-def ipc_bytes(
-    table: pa.Table, *, max_chunksize: int | None = None, **options: object
-) -> bytes:
+def ipc_bytes(table: pa.Table, *, max_chunksize: int | None = None, **options: object) -> bytes:
     sink = pa.BufferOutputStream()
     with pa.ipc.new_stream(sink, table.schema, options=pa.ipc.IpcWriteOptions(**options)) as w:
         w.write_table(table, max_chunksize=max_chunksize)
@@ -43,8 +41,15 @@ def sample_table(rows: int = 1000, offset: int = 0) -> pa.Table:
 class Server:
     """A real ``arrowport serve`` process."""
 
-    def __init__(self, workdir: Path, *, config: Path | None = None, env: dict[str, str] | None = None,
-                 db: Path | None = None, args: tuple[str, ...] = ()) -> None:
+    def __init__(
+        self,
+        workdir: Path,
+        *,
+        config: Path | None = None,
+        env: dict[str, str] | None = None,
+        db: Path | None = None,
+        args: tuple[str, ...] = (),
+    ) -> None:
         self.workdir = workdir
         self.db = db if db is not None else workdir / "test.duckdb"
         self.config = config
@@ -61,8 +66,12 @@ class Server:
             cmd += ["--config", str(self.config)]
         cmd += list(self.args)
         self.proc = subprocess.Popen(
-            cmd, cwd=self.workdir, env=self.env, stdout=subprocess.PIPE,
-            stderr=subprocess.STDOUT, text=True,
+            cmd,
+            cwd=self.workdir,
+            env=self.env,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            text=True,
         )
         ready = threading.Event()
 
@@ -102,8 +111,13 @@ class Server:
     def running(self) -> bool:
         return self.proc is not None and self.proc.poll() is None
 
-    def post(self, stream: str, body: bytes, content_type: str | None = ARROW,
-             headers: dict[str, str] | None = None) -> httpx.Response:
+    def post(
+        self,
+        stream: str,
+        body: bytes,
+        content_type: str | None = ARROW,
+        headers: dict[str, str] | None = None,
+    ) -> httpx.Response:
         sent = {"Content-Type": content_type} if content_type else {}
         sent.update(headers or {})
         return httpx.post(f"{self.url}/ingest/{stream}", content=body, headers=sent, timeout=60)

@@ -72,7 +72,7 @@ def create_app(state: ServerState) -> QuartTrio:
         for name in names:
             route = config.route(name)
             conf = config.streams.get(name)
-            compression = (conf.compression if conf and conf.compression else config.compression)
+            compression = conf.compression if conf and conf.compression else config.compression
             listing.append(
                 {
                     "name": name,
@@ -149,7 +149,7 @@ def create_app(state: ServerState) -> QuartTrio:
             state.stats.finished(stream, ok=False)
             state.stats.refused(_reason(exc))
             log.info("ingest %s refused: %s: %s", stream, exc.error, exc.detail)
-            if not request.body.complete:
+            if not getattr(request.body, "complete", True):
                 await _drain_body()
             extra: dict[str, Any] = {"stream": stream, "table": route.table}
             if route.commit == "batch":
@@ -165,7 +165,11 @@ def create_app(state: ServerState) -> QuartTrio:
         state.stats.finished(stream, ok=True)
         log.info(
             "ingest %s -> %s: %d rows, %d batches, %d bytes in %.1f ms",
-            stream, result.table, result.rows, result.batches, result.bytes,
+            stream,
+            result.table,
+            result.rows,
+            result.batches,
+            result.bytes,
             (time.monotonic() - started) * 1000,
         )
         return jsonify(result.to_json())

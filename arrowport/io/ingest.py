@@ -120,7 +120,12 @@ class _ThreadSource:
         while True:
             try:
                 item = trio.from_thread.run(self.receive.receive, trio_token=self.token)
-            except (trio.EndOfChannel, trio.ClosedResourceError, trio.Cancelled, trio.RunFinishedError):
+            except (
+                trio.EndOfChannel,
+                trio.ClosedResourceError,
+                trio.Cancelled,
+                trio.RunFinishedError,
+            ):
                 raise IngestAborted(
                     "the request ended before its Arrow stream completed; nothing was committed"
                 ) from None
@@ -178,8 +183,13 @@ async def ingest(
         decoded = last.decoded_bytes if last is not None else 0
         progress.rows, progress.batches = rows, batches
         progress.bytes += wire
-        stats.committed(route.stream, rows=last.batch.num_rows if last else 0, batches=1,
-                        wire=wire, decoded=decoded)
+        stats.committed(
+            route.stream,
+            rows=last.batch.num_rows if last else 0,
+            batches=1,
+            wire=wire,
+            decoded=decoded,
+        )
 
     async def writer(schema: pa.Schema, *, task_status: Any = trio.TASK_STATUS_IGNORED) -> None:
         async with locks(route.table):
@@ -234,7 +244,11 @@ async def ingest(
 
     result = results[0]
     if route.commit != "batch":
-        progress.rows, progress.batches, progress.bytes = result.rows, result.batches, decoder.wire_bytes
+        progress.rows, progress.batches, progress.bytes = (
+            result.rows,
+            result.batches,
+            decoder.wire_bytes,
+        )
         stats.committed(
             route.stream,
             rows=result.rows,

@@ -12,6 +12,9 @@ Invariants:
 * A message is reassembled once into an Arrow-allocated buffer laid out as a
   canonical, 8-byte aligned IPC message; pyarrow reads it zero-copy.
 * Every batch passes ``validate(full=True)`` before it is emitted.
+* Whatever pyarrow (or a registered extension type) raises while reading the
+  peer's bytes becomes a ``LocalProtocolError``; only ``MemoryError`` (the
+  server's problem, not the peer's) passes through.
 * Any error moves the decoder to ``ERROR`` for good.
 
 Framing: each message is ``0xFFFFFFFF``, an int32 metadata length, the
@@ -33,6 +36,7 @@ from .feed import MessageFeed
 from .input import InputBuffer
 
 _CONTINUATION = b"\xff\xff\xff\xff"
+_FILE_MAGIC = b"ARROW1"
 _I32 = struct.Struct("<i")
 _I64 = struct.Struct("<q")
 _SUPPORTED_VERSIONS = (3, 4)  # MetadataVersion V4 and V5
@@ -75,6 +79,8 @@ def nesting_depth(data_type: pa.DataType, limit: int) -> int:
     """Depth of ``data_type`` (1 for a flat type); stops counting past ``limit``."""
     if isinstance(data_type, pa.DictionaryType):
         return nesting_depth(data_type.value_type, limit)
+    if isinstance(data_type, pa.BaseExtensionType):  # num_fields is 0: look at the storage
+        return nesting_depth(data_type.storage_type, limit)
     deepest = 1
     if limit <= 1:
         return deepest + int(data_type.num_fields > 0)
@@ -246,6 +252,12 @@ class IPCStreamDecoder:
             if first and legacy:
                 # No continuation marker, and read as a legacy prefix the first
                 # word is implausible: most likely not Arrow at all (JSON, CSV...).
+                if head == _FILE_MAGIC[:4]:
+                    raise invalid(
+                        "this is the Arrow IPC file format (ARROW1 magic, as written by "
+                        "Feather v2 or pyarrow.ipc.new_file); send the streaming format",
+                        error="invalid_ipc_framing",
+                    )
                 raise invalid(
                     f"not an Arrow IPC stream: it starts with {head.hex()}, neither the "
                     "0xFFFFFFFF continuation marker nor a legacy metadata length within "
@@ -389,7 +401,9 @@ class IPCStreamDecoder:
         self._feed.push(message)
         try:
             self._reader = pa.ipc.open_stream(self._feed)
-        except (pa.ArrowException, ValueError, OSError) as exc:
+        except MemoryError:
+            raise
+        except Exception as exc:  # pyarrow, or a registered extension type's deserializer
             raise invalid(f"invalid schema message: {exc}", error="invalid_schema") from None
         schema = self._reader.schema
         if len(schema) > self.max_columns:
@@ -414,7 +428,9 @@ class IPCStreamDecoder:
             batch.validate(full=True)
         except StopIteration:
             raise invalid("record batch message could not be read", error="invalid_batch") from None
-        except (pa.ArrowException, ValueError, OSError) as exc:
+        except MemoryError:
+            raise
+        except Exception as exc:  # pyarrow, or a registered extension type's code
             raise invalid(f"invalid record batch: {exc}", error="invalid_batch") from None
         wire = self._pending_wire_bytes
         self._pending_wire_bytes = 0

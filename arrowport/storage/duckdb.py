@@ -242,10 +242,14 @@ class DuckDBStore:
         cur.register(name, empty)
         try:
             relation = cur.sql(f"SELECT * FROM {name}")
-            incoming = [Column(n, str(t)) for n, t in zip(relation.columns, relation.types, strict=True)]
+            incoming = [
+                Column(n, str(t)) for n, t in zip(relation.columns, relation.types, strict=True)
+            ]
             existing = self.table_columns(cur, table)
             if existing is None:
-                cur.execute(f"CREATE TABLE {quote_identifier(table)} AS SELECT * FROM {name} LIMIT 0")
+                cur.execute(
+                    f"CREATE TABLE {quote_identifier(table)} AS SELECT * FROM {name} LIMIT 0"
+                )
                 return True
             try:
                 check_subset(table, incoming, existing)

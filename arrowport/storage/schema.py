@@ -17,9 +17,9 @@ _UNSIGNED = ["UTINYINT", "USMALLINT", "UINTEGER", "UBIGINT", "UHUGEINT"]
 
 # stream type -> table types it may be inserted into without loss
 WIDENINGS: dict[str, frozenset[str]] = {
-    "TINYINT": frozenset(_SIGNED[1:] + ["FLOAT", "DOUBLE"]),
-    "SMALLINT": frozenset(_SIGNED[2:] + ["FLOAT", "DOUBLE"]),
-    "INTEGER": frozenset(_SIGNED[3:] + ["DOUBLE"]),
+    "TINYINT": frozenset([*_SIGNED[1:], "FLOAT", "DOUBLE"]),
+    "SMALLINT": frozenset([*_SIGNED[2:], "FLOAT", "DOUBLE"]),
+    "INTEGER": frozenset([*_SIGNED[3:], "DOUBLE"]),
     "BIGINT": frozenset(_SIGNED[4:]),
     "UTINYINT": frozenset(_UNSIGNED[1:] + _SIGNED[1:] + ["FLOAT", "DOUBLE"]),
     "USMALLINT": frozenset(_UNSIGNED[2:] + _SIGNED[2:] + ["FLOAT", "DOUBLE"]),

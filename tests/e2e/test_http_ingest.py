@@ -16,26 +16,42 @@ from support import ARROW, Server, ipc_bytes, sample_table
 
 def test_curl_upload_lands_every_row_with_types_kept(server: Server, tmp_path: Path) -> None:
     """curl --data-binary of an .arrows file commits every row, with Arrow types kept."""
-    table = sample_table(5000).append_column(
-        "tag", pa.array(["a", "b"] * 2500).dictionary_encode()
-    )
+    table = sample_table(5000).append_column("tag", pa.array(["a", "b"] * 2500).dictionary_encode())
     path = tmp_path / "trips.arrows"
     path.write_bytes(ipc_bytes(table, max_chunksize=1000))
     out = subprocess.run(
-        ["curl", "-sS", "--fail-with-body", "--data-binary", f"@{path}",
-         "-H", f"Content-Type: {ARROW}", f"{server.url}/ingest/trips"],
-        capture_output=True, text=True, check=True,
+        [
+            "curl",
+            "-sS",
+            "--fail-with-body",
+            "--data-binary",
+            f"@{path}",
+            "-H",
+            f"Content-Type: {ARROW}",
+            f"{server.url}/ingest/trips",
+        ],
+        capture_output=True,
+        text=True,
+        check=True,
     )
     body = httpx.Response(200, content=out.stdout).json()
     assert body["stream"] == "trips" and body["table"] == "trips" and body["backend"] == "duckdb"
     assert body["rows"] == 5000 and body["batches"] == 5
     assert body["bytes"] == path.stat().st_size
     assert body["duration_ms"] > 0
-    types = dict(server.query(
-        "SELECT column_name, data_type FROM information_schema.columns WHERE table_name='trips'"
-    ))
-    assert types == {"id": "BIGINT", "name": "VARCHAR", "score": "DOUBLE", "day": "DATE",
-                     "ts": "TIMESTAMP", "tag": "VARCHAR"}
+    types = dict(
+        server.query(
+            "SELECT column_name, data_type FROM information_schema.columns WHERE table_name='trips'"
+        )
+    )
+    assert types == {
+        "id": "BIGINT",
+        "name": "VARCHAR",
+        "score": "DOUBLE",
+        "day": "DATE",
+        "ts": "TIMESTAMP",
+        "tag": "VARCHAR",
+    }
     assert server.query("SELECT count(*), sum(id), count(DISTINCT tag) FROM trips") == [
         (5000, sum(range(5000)), 2)
     ]
@@ -49,16 +65,25 @@ def test_chunked_streaming_upload_with_httpx(server: Server) -> None:
         for i in range(0, len(data), 7777):
             yield data[i : i + 7777]
 
-    response = httpx.post(f"{server.url}/stream/chunked", content=chunks(),
-                          headers={"Content-Type": "application/octet-stream"}, timeout=60)
+    response = httpx.post(
+        f"{server.url}/stream/chunked",
+        content=chunks(),
+        headers={"Content-Type": "application/octet-stream"},
+        timeout=60,
+    )
     assert response.status_code == 200, response.text
     assert response.json()["rows"] == 20_000
     assert server.query("SELECT count(*) FROM chunked") == [(20_000,)]
 
 
-@pytest.mark.parametrize("options", [
-    {"compression": "lz4"}, {"compression": "zstd"}, {"use_legacy_format": True},
-])
+@pytest.mark.parametrize(
+    "options",
+    [
+        {"compression": "lz4"},
+        {"compression": "zstd"},
+        {"use_legacy_format": True},
+    ],
+)
 def test_compressed_and_legacy_streams(server: Server, options: dict[str, object]) -> None:
     """LZ4, ZSTD and pre-0.15 framed streams are all accepted."""
     response = server.post("formats", ipc_bytes(sample_table(3000), max_chunksize=1000, **options))
@@ -102,10 +127,16 @@ def _ok_table(server: Server, stream: str = "t") -> None:
 BAD_BODIES = {
     "empty": (b"", 400, "empty_stream"),
     "garbage": (b"this is not arrow at all" * 10, 400, None),
-    "cut_mid_message": (ipc_bytes(sample_table(1000), max_chunksize=100)[:3000], 400,
-                        "truncated_stream"),
-    "huge_metadata_length": (b"\xff\xff\xff\xff" + struct.pack("<i", 2**31 - 1), 413,
-                             "limit_exceeded"),
+    "cut_mid_message": (
+        ipc_bytes(sample_table(1000), max_chunksize=100)[:3000],
+        400,
+        "truncated_stream",
+    ),
+    "huge_metadata_length": (
+        b"\xff\xff\xff\xff" + struct.pack("<i", 2**31 - 1),
+        413,
+        "limit_exceeded",
+    ),
     "trailing_bytes": (ipc_bytes(sample_table(10)) + b"junk", 400, "trailing_data"),
 }
 
@@ -168,14 +199,26 @@ def test_lossless_widening_is_accepted(server: Server) -> None:
     assert server.query("SELECT count(*) FROM t WHERE id IN (7, 8)") == [(4,)]
 
 
-@pytest.mark.parametrize("stream", [
-    'x"; DROP TABLE t; --', "1abc", "a-b", "a" * 129, "t%00", "..", "ta ble",
-])
+@pytest.mark.parametrize(
+    "stream",
+    [
+        'x"; DROP TABLE t; --',
+        "1abc",
+        "a-b",
+        "a" * 129,
+        "t%00",
+        "..",
+        "ta ble",
+    ],
+)
 def test_invalid_stream_names_are_400(server: Server, stream: str) -> None:
     """Invalid or injection-like names get 400 and never reach SQL."""
     _ok_table(server)
-    response = httpx.post(f"{server.url}/ingest/{stream}",
-                          content=ipc_bytes(sample_table(3)), headers={"Content-Type": ARROW})
+    response = httpx.post(
+        f"{server.url}/ingest/{stream}",
+        content=ipc_bytes(sample_table(3)),
+        headers={"Content-Type": ARROW},
+    )
     assert response.status_code in (400, 404), response.text
     if response.status_code == 400:
         assert response.json()["error"] == "invalid_name"
@@ -191,9 +234,15 @@ def test_injection_name_is_400_with_json(server: Server) -> None:
     assert response.json()["error"] == "invalid_name"
 
 
-@pytest.mark.parametrize("content_type", [
-    None, "application/json", "text/plain", "application/x-www-form-urlencoded",
-])
+@pytest.mark.parametrize(
+    "content_type",
+    [
+        None,
+        "application/json",
+        "text/plain",
+        "application/x-www-form-urlencoded",
+    ],
+)
 def test_wrong_content_type_is_415(server: Server, content_type: str | None) -> None:
     """Only Arrow stream and octet-stream bodies are accepted."""
     response = server.post("ct", ipc_bytes(sample_table(3)), content_type=content_type)
@@ -215,12 +264,16 @@ def _raw_upload_then_drop(url: str, path: str, body: bytes, total: int | None) -
     host, port = httpx.URL(url).host, httpx.URL(url).port
     with socket.create_connection((host, port)) as sock:
         if total is None:
-            head = (f"POST {path} HTTP/1.1\r\nHost: x\r\nContent-Type: {ARROW}\r\n"
-                    "Transfer-Encoding: chunked\r\n\r\n").encode()
+            head = (
+                f"POST {path} HTTP/1.1\r\nHost: x\r\nContent-Type: {ARROW}\r\n"
+                "Transfer-Encoding: chunked\r\n\r\n"
+            ).encode()
             sock.sendall(head + f"{len(body):x}\r\n".encode() + body + b"\r\n")
         else:
-            head = (f"POST {path} HTTP/1.1\r\nHost: x\r\nContent-Type: {ARROW}\r\n"
-                    f"Content-Length: {total}\r\n\r\n").encode()
+            head = (
+                f"POST {path} HTTP/1.1\r\nHost: x\r\nContent-Type: {ARROW}\r\n"
+                f"Content-Length: {total}\r\n\r\n"
+            ).encode()
             sock.sendall(head + body)
         sock.shutdown(socket.SHUT_WR)
         sock.settimeout(10)
@@ -279,12 +332,26 @@ def test_readme_flow_with_duckdb_cli(server_factory: type[Server], tmp_path: Pat
     server = server_factory(tmp_path, db=Path("arrowport.duckdb"))
     server.start()
     subprocess.run(
-        ["curl", "-sS", "--fail-with-body", "--data-binary", "@trips.arrows", "-H",
-         f"Content-Type: {ARROW}", f"{server.url}/ingest/trips"],
-        cwd=tmp_path, check=True, capture_output=True,
+        [
+            "curl",
+            "-sS",
+            "--fail-with-body",
+            "--data-binary",
+            "@trips.arrows",
+            "-H",
+            f"Content-Type: {ARROW}",
+            f"{server.url}/ingest/trips",
+        ],
+        cwd=tmp_path,
+        check=True,
+        capture_output=True,
     )
     server.stop()
-    out = subprocess.run(["duckdb", "arrowport.duckdb", "-csv", "-noheader",
-                          "select count(*) from trips"], cwd=tmp_path, capture_output=True,
-                         text=True, check=True)
+    out = subprocess.run(
+        ["duckdb", "arrowport.duckdb", "-csv", "-noheader", "select count(*) from trips"],
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        check=True,
+    )
     assert out.stdout.strip() == "1234"

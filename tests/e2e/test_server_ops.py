@@ -1,0 +1,199 @@
+"""Concurrency, commit modes, config routing, hot reload, env overrides and shutdown."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import httpx
+import pyarrow as pa
+import pytest
+import trio
+from support import ARROW, Server, ipc_bytes, sample_table
+
+
+async def test_sixteen_concurrent_uploads_land_exact_counts(server: Server) -> None:
+    """24 concurrent uploads (16 to one table, 8 spread over 4) land exact row counts."""
+    jobs = [("shared", i) for i in range(16)] + [(f"spread{i % 4}", 100 + i) for i in range(8)]
+    results: list[int] = []
+
+    async def upload(client: httpx.AsyncClient, stream: str, seed: int) -> None:
+        body = ipc_bytes(sample_table(2000 + seed, offset=seed * 1_000_000), max_chunksize=700)
+        response = await client.post(
+            f"{server.url}/ingest/{stream}", content=body, headers={"Content-Type": ARROW}
+        )
+        assert response.status_code == 200, response.text
+        results.append(response.json()["rows"])
+
+    limits = httpx.Limits(max_connections=32)
+    async with httpx.AsyncClient(timeout=120, limits=limits) as client, trio.open_nursery() as n:
+        for stream, seed in jobs:
+            n.start_soon(upload, client, stream, seed)
+    assert len(results) == len(jobs)
+    counts = dict(
+        server.query(
+            "SELECT 'shared', count(*) FROM shared UNION ALL "
+            + " UNION ALL ".join(f"SELECT 'spread{i}', count(*) FROM spread{i}" for i in range(4))
+        )
+    )
+    assert counts["shared"] == sum(2000 + i for i in range(16))
+    for k in range(4):
+        assert counts[f"spread{k}"] == sum(2000 + 100 + i for i in range(8) if i % 4 == k)
+
+
+def _corrupt_third_batch(data: bytes) -> bytes:
+    """Cut the stream in the middle of its third record batch."""
+    reader = pa.ipc.open_stream(data)
+    del reader
+    pos, seen = 0, 0
+    while True:
+        length = int.from_bytes(data[pos + 4 : pos + 8], "little")
+        message = pa.ipc.read_message(pa.py_buffer(data[pos:]))
+        end = pos + 8 + length + message.body.size
+        if message.type == "record batch":
+            seen += 1
+            if seen == 3:
+                return data[: pos + 8 + length + 10]
+        pos = end
+
+
+def test_batch_commit_mode_acks_what_is_committed(
+    server_factory: type[Server], tmp_path: Path
+) -> None:
+    """With commit: batch, a stream failing in batch 3 keeps batches 1-2 and says so."""
+    config = tmp_path / "arrowport.yaml"
+    config.write_text("streams:\n  events:\n    target_table: event_log\n    commit: batch\n")
+    server = server_factory(tmp_path, config=config).start()
+    data = ipc_bytes(sample_table(300), max_chunksize=100)
+    ok = server.post("events", data)
+    assert ok.status_code == 200 and ok.json()["commit"] == "batch" and ok.json()["rows"] == 300
+    response = server.post("events", _corrupt_third_batch(data))
+    assert response.status_code == 400
+    payload = response.json()
+    assert payload["committed_rows"] == 200 and payload["committed_batches"] == 2
+    server.assert_serving()
+    assert server.query("SELECT count(*) FROM event_log") == [(500,)]
+
+
+def test_request_commit_mode_is_all_or_nothing(server: Server) -> None:
+    """By default a stream failing in batch 3 commits nothing at all."""
+    data = ipc_bytes(sample_table(300), max_chunksize=100)
+    assert server.post("events", _corrupt_third_batch(data)).status_code == 400
+    server.assert_serving()
+    assert "events" not in server.tables()
+
+
+def test_config_routes_stream_to_table(server_factory: type[Server], tmp_path: Path) -> None:
+    """A configured stream writes to its target_table; others to a table named like them."""
+    config = tmp_path / "arrowport.yaml"
+    config.write_text("streams:\n  sensors:\n    target_table: sensor_data\n")
+    server = server_factory(tmp_path, config=config).start()
+    assert server.post("sensors", ipc_bytes(sample_table(5))).json()["table"] == "sensor_data"
+    assert server.post("other", ipc_bytes(sample_table(6))).json()["table"] == "other"
+    listing = {s["name"]: s for s in server.get("/streams").json()["streams"]}
+    assert listing["sensors"]["configured"] and listing["sensors"]["rows"] == 5
+    assert not listing["other"]["configured"] and listing["other"]["rows"] == 6
+    assert server.tables() == {"sensor_data", "other"}
+
+
+def test_hot_reload_and_broken_edit_keeps_old_config(
+    server_factory: type[Server], tmp_path: Path
+) -> None:
+    """An edit to the YAML takes effect while running; a broken edit keeps the old config."""
+    config = tmp_path / "arrowport.yaml"
+    config.write_text("reload_interval: 0.1\nstreams:\n  s:\n    target_table: first\n")
+    server = server_factory(tmp_path, config=config).start()
+    assert server.post("s", ipc_bytes(sample_table(1))).json()["table"] == "first"
+    config.write_text("reload_interval: 0.1\nstreams:\n  s:\n    target_table: second\n")
+    server.wait_for("config reloaded")
+    assert server.post("s", ipc_bytes(sample_table(2))).json()["table"] == "second"
+    config.write_text("reload_interval: 0.1\nstreams:\n  s:\n    target_tabel: third\n")
+    server.wait_for("keeping the previous config")
+    assert any("target_tabel" in line for line in server.log)
+    assert server.post("s", ipc_bytes(sample_table(3))).json()["table"] == "second"
+    assert server.query("SELECT count(*) FROM second") == [(5,)]
+
+
+def test_env_overrides(server_factory: type[Server], tmp_path: Path) -> None:
+    """ARROWPORT_STREAMS_PATH and ARROWPORT_DB are honoured (the --db flag wins over env)."""
+    config = tmp_path / "routes.yaml"
+    config.write_text("streams:\n  a:\n    target_table: from_env_config\n")
+    env = {"ARROWPORT_STREAMS_PATH": str(config)}
+    server = server_factory(tmp_path, env=env).start()
+    assert server.post("a", ipc_bytes(sample_table(2))).json()["table"] == "from_env_config"
+    server.stop()
+    # Without --db, ARROWPORT_DB picks the file.
+    env_db = tmp_path / "env.duckdb"
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "arrowport", "serve", "--port", "0"],
+        env={**os.environ, "ARROWPORT_DB": str(env_db), "ARROWPORT_HOST": "127.0.0.1"},
+        cwd=tmp_path,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
+    try:
+        assert proc.stdout is not None
+        for line in proc.stdout:
+            if "serving on" in line:
+                assert str(env_db) in line
+                break
+    finally:
+        proc.send_signal(signal.SIGINT)
+        proc.wait(30)
+    assert env_db.exists()
+
+
+def test_bad_config_fails_at_start_naming_the_key(tmp_path: Path) -> None:
+    """A config error stops `serve` at once with a message naming the key."""
+    config = tmp_path / "bad.yaml"
+    config.write_text("streams:\n  s:\n    commit: sometimes\n")
+    out = subprocess.run(
+        [sys.executable, "-m", "arrowport", "serve", "--config", str(config)],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert out.returncode == 2
+    assert "streams.s.commit" in out.stderr
+
+
+def test_sigterm_shuts_down_cleanly_and_data_is_durable(server: Server) -> None:
+    """SIGTERM stops the server with exit code 0 and committed data is on disk."""
+    assert server.post("durable", ipc_bytes(sample_table(77))).status_code == 200
+    assert server.stop(signal.SIGTERM) == 0
+    assert server.query("SELECT count(*) FROM durable") == [(77,)]
+
+
+def test_second_server_on_same_file_fails_fast(
+    server: Server, server_factory: type[Server], tmp_path: Path
+) -> None:
+    """A second server on the same DuckDB file exits at once with a clear message."""
+    started = time.monotonic()
+    out = subprocess.run(
+        [sys.executable, "-m", "arrowport", "serve", "--port", "0", "--db", str(server.db)],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert out.returncode == 1
+    assert "cannot open DuckDB database" in out.stderr and "lock" in out.stderr
+    assert time.monotonic() - started < 30
+    server.assert_serving()
+
+
+@pytest.mark.parametrize("args", [["--version"], ["serve", "--help"]])
+def test_cli_version_and_help(args: list[str]) -> None:
+    """`arrowport --version` and `serve --help` work and tell the defaults."""
+    out = subprocess.run(
+        [sys.executable, "-m", "arrowport", *args], capture_output=True, text=True, timeout=60
+    )
+    assert out.returncode == 0
+    if args == ["--version"]:
+        assert out.stdout.startswith("arrowport ")
+    else:
+        assert "127.0.0.1" in out.stdout and "8888" in out.stdout and "--db" in out.stdout

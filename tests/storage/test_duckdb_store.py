@@ -1,0 +1,154 @@
+"""The DuckDB writer on its own: real database files, plain iterators, no server."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from pathlib import Path
+
+import duckdb
+import pyarrow as pa
+import pytest
+
+from arrowport.storage import DuckDBStore, IngestAborted, SchemaMismatchError
+from arrowport.storage.schema import Column, check_subset
+
+
+@pytest.fixture
+def store(tmp_path: Path) -> Iterator[DuckDBStore]:
+    s = DuckDBStore(tmp_path / "w.duckdb")
+    s.open()
+    yield s
+    s.close()
+
+
+def _batches(n: int, rows: int = 10) -> list[pa.RecordBatch]:
+    return [
+        pa.record_batch(
+            {"a": pa.array(range(i * rows, (i + 1) * rows)), "b": pa.array([str(i)] * rows)}
+        )
+        for i in range(n)
+    ]
+
+
+def test_request_mode_commits_all_batches_in_one_transaction(store: DuckDBStore) -> None:
+    """Request mode writes every batch and reports rows and batches."""
+    batches = _batches(5)
+    result = store.write("t", batches[0].schema, iter(batches))
+    assert (result.rows, result.batches, result.created) == (50, 5, True)
+    assert store.count_rows("t") == 50
+    assert store.commits == 1
+
+
+def test_source_error_rolls_back_everything(store: DuckDBStore) -> None:
+    """If the batch source raises mid-stream, nothing is written and the table is not created."""
+    batches = _batches(5)
+
+    def failing() -> Iterator[pa.RecordBatch]:
+        yield from batches[:3]
+        raise IngestAborted("client went away")
+
+    with pytest.raises(IngestAborted):
+        store.write("t", batches[0].schema, failing())
+    with store._cursor() as cur:
+        assert store.table_columns(cur, "t") is None
+    assert store.rollbacks == 1
+
+
+def test_batch_mode_keeps_committed_batches(store: DuckDBStore) -> None:
+    """Batch mode commits each batch; a later failure keeps the earlier ones."""
+    batches = _batches(5)
+    seen: list[tuple[int, int]] = []
+
+    def failing() -> Iterator[pa.RecordBatch]:
+        yield from batches[:2]
+        raise IngestAborted("cut")
+
+    with pytest.raises(IngestAborted):
+        store.write(
+            "t",
+            batches[0].schema,
+            failing(),
+            commit="batch",
+            on_commit=lambda r, b: seen.append((r, b)),
+        )
+    assert seen == [(10, 1), (20, 2)]
+    assert store.count_rows("t") == 20
+
+
+def test_schema_mismatch_counts_and_writes_nothing(store: DuckDBStore) -> None:
+    """A superset schema is refused, counted, and leaves the table as it was."""
+    batches = _batches(1)
+    store.write("t", batches[0].schema, iter(batches))
+    extra = pa.record_batch({"a": [1], "zzz": [2.0]})
+    with pytest.raises(SchemaMismatchError) as info:
+        store.write("t", extra.schema, iter([extra]))
+    assert info.value.extra == ("zzz",)
+    assert store.schema_mismatches == 1
+    assert store.count_rows("t") == 10
+
+
+def test_duplicate_column_names_refused(store: DuckDBStore) -> None:
+    """Columns equal up to case are refused (DuckDB names are case-insensitive)."""
+    batch = pa.RecordBatch.from_arrays([pa.array([1]), pa.array([2])], names=["x", "X"])
+    with pytest.raises(SchemaMismatchError, match="duplicate"):
+        store.write("t", batch.schema, iter([batch]))
+
+
+def test_types_are_kept(store: DuckDBStore, tmp_path: Path) -> None:
+    """date32 stays DATE, timestamps stay TIMESTAMP, dictionaries become their value type."""
+    batch = pa.record_batch(
+        {
+            "d": pa.array([1], pa.date32()),
+            "ts": pa.array([1], pa.timestamp("us")),
+            "tz": pa.array([1], pa.timestamp("us", tz="UTC")),
+            "dict": pa.array(["x"]).dictionary_encode(),
+            "dec": pa.array([1], pa.decimal128(12, 3)),
+            "nested": pa.array([{"k": [1, 2]}]),
+        }
+    )
+    store.write("typed", batch.schema, iter([batch]))
+    with store._cursor() as cur:
+        columns = {c.name: c.type for c in store.table_columns(cur, "typed") or []}
+    assert columns == {
+        "d": "DATE",
+        "ts": "TIMESTAMP",
+        "tz": "TIMESTAMP WITH TIME ZONE",
+        "dict": "VARCHAR",
+        "dec": "DECIMAL(12,3)",
+        "nested": "STRUCT(k BIGINT[])",
+    }
+
+
+def test_missing_not_null_column_is_a_mismatch() -> None:
+    """A stream that omits a NOT NULL column is refused and the column is named."""
+    with pytest.raises(SchemaMismatchError) as info:
+        check_subset(
+            "t",
+            [Column("a", "BIGINT")],
+            [Column("a", "BIGINT"), Column("must", "VARCHAR", nullable=False)],
+        )
+    assert info.value.missing == ("must",)
+
+
+def test_constraint_violation_is_write_rejected(store: DuckDBStore, tmp_path: Path) -> None:
+    """A constraint the table declares is reported as a 422 write rejection; nothing lands."""
+    with store._cursor() as cur:
+        cur.execute("CREATE TABLE k (a BIGINT PRIMARY KEY)")
+    batch = pa.record_batch({"a": [1, 1]})
+    with pytest.raises(Exception) as info:
+        store.write("k", batch.schema, iter([batch]))
+    assert getattr(info.value, "http_status", None) == 422
+    assert store.count_rows("k") == 0
+
+
+def test_nothing_downloads_extensions(tmp_path: Path) -> None:
+    """Autoinstall of extensions is off, so nothing is fetched at run time."""
+    s = DuckDBStore(tmp_path / "x.duckdb")
+    s.open()
+    try:
+        with s._cursor() as cur:
+            value = cur.execute("SELECT current_setting('autoinstall_known_extensions')").fetchone()
+        assert value == (False,)
+    finally:
+        s.close()
+    assert duckdb.__version__ == "1.5.5"

@@ -1,0 +1,115 @@
+"""Configuration parsing, validation and precedence."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from arrowport.config import ConfigError, load_config, parse_config, parse_size
+from arrowport.names import InvalidNameError
+
+
+def test_defaults_bind_loopback_8888_and_local_file() -> None:
+    """With no file and no env, the server binds 127.0.0.1:8888 and writes ./arrowport.duckdb."""
+    config = load_config(None, env={})
+    assert (config.host, config.port, config.db_path) == ("127.0.0.1", 8888, "arrowport.duckdb")
+    assert config.storage_backend == "duckdb"
+
+
+def test_seed_yaml_shape_is_accepted(tmp_path: Path) -> None:
+    """The seed design's YAML (streams with target_table, chunk_size, compression) parses."""
+    path = tmp_path / "streams.yaml"
+    path.write_text(
+        "db_path: data.duckdb\nstorage_backend: duckdb\n"
+        "compression: {algorithm: zstd, level: 3}\n"
+        "duckdb_extensions: []\n"
+        "delta_config: {table_path: ./delta, version_retention_hours: 168}\n"
+        "streams:\n"
+        "  sensor_readings:\n    target_table: sensor_data\n    chunk_size: 122880\n"
+        "    compression: {algorithm: lz4, level: 6}\n"
+        "  events:\n    target_table: events\n    storage_backend: delta\n"
+        "    delta_options: {partition_by: [event_date], schema_mode: merge}\n"
+    )
+    config = load_config(path, env={})
+    assert config.db_path == "data.duckdb"
+    assert config.streams["sensor_readings"].compression is not None
+    assert config.route("sensor_readings").table == "sensor_data"
+    assert config.route("events").backend == "delta"
+    assert config.route("unknown_stream").table == "unknown_stream"
+
+
+def test_precedence_file_env_flags(tmp_path: Path) -> None:
+    """Flags beat environment variables, which beat the file."""
+    path = tmp_path / "c.yaml"
+    path.write_text("port: 1000\nhost: 10.0.0.1\ndb_path: file.duckdb\n")
+    env = {
+        "ARROWPORT_PORT": "2000",
+        "ARROWPORT_DB": "env.duckdb",
+        "ARROWPORT_COMPRESSION": "lz4",
+        "ARROWPORT_STORAGE_BACKEND": "delta",
+    }
+    config = load_config(path, env=env, overrides={"port": 3000})
+    assert config.port == 3000 and config.db_path == "env.duckdb" and config.host == "10.0.0.1"
+    assert config.compression.algorithm == "lz4" and config.storage_backend == "delta"
+    env_path = {"ARROWPORT_STREAMS_PATH": str(path)}
+    assert load_config(None, env=env_path).port == 1000
+
+
+@pytest.mark.parametrize(
+    ("raw", "key"),
+    [
+        ({"port": "eighty"}, "port"),
+        ({"port": 70000}, "port"),
+        ({"storage_backend": "sqlite"}, "storage_backend"),
+        ({"streams": {"s": {"commit": "often"}}}, "streams.s.commit"),
+        ({"streams": {"s": {"target_table": "bad-name"}}}, "streams.s.target_table"),
+        ({"streams": {"bad name": {}}}, "streams.bad name"),
+        ({"streams": {"s": {"chunk_size": 0}}}, "streams.s.chunk_size"),
+        ({"compression": {"algorithm": "brotli"}}, "compression.algorithm"),
+        ({"limits": {"max_body_size": "lots"}}, "limits.max_body_size"),
+        ({"limtis": {}}, "limtis"),
+        ({"delta_config": {"table_pth": "x"}}, "delta_config.table_pth"),
+    ],
+)
+def test_errors_name_the_key(raw: dict[str, object], key: str) -> None:
+    """Every validation error starts with the dotted key it concerns."""
+    with pytest.raises(ConfigError) as info:
+        parse_config(raw)
+    assert str(info.value).startswith(f"{key}:"), str(info.value)
+
+
+def test_unknown_key_suggests_the_close_match() -> None:
+    """A misspelt key gets a did-you-mean hint."""
+    with pytest.raises(ConfigError, match="did you mean 'target_table'"):
+        parse_config({"streams": {"s": {"target_tabel": "x"}}})
+
+
+def test_broken_yaml_is_a_config_error(tmp_path: Path) -> None:
+    """Invalid YAML is reported as a ConfigError naming the file."""
+    path = tmp_path / "broken.yaml"
+    path.write_text("streams: [unclosed\n")
+    with pytest.raises(ConfigError, match="not valid YAML"):
+        load_config(path, env={})
+
+
+@pytest.mark.parametrize(
+    ("text", "expected"),
+    [
+        ("64MiB", 64 * 1024**2),
+        ("16MB", 16_000_000),
+        (1024, 1024),
+        ("1.5GiB", 1536 * 1024**2),
+        ("512", 512),
+        ("2KiB", 2048),
+    ],
+)
+def test_sizes(text: object, expected: int) -> None:
+    """Sizes accept bytes and SI or binary suffixes."""
+    assert parse_size(text, "k") == expected
+
+
+def test_route_validates_stream_names() -> None:
+    """Routing refuses names that are not identifiers."""
+    with pytest.raises(InvalidNameError):
+        parse_config({}).route('x"; DROP TABLE t; --')
