@@ -85,7 +85,15 @@ def create_app(state: ServerState) -> QuartTrio:
                     **state.stats.stream(name),
                 }
             )
-        return jsonify({"streams": listing, "config_source": config.source})
+        totals = state.stats.statistics()
+        return jsonify(
+            {
+                "streams": listing,
+                "refusals": totals["refusals"],
+                "in_flight": totals["in_flight"],
+                "config_source": config.source,
+            }
+        )
 
     async def ingest_route(stream: str) -> Response:
         started = time.monotonic()

@@ -197,3 +197,29 @@ def test_cli_version_and_help(args: list[str]) -> None:
         assert out.stdout.startswith("arrowport ")
     else:
         assert "127.0.0.1" in out.stdout and "8888" in out.stdout and "--db" in out.stdout
+
+
+def test_refusals_are_counted_by_reason(server: Server) -> None:
+    """Schema mismatches and bad input are counted by reason and shown by /streams."""
+    assert server.post("t", ipc_bytes(sample_table(3))).status_code == 200
+    extra = sample_table(3).append_column("nope", pa.array([1, 2, 3]))
+    assert server.post("t", ipc_bytes(extra)).status_code == 422
+    assert server.post("t", b"garbage!").status_code == 400
+    listing = server.get("/streams").json()
+    assert listing["refusals"] == {"schema_mismatch": 1, "bad_input": 1}
+    (entry,) = listing["streams"]
+    assert entry["requests"] == 3 and entry["failed_requests"] == 2 and entry["rows"] == 3
+
+
+def test_periodic_checkpoint_empties_the_wal(server_factory: type[Server], tmp_path: Path) -> None:
+    """With duckdb.checkpoint_interval set, committed data moves out of the WAL while running."""
+    config = tmp_path / "arrowport.yaml"
+    config.write_text("duckdb:\n  checkpoint_interval: 0.2\n  checkpoint_threshold: 1GB\n")
+    server = server_factory(tmp_path, config=config).start()
+    assert server.post("t", ipc_bytes(sample_table(20_000))).status_code == 200
+    wal = Path(str(server.db) + ".wal")
+    deadline = time.monotonic() + 10
+    while wal.exists() and wal.stat().st_size > 0 and time.monotonic() < deadline:
+        time.sleep(0.1)
+    assert not wal.exists() or wal.stat().st_size == 0
+    server.assert_serving()
