@@ -115,11 +115,27 @@ def serve(
 
     try:
         run(effective, config_path=path, overrides=overrides)
-    except StorageError as exc:
-        typer.echo(f"arrowport: {exc.detail}", err=True)
+    except* StorageError as group:
+        for exc in _leaves(group):
+            typer.echo(f"arrowport: {getattr(exc, 'detail', exc)}", err=True)
         raise typer.Exit(1) from None
-    except KeyboardInterrupt:
+    except* OSError as group:
+        for exc in _leaves(group):
+            typer.echo(
+                f"arrowport: cannot listen on {effective.host}:{effective.port}: "
+                f"{getattr(exc, 'strerror', None) or exc}",
+                err=True,
+            )
+        raise typer.Exit(1) from None
+    except* KeyboardInterrupt:
         pass
+
+
+def _leaves(group: BaseExceptionGroup[BaseException]) -> list[BaseException]:
+    out: list[BaseException] = []
+    for exc in group.exceptions:
+        out.extend(_leaves(exc) if isinstance(exc, BaseExceptionGroup) else [exc])
+    return out
 
 
 def main() -> None:
