@@ -116,14 +116,14 @@ def serve(
     try:
         run(effective, config_path=path, overrides=overrides)
     except* StorageError as group:
-        for exc in _leaves(group):
-            typer.echo(f"arrowport: {getattr(exc, 'detail', exc)}", err=True)
+        for leaf in _leaves(group):
+            typer.echo(f"arrowport: {getattr(leaf, 'detail', leaf)}", err=True)
         raise typer.Exit(1) from None
     except* OSError as group:
-        for exc in _leaves(group):
+        for leaf in _leaves(group):
             typer.echo(
                 f"arrowport: cannot listen on {effective.host}:{effective.port}: "
-                f"{getattr(exc, 'strerror', None) or exc}",
+                f"{getattr(leaf, 'strerror', None) or leaf}",
                 err=True,
             )
         raise typer.Exit(1) from None
