@@ -18,6 +18,7 @@ from __future__ import annotations
 import itertools
 import logging
 import os
+import threading
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from typing import Any
@@ -112,6 +113,7 @@ class DuckDBStore:
         if checkpoint_threshold:
             self._settings["checkpoint_threshold"] = checkpoint_threshold
         self._con: duckdb.DuckDBPyConnection | None = None
+        self._cursor_lock = threading.Lock()
         self.commits = 0
         self.rollbacks = 0
         self.schema_mismatches = 0
@@ -141,9 +143,10 @@ class DuckDBStore:
             cur.execute("CHECKPOINT")
 
     def _cursor(self) -> duckdb.DuckDBPyConnection:
-        if self._con is None:
-            raise StorageError("the DuckDB store is not open")
-        return self._con.cursor()
+        with self._cursor_lock:
+            if self._con is None:
+                raise StorageError("the DuckDB store is not open")
+            return self._con.cursor()
 
     def statistics(self) -> dict[str, Any]:
         wal = self.path + ".wal"
@@ -221,18 +224,22 @@ class DuckDBStore:
         counted: _Counted,
         on_commit: OnCommit | None,
     ) -> bool:
-        cur.begin()
-        created = self._prepare_table(cur, table, schema)
-        cur.commit()
+        created: bool | None = None
         rows = batches = 0
         for batch in counted:
             cur.begin()
+            if created is None:  # the table appears with its first committed batch
+                created = self._prepare_table(cur, table, schema)
             self._insert(cur, table, schema, [batch])
             cur.commit()
             self.commits += 1
             rows, batches = rows + batch.num_rows, batches + 1
             if on_commit is not None:
                 on_commit(rows, batches)
+        if created is None:  # a schema-only stream still creates the table
+            cur.begin()
+            created = self._prepare_table(cur, table, schema)
+            cur.commit()
         return created
 
     def _prepare_table(self, cur: duckdb.DuckDBPyConnection, table: str, schema: pa.Schema) -> bool:

@@ -152,3 +152,17 @@ def test_nothing_downloads_extensions(tmp_path: Path) -> None:
     finally:
         s.close()
     assert duckdb.__version__ == "1.5.5"
+
+
+def test_batch_mode_failure_before_first_batch_leaves_no_table(store: DuckDBStore) -> None:
+    """Batch mode creates the table with its first committed batch, not before."""
+    schema = _batches(1)[0].schema
+
+    def failing() -> Iterator[pa.RecordBatch]:
+        raise IngestAborted("cut before any batch")
+        yield  # pragma: no cover
+
+    with pytest.raises(IngestAborted):
+        store.write("t", schema, failing(), commit="batch")
+    with store._cursor() as cur:
+        assert store.table_columns(cur, "t") is None
