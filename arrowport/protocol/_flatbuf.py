@@ -14,7 +14,9 @@ from __future__ import annotations
 
 import enum
 import struct
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
+from typing import overload
 
 from .errors import invalid
 
@@ -22,6 +24,7 @@ _U16 = struct.Struct("<H")
 _U32 = struct.Struct("<I")
 _I32 = struct.Struct("<i")
 _I64 = struct.Struct("<q")
+_BUFFER = struct.Struct("<qq")
 
 
 class HeaderType(enum.IntEnum):
@@ -48,12 +51,51 @@ class BufferSpec:
     length: int
 
 
+class BufferTable(Sequence[BufferSpec]):
+    """The ``buffers`` vector, read on demand.
+
+    A 64 MiB metadata block can declare millions of buffers; they are not
+    materialized as Python objects, only unpacked while iterated.
+    """
+
+    __slots__ = ("_raw",)
+
+    def __init__(self, raw: memoryview) -> None:
+        self._raw = raw
+
+    def __len__(self) -> int:
+        return len(self._raw) // 16
+
+    @overload
+    def __getitem__(self, index: int) -> BufferSpec: ...
+    @overload
+    def __getitem__(self, index: slice) -> Sequence[BufferSpec]: ...
+    def __getitem__(self, index: int | slice) -> BufferSpec | Sequence[BufferSpec]:
+        if isinstance(index, slice):
+            return [self[i] for i in range(*index.indices(len(self)))]
+        if index < 0:
+            index += len(self)
+        if not 0 <= index < len(self):
+            raise IndexError(index)
+        return _spec(*_BUFFER.unpack_from(self._raw, 16 * index))
+
+    def __iter__(self) -> Iterator[BufferSpec]:
+        for offset, length in _BUFFER.iter_unpack(self._raw):
+            yield _spec(offset, length)
+
+
+def _spec(offset: int, length: int) -> BufferSpec:
+    if offset < 0 or length < 0:
+        raise _malformed("negative buffer offset or length")
+    return BufferSpec(offset, length)
+
+
 @dataclass(frozen=True, slots=True)
 class BatchHeader:
     """What the framer needs of a RecordBatch (or a dictionary's data)."""
 
     length: int
-    buffers: tuple[BufferSpec, ...]
+    buffers: BufferTable
     codec: Codec | None
 
 
@@ -138,13 +180,7 @@ def _batch_header(table: _Table) -> BatchHeader:
     if length < 0:
         raise _malformed("negative record batch length")
     start, count = table.struct_vector(2, 16)
-    buf = table.buf
-    buffers = []
-    for i in range(count):
-        offset, blen = struct.unpack_from("<qq", buf, start + 16 * i)
-        if offset < 0 or blen < 0:
-            raise _malformed("negative buffer offset or length")
-        buffers.append(BufferSpec(offset, blen))
+    buffers = BufferTable(table.buf[start : start + 16 * count])
     codec: Codec | None = None
     compression = table.table(3)
     if compression is not None:
@@ -152,7 +188,7 @@ def _batch_header(table: _Table) -> BatchHeader:
         if raw not in (Codec.LZ4_FRAME, Codec.ZSTD):
             raise invalid(f"unknown body compression codec {raw}", error="unsupported_compression")
         codec = Codec(raw)
-    return BatchHeader(length=length, buffers=tuple(buffers), codec=codec)
+    return BatchHeader(length=length, buffers=buffers, codec=codec)
 
 
 def parse_message(metadata: bytes | memoryview) -> MessageHeader:

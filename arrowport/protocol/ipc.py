@@ -37,6 +37,7 @@ from .input import InputBuffer
 
 _CONTINUATION = b"\xff\xff\xff\xff"
 _FILE_MAGIC = b"ARROW1"
+_ZERO = b"\x00\x00\x00\x00"
 _I32 = struct.Struct("<i")
 _I64 = struct.Struct("<q")
 _SUPPORTED_VERSIONS = (3, 4)  # MetadataVersion V4 and V5
@@ -89,11 +90,30 @@ def nesting_depth(data_type: pa.DataType, limit: int) -> int:
     return deepest
 
 
+def count_fields(schema: pa.Schema, limit: int) -> int:
+    """Count fields, nested children included; stops counting at ``limit``."""
+    count = 0
+    stack = [field.type for field in schema]
+    count += len(stack)
+    while stack and count < limit:
+        data_type = stack.pop()
+        if isinstance(data_type, pa.DictionaryType):
+            data_type = data_type.value_type
+        if isinstance(data_type, pa.BaseExtensionType):
+            data_type = data_type.storage_type
+        children = [data_type.field(i).type for i in range(data_type.num_fields)]
+        count += len(children)
+        stack.extend(children)
+    return count
+
+
 class IPCStreamDecoder:
     """Decode an Arrow IPC stream pushed in arbitrary chunks.
 
     Limits (all in bytes unless named otherwise) are checked before anything
-    is allocated for the message that exceeds them.
+    is allocated for the message that exceeds them. ``max_dictionary_bytes``
+    bounds all dictionary messages of a stream together, each counted as its
+    framed metadata plus its decompressed body.
     """
 
     def __init__(
@@ -217,7 +237,9 @@ class IPCStreamDecoder:
             return self._need("in a message prefix")
         head = self._input.peek(4)
         legacy = head != _CONTINUATION
-        if self._legacy is not None and legacy != self._legacy:
+        # Framing never changes mid-stream, except that a bare zero word ends any
+        # stream (the legacy end marker, which Arrow C++ also accepts).
+        if self._legacy is not None and legacy != self._legacy and head != _ZERO:
             expected = "a legacy length prefix" if self._legacy else "the continuation marker"
             raise invalid(
                 f"IPC message framing changed mid-stream: expected {expected}, got {head.hex()}",
@@ -232,7 +254,8 @@ class IPCStreamDecoder:
             length = _I32.unpack(self._input.take(8)[4:])[0]
             prefix = 8
         first = self._legacy is None
-        self._legacy = legacy
+        if first:
+            self._legacy = legacy
         self._pending_wire_bytes += prefix
         if length == 0:
             if self._schema is None:
@@ -336,13 +359,19 @@ class IPCStreamDecoder:
                     raise invalid(
                         "a buffer lies outside the message body", error="invalid_ipc_metadata"
                     )
-        if kind == HeaderType.DICTIONARY_BATCH:
-            grown = self.dictionary_bytes + header.body_length
-            if grown > self.max_dictionary_bytes:
-                raise limit_exceeded(
-                    f"dictionaries would grow to {grown} bytes, over the limit of "
-                    f"{self.max_dictionary_bytes} bytes"
-                )
+        if kind == HeaderType.DICTIONARY_BATCH and batch is not None and batch.codec is None:
+            # uncompressed: the body is what the dictionary costs, so refuse it before
+            # reading it; compressed ones are counted once their sizes are known
+            self._check_dictionary_growth(8 + _pad8(self._metadata_length) + header.body_length)
+
+    def _check_dictionary_growth(self, size: int) -> int:
+        grown = self.dictionary_bytes + size
+        if grown > self.max_dictionary_bytes:
+            raise limit_exceeded(
+                f"dictionaries would grow to {grown} bytes, over the limit of "
+                f"{self.max_dictionary_bytes} bytes"
+            )
+        return grown
 
     def _read_body(self) -> Event | _NeedData | None:
         view = self._message_view
@@ -391,10 +420,13 @@ class IPCStreamDecoder:
         batch = header.batch
         assert batch is not None
         decoded = self._decoded_size(batch, message, header.body_length)
-        self._feed.push(message)
         if kind == HeaderType.DICTIONARY_BATCH:
-            self.dictionary_bytes += header.body_length
+            # Decompressed size, so a compressed delta cannot grow dictionaries unseen,
+            # plus the framed metadata, so a flood of empty deltas is bounded too.
+            self.dictionary_bytes = self._check_dictionary_growth(self._body_start + decoded)
+            self._feed.push(message)
             return None
+        self._feed.push(message)
         return self._on_batch(decoded)
 
     def _on_schema(self, message: pa.Buffer) -> Event:
@@ -406,9 +438,11 @@ class IPCStreamDecoder:
         except Exception as exc:  # pyarrow, or a registered extension type's deserializer
             raise invalid(f"invalid schema message: {exc}", error="invalid_schema") from None
         schema = self._reader.schema
-        if len(schema) > self.max_columns:
+        fields = count_fields(schema, self.max_columns + 1)
+        if fields > self.max_columns:
             raise limit_exceeded(
-                f"schema has {len(schema)} columns, over the limit of {self.max_columns}"
+                f"schema has more than {self.max_columns} fields (nested fields included), "
+                "over the column limit"
             )
         for field in schema:
             if nesting_depth(field.type, self.max_nesting_depth + 1) > self.max_nesting_depth:

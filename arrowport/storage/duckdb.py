@@ -4,10 +4,11 @@ Invariants:
 
 * One ``duckdb.DuckDBPyConnection`` per store; each write uses its own cursor
   and transaction. The caller orders writes to one table (one at a time).
-* Request mode: the whole stream is one ``INSERT ... BY NAME`` statement over
-  a ``RecordBatchReader`` fed by the caller's iterator, inside one
-  transaction that also creates a missing table. If the iterator raises, the
-  statement fails and the transaction rolls back: nothing is left behind.
+* Request mode: one transaction per request. It creates a missing table,
+  then runs one ``INSERT ... BY NAME`` per group of about two row groups over
+  a ``RecordBatchReader`` fed by the caller's iterator (bounded memory, and
+  DuckDB still inserts in parallel). If the iterator raises, the statement
+  fails and the transaction rolls back: nothing is left behind.
 * Batch mode: each batch is its own transaction; ``on_commit`` is called after
   each commit with the running totals.
 * Nothing is installed at run time: extensions load from registry packages.
@@ -102,6 +103,8 @@ class DuckDBStore:
         memory_limit: str | None = None,
         threads: int | None = None,
         checkpoint_threshold: str | None = None,
+        insert_group_rows: int = 2 * 122_880,
+        insert_group_bytes: int = 64 * 1024 * 1024,
     ) -> None:
         self.path = os.fspath(path)
         self.extensions = tuple(extensions)
@@ -112,6 +115,8 @@ class DuckDBStore:
             self._settings["threads"] = threads
         if checkpoint_threshold:
             self._settings["checkpoint_threshold"] = checkpoint_threshold
+        self.insert_group_rows = insert_group_rows
+        self.insert_group_bytes = insert_group_bytes
         self._con: duckdb.DuckDBPyConnection | None = None
         self._cursor_lock = threading.Lock()
         self.commits = 0
@@ -206,7 +211,7 @@ class DuckDBStore:
                 else:
                     cur.begin()
                     created = self._prepare_table(cur, table, schema)
-                    self._insert(cur, table, schema, counted)
+                    self._insert_in_groups(cur, table, schema, counted)
                     if not counted.exhausted:
                         raise StorageError("DuckDB stopped reading before the stream ended")
                     cur.commit()
@@ -266,6 +271,43 @@ class DuckDBStore:
             return False
         finally:
             cur.unregister(name)
+
+    def _insert_in_groups(
+        self,
+        cur: duckdb.DuckDBPyConnection,
+        table: str,
+        schema: pa.Schema,
+        batches: Iterable[pa.RecordBatch],
+    ) -> None:
+        """Insert ``batches`` with one statement per group of about ``insert_group_rows``.
+
+        DuckDB keeps every Arrow batch a statement scanned alive until the
+        statement ends, so one INSERT over a whole large request holds the
+        whole request in memory. Groups of a few row groups bound that and
+        still let DuckDB insert on all its threads. All groups run inside the
+        caller's transaction.
+        """
+        source = iter(batches)
+        max_rows, max_bytes = self.insert_group_rows, self.insert_group_bytes
+        pending: pa.RecordBatch | None = None
+
+        def group() -> Iterator[pa.RecordBatch]:
+            nonlocal pending
+            rows = size = 0
+            while pending is not None:
+                batch, pending = pending, None
+                rows += batch.num_rows
+                size += batch.get_total_buffer_size()
+                yield batch
+                if rows >= max_rows or size >= max_bytes:
+                    return
+                pending = next(source, None)
+
+        while True:
+            pending = next(source, None)
+            if pending is None:
+                return
+            self._insert(cur, table, schema, group())
 
     def _insert(
         self,
