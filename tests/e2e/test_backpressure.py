@@ -9,7 +9,7 @@ from pathlib import Path
 
 import httpx
 import pyarrow as pa
-from support import ARROW, Server, ipc_bytes
+from support import ARROW, Server
 
 
 def _rss_mb(pid: int, field: str = "VmRSS") -> float:
@@ -20,7 +20,7 @@ def _rss_mb(pid: int, field: str = "VmRSS") -> float:
 
 
 def _big_stream(batches: int, rows: int = 1_000_000) -> tuple[bytes, list[int]]:
-    """An IPC stream of ``batches`` batches of 4 int64 columns, and the offset after each message."""
+    """An IPC stream of ``batches`` batches of 4 int64 columns, and each message's end offset."""
     columns = {f"c{i}": pa.array(range(i, rows + i), pa.int64()) for i in range(4)}
     batch = pa.record_batch(columns)
     sink = pa.BufferOutputStream()
@@ -93,15 +93,16 @@ def test_blocked_upload_is_held_back_not_buffered(server: Server) -> None:
     assert server.query("SELECT count(*) FROM bp") == [(20_000_000,)]
 
 
-def test_large_upload_memory_does_not_scale_with_request(server_factory: type[Server],
-                                                          tmp_path: Path) -> None:
+def test_large_upload_memory_does_not_scale_with_request(
+    server_factory: type[Server], tmp_path: Path
+) -> None:
     """A 640 MB upload raises server RSS by far less than its size (bounded by the limits)."""
     config = tmp_path / "arrowport.yaml"
     config.write_text("duckdb:\n  memory_limit: 64MB\nlimits:\n  queue_depth: 2\n")
     server = server_factory(tmp_path, config=config).start()
     assert server.proc is not None
     pid = server.proc.pid
-    data, _ = _big_stream(80, rows=250_000)  # 80 × 8 MB
+    data, _ = _big_stream(80, rows=250_000)  # 80 batches of 8 MB
     idle = _rss_mb(pid)
     sock = _open_upload(server.url, "big", len(data))
     sock.sendall(data)

@@ -228,9 +228,21 @@ def test_periodic_checkpoint_empties_the_wal(server_factory: type[Server], tmp_p
 def test_port_in_use_fails_with_a_clear_message(server: Server, tmp_path: Path) -> None:
     """A second server on a busy port exits 1 and says the address is in use."""
     port = httpx.URL(server.url).port
-    out = subprocess.run([sys.executable, "-m", "arrowport", "serve", "--port", str(port), "--db",
-                          str(tmp_path / "other.duckdb")], capture_output=True, text=True,
-                         timeout=60)
+    out = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "arrowport",
+            "serve",
+            "--port",
+            str(port),
+            "--db",
+            str(tmp_path / "other.duckdb"),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
     assert out.returncode == 1
     assert f"cannot listen on 127.0.0.1:{port}" in out.stderr and "in use" in out.stderr
     assert "Traceback" not in out.stderr
@@ -239,7 +251,12 @@ def test_port_in_use_fails_with_a_clear_message(server: Server, tmp_path: Path) 
 
 def test_delta_backend_is_refused_honestly(tmp_path: Path) -> None:
     """--backend delta says it is not available in this release instead of failing later."""
-    out = subprocess.run([sys.executable, "-m", "arrowport", "serve", "--backend", "delta"],
-                         capture_output=True, text=True, timeout=60, cwd=tmp_path)
+    out = subprocess.run(
+        [sys.executable, "-m", "arrowport", "serve", "--backend", "delta"],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        cwd=tmp_path,
+    )
     assert out.returncode == 2 and "delta backend is not available" in out.stderr
     assert not (tmp_path / "arrowport.duckdb").exists()
