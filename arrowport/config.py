@@ -8,6 +8,7 @@ environment variables, command-line flags. Every problem is reported as a
 from __future__ import annotations
 
 import difflib
+import math
 import os
 import re
 from collections.abc import Callable, Mapping
@@ -81,6 +82,7 @@ class Limits:
     max_batch_rows: int = 64 * 1024**2
     max_request_size: int | None = None
     queue_depth: int = 4
+    body_idle_timeout: float = 60.0
 
     def decoder_kwargs(self) -> dict[str, int]:
         return {
@@ -145,9 +147,12 @@ class Config:
         validate_name(stream, "stream")
         conf = self.streams.get(stream)
         if conf is None:
+            key = stream.lower()
+            conf = next((c for n, c in self.streams.items() if n.lower() == key), None)
+        if conf is None:
             return Route(stream, stream, self.storage_backend, "request", configured=False)
         backend = conf.storage_backend or self.storage_backend
-        return Route(stream, conf.target_table, backend, conf.commit, configured=True)
+        return Route(conf.name, conf.target_table, backend, conf.commit, configured=True)
 
 
 # -- parsing ---------------------------------------------------------------
@@ -190,8 +195,8 @@ def _float(value: object, key: str) -> float:
         number = float(value)  # type: ignore[arg-type]
     except (TypeError, ValueError):
         raise ConfigError(f"{key}: expected a number, got {value!r}") from None
-    if number < 0:
-        raise ConfigError(f"{key}: must not be negative")
+    if not math.isfinite(number) or number < 0:
+        raise ConfigError(f"{key}: must be a finite, non-negative number, got {value!r}")
     return number
 
 
@@ -248,6 +253,8 @@ def _limits(raw: Mapping[str, Any], key: str) -> Limits:
         value, where = raw[name], f"{key}.{name}"
         if name in ("max_nesting_depth", "max_columns", "max_batch_rows", "queue_depth"):
             values[name] = _int(value, where, minimum=1)
+        elif name == "body_idle_timeout":
+            values[name] = _float(value, where)
         elif name == "max_request_size" and value in (None, 0, "0", "unlimited"):
             values[name] = None
         else:
@@ -257,15 +264,23 @@ def _limits(raw: Mapping[str, Any], key: str) -> Limits:
     return Limits(**{**{n: getattr(defaults, n) for n in allowed}, **values})
 
 
+def _duckdb_size(value: object, key: str) -> str:
+    """A size DuckDB understands, validated here so that a typo names its key."""
+    size = parse_size(value, key)
+    if size <= 0:
+        raise ConfigError(f"{key}: must be positive")
+    return f"{size}B"
+
+
 def _duckdb(raw: Mapping[str, Any], key: str) -> DuckDBSettings:
     _check_keys(raw, set(DuckDBSettings.__dataclass_fields__), f"{key}.")
     base = DuckDBSettings()
     memory = raw.get("memory_limit", base.memory_limit)
     threads = raw.get("threads", base.threads)
     return DuckDBSettings(
-        memory_limit=None if memory is None else _str(memory, f"{key}.memory_limit"),
+        memory_limit=None if memory is None else _duckdb_size(memory, f"{key}.memory_limit"),
         threads=None if threads is None else _int(threads, f"{key}.threads", minimum=1),
-        checkpoint_threshold=_str(
+        checkpoint_threshold=_duckdb_size(
             raw.get("checkpoint_threshold", base.checkpoint_threshold),
             f"{key}.checkpoint_threshold",
         ),
@@ -305,7 +320,8 @@ def _stream(name: str, value: object) -> StreamConfig:
         raise ConfigError(f"{key}: {exc.detail}") from None
     raw = _mapping(value, key)
     _check_keys(raw, _STREAM_KEYS, f"{key}.")
-    table = str(raw.get("target_table", name))
+    target = raw.get("target_table")
+    table = name if target is None else str(target)
     try:
         validate_name(table, "table")
     except InvalidNameError as exc:
@@ -350,7 +366,17 @@ def parse_config(raw: Mapping[str, Any], source: str | None = None) -> Config:
         if raw.get(key) is not None:
             values[key] = parser(raw[key], key)
     streams = _mapping(raw.get("streams"), "streams")
-    values["streams"] = {str(name): _stream(str(name), conf) for name, conf in streams.items()}
+    seen: dict[str, str] = {}
+    for name in streams:
+        if not isinstance(name, str):
+            raise ConfigError(f"streams.{name}: stream names must be strings")
+        if name.lower() in seen:
+            raise ConfigError(
+                f"streams.{name}: same name as streams.{seen[name.lower()]} "
+                "(stream names are case-insensitive, like table names)"
+            )
+        seen[name.lower()] = name
+    values["streams"] = {name: _stream(name, conf) for name, conf in streams.items()}
     extensions = raw.get("duckdb_extensions") or []
     if not isinstance(extensions, list) or not all(
         isinstance(e, str) and e.isidentifier() for e in extensions
@@ -372,6 +398,8 @@ def read_yaml(path: str | os.PathLike[str]) -> dict[str, Any]:
         text = Path(path).read_text(encoding="utf-8")
     except OSError as exc:
         raise ConfigError(f"cannot read config file {str(path)!r}: {exc.strerror or exc}") from None
+    except UnicodeDecodeError as exc:
+        raise ConfigError(f"config file {str(path)!r} is not UTF-8 text: {exc}") from None
     try:
         data = yaml.safe_load(text)
     except yaml.YAMLError as exc:

@@ -113,3 +113,54 @@ def test_route_validates_stream_names() -> None:
     """Routing refuses names that are not identifiers."""
     with pytest.raises(InvalidNameError):
         parse_config({}).route('x"; DROP TABLE t; --')
+
+
+@pytest.mark.parametrize(
+    ("raw", "key"),
+    [
+        ({"reload_interval": "nan"}, "reload_interval"),
+        ({"reload_interval": "inf"}, "reload_interval"),
+        ({"duckdb": {"checkpoint_interval": "nan"}}, "duckdb.checkpoint_interval"),
+        ({"duckdb": {"memory_limit": "lots"}}, "duckdb.memory_limit"),
+        ({"duckdb": {"checkpoint_threshold": "banana"}}, "duckdb.checkpoint_threshold"),
+        ({"limits": {"body_idle_timeout": -1}}, "limits.body_idle_timeout"),
+        ({"streams": {"Events": {}, "events": {}}}, "streams.events"),
+    ],
+)
+def test_more_errors_name_the_key(raw: dict[str, object], key: str) -> None:
+    """Non-finite numbers, bad sizes and case-duplicate streams are refused by key."""
+    with pytest.raises(ConfigError) as info:
+        parse_config(raw)
+    assert str(info.value).startswith(f"{key}:"), str(info.value)
+
+
+def test_non_utf8_file_is_a_config_error(tmp_path: Path) -> None:
+    """A config file that is not UTF-8 is a ConfigError, not a crash."""
+    path = tmp_path / "latin1.yaml"
+    path.write_bytes(b"streams:\n  s:\n    target_table: caf\xe9\n")
+    with pytest.raises(ConfigError, match="not UTF-8"):
+        load_config(path, env={})
+
+
+def test_duckdb_sizes_are_normalised() -> None:
+    """DuckDB sizes are validated and passed on in bytes."""
+    config = parse_config({"duckdb": {"memory_limit": "1GiB", "checkpoint_threshold": "16MB"}})
+    assert config.duckdb.memory_limit == f"{1024**3}B"
+    assert config.duckdb.checkpoint_threshold == "16000000B"
+
+
+def test_null_target_table_defaults_to_stream_name() -> None:
+    """An empty target_table means the stream's own name, never a table called 'None'."""
+    assert parse_config({"streams": {"s": {"target_table": None}}}).route("s").table == "s"
+
+
+def test_stream_routing_is_case_insensitive() -> None:
+    """/ingest/EVENTS uses the events entry (and its canonical name)."""
+    config = parse_config({"streams": {"events": {"target_table": "log", "commit": "batch"}}})
+    route = config.route("EVENTS")
+    assert (route.stream, route.table, route.commit, route.configured) == (
+        "events",
+        "log",
+        "batch",
+        True,
+    )

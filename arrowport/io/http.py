@@ -128,6 +128,7 @@ def create_app(state: ServerState) -> QuartTrio:
         limit = config.limits.max_request_size
         if limit is not None and (request.content_length or 0) > limit:
             state.stats.refused("limit")
+            state.stats.finished(stream, ok=False)
             return error_response(
                 413, "limit_exceeded", f"request body exceeds the limit of {limit} bytes"
             )
@@ -152,6 +153,7 @@ def create_app(state: ServerState) -> QuartTrio:
                 locks=state.locks,
                 stats=state.stats,
                 progress=progress,
+                limiter=state.write_limiter,
             )
         except ArrowportError as exc:
             state.stats.finished(stream, ok=False)
@@ -168,6 +170,14 @@ def create_app(state: ServerState) -> QuartTrio:
         except RequestEntityTooLarge:
             state.stats.finished(stream, ok=False)
             return error_response(413, "limit_exceeded", "request body too large")
+        except trio.Cancelled:  # the client went away (or the server is stopping)
+            state.stats.finished(stream, ok=False)
+            state.stats.refused("disconnected")
+            log.info("ingest %s: client disconnected; rolled back", stream)
+            raise
+        except Exception:
+            state.stats.finished(stream, ok=False)
+            raise
         finally:
             state.stats.in_flight -= 1
         state.stats.finished(stream, ok=True)

@@ -34,7 +34,7 @@ from ..protocol import (
     SchemaReceived,
     StreamEnded,
 )
-from ..protocol.errors import ProtocolError
+from ..protocol.errors import GrpcStatus, ProtocolError
 from ..stats import Stats
 from ..storage import IngestAborted, WriteResult
 
@@ -52,6 +52,7 @@ class Store(Protocol):
         *,
         commit: str = ...,
         on_commit: Any = ...,
+        before_commit: Any = ...,
     ) -> WriteResult: ...
 
 
@@ -150,8 +151,11 @@ def _primary(group: BaseExceptionGroup[Any]) -> BaseException:
     for exc in leaves:  # the cause, not its echo in the other task
         if isinstance(exc, ArrowportError) and not isinstance(exc, IngestAborted):
             return exc
-    for exc in leaves:
+    for exc in leaves:  # a bug
         if not isinstance(exc, trio.Cancelled | trio.BrokenResourceError | IngestAborted):
+            return exc
+    for exc in leaves:  # cancelled from outside (client gone, shutdown): trio must see it
+        if isinstance(exc, trio.Cancelled):
             return exc
     for exc in leaves:
         if isinstance(exc, IngestAborted):
@@ -168,6 +172,7 @@ async def ingest(
     locks: TableLocks,
     stats: Stats,
     progress: Progress | None = None,
+    limiter: trio.CapacityLimiter | None = None,
 ) -> IngestResult:
     """Stream ``chunks`` (an IPC stream) into ``route.table``; return after commit."""
     started = trio.current_time()
@@ -203,7 +208,14 @@ async def ingest(
                         source,
                         commit=route.commit,
                         on_commit=lambda r, b: on_commit(source, r, b),
-                    )
+                        # Request mode: a client that hung up before COMMIT gets a
+                        # rollback, not a commit it will never hear about. Batch mode
+                        # commits every batch that arrived whole, as it goes.
+                        before_commit=(
+                            trio.from_thread.check_cancelled if route.commit != "batch" else None
+                        ),
+                    ),
+                    limiter=limiter,
                 )
             results.append(result)
 
@@ -212,7 +224,7 @@ async def ingest(
     try:
         async with trio.open_nursery() as nursery:
             with send:
-                async for chunk in _with_eof(chunks):
+                async for chunk in _with_eof(chunks, limits.body_idle_timeout):
                     received += len(chunk)
                     if received > max_request:
                         raise ProtocolError(
@@ -269,9 +281,27 @@ async def ingest(
     )
 
 
-async def _with_eof(chunks: AsyncIterator[bytes]) -> AsyncIterator[bytes]:
-    """Yield the body's chunks, then ``b""`` once the body is complete."""
-    async for chunk in chunks:
+async def _with_eof(chunks: AsyncIterator[bytes], idle_timeout: float) -> AsyncIterator[bytes]:
+    """Yield the body's chunks, then ``b""`` once the body is complete.
+
+    A client that sends nothing for ``idle_timeout`` seconds is cut off: it
+    would otherwise hold its table's writer for as long as it likes.
+    """
+    iterator = aiter(chunks)
+    while True:
+        try:
+            with trio.fail_after(idle_timeout or math.inf):
+                chunk = await anext(iterator)
+        except StopAsyncIteration:
+            break
+        except trio.TooSlowError:
+            raise ArrowportError(
+                f"no request body data for {idle_timeout:g} s; the request was abandoned "
+                "and nothing was committed",
+                error="body_timeout",
+                http_status=408,
+                grpc_status=GrpcStatus.DEADLINE_EXCEEDED,
+            ) from None
         if chunk:
             yield chunk
     yield b""

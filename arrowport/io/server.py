@@ -71,18 +71,31 @@ async def watch_config(
     reload: Callable[[], Config],
     path: str,
 ) -> None:
-    """Poll ``path``; on a change, swap in the new config or keep the old one."""
+    """Poll ``path``; on a change, swap in the new config or keep the old one.
+
+    A change is acted on once the file has looked the same for one whole
+    interval, so an editor's truncate-then-write is never read half-way.
+    ``reload_interval: 0`` turns reloading off.
+    """
     seen = _fingerprint(path)
-    while True:
-        await trio.sleep(state.config.reload_interval or 1.0)
+    changed: tuple[int, int] | None = None
+    while state.config.reload_interval > 0:
+        await trio.sleep(state.config.reload_interval)
         now = _fingerprint(path)
         if now == seen:
+            changed = None
             continue
-        seen = now
+        if now != changed:  # still changing: look again next time
+            changed = now
+            continue
+        seen, changed = now, None
         try:
             new = reload()
         except ConfigError as exc:
             log.error("config reload failed; keeping the previous config: %s", exc)
+            continue
+        except Exception:
+            log.exception("config reload failed; keeping the previous config")
             continue
         old = state.config
         for key in ("host", "port", "db_path", "storage_backend", "duckdb_extensions", "duckdb"):
@@ -90,6 +103,7 @@ async def watch_config(
                 log.warning("config reload: %s changed; it takes effect after a restart", key)
         state.config = _keep_restart_only(new, old)
         log.info("config reloaded from %s (%d streams)", path, len(new.streams))
+    log.info("config reloading is off (reload_interval: 0)")
 
 
 def _keep_restart_only(new: Config, old: Config) -> Config:

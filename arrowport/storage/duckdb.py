@@ -5,10 +5,10 @@ Invariants:
 * One ``duckdb.DuckDBPyConnection`` per store; each write uses its own cursor
   and transaction. The caller orders writes to one table (one at a time).
 * Request mode: one transaction per request. It creates a missing table,
-  then runs one ``INSERT ... BY NAME`` per group of about two row groups over
-  a ``RecordBatchReader`` fed by the caller's iterator (bounded memory, and
-  DuckDB still inserts in parallel). If the iterator raises, the statement
-  fails and the transaction rolls back: nothing is left behind.
+  then runs one ``INSERT ... BY NAME`` per group of about two row groups
+  taken from the caller's iterator (bounded memory, and DuckDB still inserts
+  in parallel). If the iterator raises, or ``before_commit`` does, the
+  transaction rolls back: nothing is left behind.
 * Batch mode: each batch is its own transaction; ``on_commit`` is called after
   each commit with the running totals.
 * Nothing is installed at run time: extensions load from registry packages.
@@ -28,7 +28,12 @@ import duckdb
 import pyarrow as pa
 
 from ..names import quote_identifier
-from .errors import SchemaMismatchError, StorageError, WriteRejectedError
+from .errors import (
+    SchemaMismatchError,
+    StorageError,
+    UnsupportedTypeError,
+    WriteRejectedError,
+)
 from .schema import Column, check_subset, duplicate_names
 
 log = logging.getLogger("arrowport.storage")
@@ -130,6 +135,8 @@ class DuckDBStore:
             self._con = duckdb.connect(self.path, config=self._settings)
         except duckdb.IOException as exc:
             raise StorageError(f"cannot open DuckDB database {self.path!r}: {exc}") from None
+        except duckdb.Error as exc:
+            raise StorageError(f"DuckDB refused the settings {self._settings}: {exc}") from None
         for name in self.extensions:
             load_extension(self._con, name)
 
@@ -192,8 +199,14 @@ class DuckDBStore:
         *,
         commit: str = "request",
         on_commit: OnCommit | None = None,
+        before_commit: Callable[[], None] | None = None,
     ) -> WriteResult:
-        """Write ``batches`` into ``table``; see the module invariants."""
+        """Write ``batches`` into ``table``; see the module invariants.
+
+        ``before_commit`` runs just before each COMMIT; if it raises, the
+        transaction rolls back instead (the caller's last word, e.g. "the
+        client is gone").
+        """
         dupes = duplicate_names(schema.names)
         if dupes:
             self.schema_mismatches += 1
@@ -207,15 +220,16 @@ class DuckDBStore:
         with self._cursor() as cur:
             try:
                 if commit == "batch":
-                    created = self._write_per_batch(cur, table, schema, counted, on_commit)
+                    created = self._write_per_batch(
+                        cur, table, schema, counted, on_commit, before_commit
+                    )
                 else:
                     cur.begin()
                     created = self._prepare_table(cur, table, schema)
                     self._insert_in_groups(cur, table, schema, counted)
                     if not counted.exhausted:
                         raise StorageError("DuckDB stopped reading before the stream ended")
-                    cur.commit()
-                    self.commits += 1
+                    self._commit(cur, before_commit)
             except BaseException as exc:
                 self._rollback(cur)
                 raise self._translate(exc, counted) from None
@@ -228,6 +242,7 @@ class DuckDBStore:
         schema: pa.Schema,
         counted: _Counted,
         on_commit: OnCommit | None,
+        before_commit: Callable[[], None] | None,
     ) -> bool:
         created: bool | None = None
         rows = batches = 0
@@ -236,39 +251,74 @@ class DuckDBStore:
             if created is None:  # the table appears with its first committed batch
                 created = self._prepare_table(cur, table, schema)
             self._insert(cur, table, schema, [batch])
-            cur.commit()
-            self.commits += 1
+            self._commit(cur, before_commit)
             rows, batches = rows + batch.num_rows, batches + 1
             if on_commit is not None:
                 on_commit(rows, batches)
         if created is None:  # a schema-only stream still creates the table
             cur.begin()
             created = self._prepare_table(cur, table, schema)
-            cur.commit()
+            self._commit(cur, before_commit)
         return created
+
+    def _commit(
+        self, cur: duckdb.DuckDBPyConnection, before_commit: Callable[[], None] | None
+    ) -> None:
+        if before_commit is not None:
+            before_commit()
+        cur.commit()
+        self.commits += 1
 
     def _prepare_table(self, cur: duckdb.DuckDBPyConnection, table: str, schema: pa.Schema) -> bool:
         """Create ``table`` from ``schema`` if missing, else check the schema fits."""
-        empty = schema.empty_table()
-        name = f"__arrowport_schema_{next(_source_ids)}"
-        cur.register(name, empty)
-        try:
-            relation = cur.sql(f"SELECT * FROM {name}")
-            incoming = [
-                Column(n, str(t)) for n, t in zip(relation.columns, relation.types, strict=True)
-            ]
-            existing = self.table_columns(cur, table)
-            if existing is None:
+        incoming = self._duckdb_columns(cur, schema)
+        existing = self.table_columns(cur, table)
+        if existing is None:
+            name = f"__arrowport_schema_{next(_source_ids)}"
+            cur.register(name, schema.empty_table())
+            try:
                 cur.execute(
                     f"CREATE TABLE {quote_identifier(table)} AS SELECT * FROM {name} LIMIT 0"
                 )
-                return True
+            finally:
+                cur.unregister(name)
+            return True
+        try:
+            check_subset(table, incoming, existing)
+        except SchemaMismatchError:
+            self.schema_mismatches += 1
+            raise
+        return False
+
+    def _duckdb_columns(self, cur: duckdb.DuckDBPyConnection, schema: pa.Schema) -> list[Column]:
+        """The DuckDB type of each incoming column; 422 naming any DuckDB cannot store."""
+        try:
+            return self._describe(cur, schema)
+        except (pa.ArrowException, duckdb.Error):
+            pass
+        # The failed probe aborted ``cur``'s transaction; the rollback follows
+        # when we raise. Name the culprits with a cursor of their own.
+        bad = []
+        for field in schema:
             try:
-                check_subset(table, incoming, existing)
-            except SchemaMismatchError:
-                self.schema_mismatches += 1
-                raise
-            return False
+                with self._cursor() as probe:
+                    self._describe(probe, pa.schema([field]))
+            except (pa.ArrowException, duckdb.Error) as exc:
+                bad.append(f"{field.name} ({field.type}: {str(exc).splitlines()[0]})")
+        self.schema_mismatches += 1
+        raise UnsupportedTypeError(
+            "DuckDB cannot store these columns' Arrow types: " + "; ".join(bad or ["?"])
+        )
+
+    @staticmethod
+    def _describe(cur: duckdb.DuckDBPyConnection, schema: pa.Schema) -> list[Column]:
+        name = f"__arrowport_schema_{next(_source_ids)}"
+        cur.register(name, schema.empty_table())
+        try:
+            relation = cur.sql(f"SELECT * FROM {name}")
+            return [
+                Column(n, str(t)) for n, t in zip(relation.columns, relation.types, strict=True)
+            ]
         finally:
             cur.unregister(name)
 
@@ -282,43 +332,38 @@ class DuckDBStore:
         """Insert ``batches`` with one statement per group of about ``insert_group_rows``.
 
         DuckDB keeps every Arrow batch a statement scanned alive until the
-        statement ends, so one INSERT over a whole large request holds the
-        whole request in memory. Groups of a few row groups bound that and
-        still let DuckDB insert on all its threads. All groups run inside the
-        caller's transaction.
+        statement ends, so one INSERT over a whole large request would hold
+        the whole request in memory; groups of a few row groups bound that
+        and still let DuckDB insert on all its threads. Each group is
+        collected on this thread before DuckDB sees it: a DuckDB scan of a
+        stream runs on pyarrow's small I/O thread pool, and must never wait
+        there on a slow client. All groups run inside the caller's
+        transaction.
         """
         source = iter(batches)
-        max_rows, max_bytes = self.insert_group_rows, self.insert_group_bytes
-        pending: pa.RecordBatch | None = None
-
-        def group() -> Iterator[pa.RecordBatch]:
-            nonlocal pending
+        while True:
+            group: list[pa.RecordBatch] = []
             rows = size = 0
-            while pending is not None:
-                batch, pending = pending, None
+            for batch in source:
+                group.append(batch)
                 rows += batch.num_rows
                 size += batch.get_total_buffer_size()
-                yield batch
-                if rows >= max_rows or size >= max_bytes:
-                    return
-                pending = next(source, None)
-
-        while True:
-            pending = next(source, None)
-            if pending is None:
+                if rows >= self.insert_group_rows or size >= self.insert_group_bytes:
+                    break
+            if not group:
                 return
-            self._insert(cur, table, schema, group())
+            self._insert(cur, table, schema, group)
 
     def _insert(
         self,
         cur: duckdb.DuckDBPyConnection,
         table: str,
         schema: pa.Schema,
-        batches: Iterable[pa.RecordBatch],
+        batches: list[pa.RecordBatch],
     ) -> None:
-        reader = pa.RecordBatchReader.from_batches(schema, iter(batches))
+        data = pa.RecordBatchReader.from_batches(schema, iter(batches))
         name = f"__arrowport_source_{next(_source_ids)}"
-        cur.register(name, reader)
+        cur.register(name, data)
         try:
             cur.execute(f"INSERT INTO {quote_identifier(table)} BY NAME SELECT * FROM {name}")
         finally:

@@ -35,6 +35,14 @@ class SchemaMismatchError(ArrowportError):
         return body
 
 
+class UnsupportedTypeError(ArrowportError):
+    """A column's Arrow type has no DuckDB equivalent: 422."""
+
+    error = "unsupported_type"
+    http_status = 422
+    grpc_status = GrpcStatus.INVALID_ARGUMENT
+
+
 class WriteRejectedError(ArrowportError):
     """The database refused the rows (constraint, conversion): 422."""
 

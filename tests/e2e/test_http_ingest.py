@@ -207,8 +207,8 @@ def test_lossless_widening_is_accepted(server: Server) -> None:
         "a-b",
         "a" * 129,
         "t%00",
-        "..",
         "ta ble",
+        "caf%C3%A9",
     ],
 )
 def test_invalid_stream_names_are_400(server: Server, stream: str) -> None:
@@ -219,9 +219,8 @@ def test_invalid_stream_names_are_400(server: Server, stream: str) -> None:
         content=ipc_bytes(sample_table(3)),
         headers={"Content-Type": ARROW},
     )
-    assert response.status_code in (400, 404), response.text
-    if response.status_code == 400:
-        assert response.json()["error"] == "invalid_name"
+    assert response.status_code == 400, response.text
+    assert response.json()["error"] == "invalid_name"
     server.assert_serving()
     assert server.tables() == {"t"}
     assert server.query("SELECT count(*) FROM t") == [(10,)]

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import signal
+import socket
 import subprocess
 import sys
 import time
@@ -115,7 +116,11 @@ def test_hot_reload_and_broken_edit_keeps_old_config(
     server.wait_for("keeping the previous config")
     assert any("target_tabel" in line for line in server.log)
     assert server.post("s", ipc_bytes(sample_table(3))).json()["table"] == "second"
-    assert server.query("SELECT count(*) FROM second") == [(5,)]
+    config.write_bytes(b"reload_interval: 0.1\nstreams:\n  s:\n    target_table: caf\xe9\n")
+    server.wait_for("not UTF-8")
+    server.assert_serving()
+    assert server.post("s", ipc_bytes(sample_table(3))).json()["table"] == "second"
+    assert server.query("SELECT count(*) FROM second") == [(8,)]
 
 
 def test_env_overrides(server_factory: type[Server], tmp_path: Path) -> None:
@@ -126,25 +131,38 @@ def test_env_overrides(server_factory: type[Server], tmp_path: Path) -> None:
     server = server_factory(tmp_path, env=env).start()
     assert server.post("a", ipc_bytes(sample_table(2))).json()["table"] == "from_env_config"
     server.stop()
-    # Without --db, ARROWPORT_DB picks the file.
+    # Without flags, ARROWPORT_DB, ARROWPORT_HOST and ARROWPORT_PORT pick file and address.
     env_db = tmp_path / "env.duckdb"
+    probe = socket.socket()
+    probe.bind(("127.0.0.1", 0))
+    port = probe.getsockname()[1]
+    probe.close()
+    env2 = {"ARROWPORT_DB": str(env_db), "ARROWPORT_HOST": "127.0.0.1", "ARROWPORT_PORT": str(port)}
     proc = subprocess.Popen(
-        [sys.executable, "-m", "arrowport", "serve", "--port", "0"],
-        env={**os.environ, "ARROWPORT_DB": str(env_db), "ARROWPORT_HOST": "127.0.0.1"},
+        [sys.executable, "-m", "arrowport", "serve"],
+        env={**os.environ, **env2},
         cwd=tmp_path,
         stdout=subprocess.PIPE,
         stderr=subprocess.STDOUT,
         text=True,
     )
+    banner = ""
     try:
         assert proc.stdout is not None
         for line in proc.stdout:
             if "serving on" in line:
-                assert str(env_db) in line
+                banner = line
                 break
+        response = httpx.post(
+            f"http://127.0.0.1:{port}/ingest/e",
+            content=ipc_bytes(sample_table(4)),
+            headers={"Content-Type": ARROW},
+        )
+        assert response.status_code == 200
     finally:
         proc.send_signal(signal.SIGINT)
         proc.wait(30)
+    assert f"http://127.0.0.1:{port}" in banner and str(env_db) in banner, banner
     assert env_db.exists()
 
 

@@ -1,0 +1,97 @@
+"""Slow, stalled and vanishing clients: nothing half-done is committed, nobody starves."""
+
+from __future__ import annotations
+
+import socket
+import time
+from pathlib import Path
+
+import httpx
+import pyarrow as pa
+from support import ARROW, Server, ipc_bytes, sample_table
+
+
+def _start_upload(url: str, stream: str, body: bytes, total: int) -> socket.socket:
+    u = httpx.URL(url)
+    sock = socket.create_connection((u.host, u.port))
+    sock.sendall(
+        f"POST /ingest/{stream} HTTP/1.1\r\nHost: x\r\nContent-Type: {ARROW}\r\n"
+        f"Content-Length: {total}\r\n\r\n".encode()
+        + body
+    )
+    return sock
+
+
+def _response(sock: socket.socket, timeout: float = 30) -> bytes:
+    sock.settimeout(timeout)
+    data = b""
+    while not data.rstrip().endswith(b"}"):
+        chunk = sock.recv(65536)
+        if not chunk:
+            break
+        data += chunk
+    return data
+
+
+def test_client_hanging_up_after_its_body_gets_no_commit(server: Server) -> None:
+    """A client that sends its whole body and hangs up at once gets nothing committed."""
+    big = pa.table({f"c{i}": pa.array(range(3_000_000), pa.int64()) for i in range(6)})
+    body = ipc_bytes(big, max_chunksize=250_000)
+    sock = _start_upload(server.url, "gone", body, len(body))
+    sock.close()
+    server.wait_for("client disconnected; rolled back", timeout=30)
+    server.assert_serving()
+    assert not any("Traceback" in line for line in server.log), "".join(server.log)
+    assert "gone" not in server.tables()
+
+
+def test_many_stalled_uploads_do_not_starve_other_tables(server: Server) -> None:
+    """Twelve uploads stalled mid-stream (one table each) leave other tables writable."""
+    data = ipc_bytes(sample_table(2000), max_chunksize=500)
+    stalled = [
+        _start_upload(server.url, f"stall{i}", data[: len(data) // 2], len(data)) for i in range(12)
+    ]
+    time.sleep(1)
+    response = httpx.post(
+        f"{server.url}/ingest/free",
+        content=ipc_bytes(sample_table(10)),
+        headers={"Content-Type": ARROW},
+        timeout=20,
+    )
+    assert response.status_code == 200, response.text
+    for sock in stalled:
+        sock.close()
+    server.assert_serving()
+    assert server.tables() == {"free"}
+
+
+def test_idle_client_is_cut_off_and_releases_the_table(
+    server_factory: type[Server], tmp_path: Path
+) -> None:
+    """A client idle past limits.body_idle_timeout gets 408, nothing lands, the table is free."""
+    config = tmp_path / "arrowport.yaml"
+    config.write_text("limits:\n  body_idle_timeout: 1\n")
+    server = server_factory(tmp_path, config=config).start()
+    assert server.post("t", ipc_bytes(sample_table(5))).status_code == 200
+    data = ipc_bytes(sample_table(100, offset=10))
+    idle = _start_upload(server.url, "t", data, len(data) + 1)  # one byte promised, never sent
+    started = time.monotonic()
+    answer = _response(idle)
+    assert answer.startswith(b"HTTP/1.1 408"), answer[:200]
+    assert b"body_timeout" in answer
+    assert time.monotonic() - started < 15
+    idle.close()
+    assert server.post("t", ipc_bytes(sample_table(3, offset=500))).status_code == 200
+    assert server.query("SELECT count(*) FROM t") == [(8,)]
+
+
+def test_unsupported_arrow_types_are_422_naming_the_column(server: Server) -> None:
+    """Arrow types DuckDB cannot store are refused with 422 naming the column, not 5xx."""
+    for arrow_type in (pa.float16(), pa.decimal256(40, 2)):
+        table = pa.table({"ok": pa.array([1]), "odd": pa.nulls(1, arrow_type)})
+        response = server.post("types", ipc_bytes(table))
+        assert response.status_code == 422, response.text
+        assert response.json()["error"] == "unsupported_type"
+        assert "odd" in response.json()["detail"] and "ok (" not in response.json()["detail"]
+    server.assert_serving()
+    assert "types" not in server.tables()
