@@ -7,6 +7,7 @@ itself feeds both ways, so these tests need no ``mode`` fixture.
 
 from __future__ import annotations
 
+import os
 import random
 
 import pyarrow as pa
@@ -15,8 +16,10 @@ from ipc_invariant import LIMITS, check, mutate, split
 from ipc_testing import GOLDENS, golden_bytes, write_stream
 
 NAMES = sorted(GOLDENS)
-MUTANTS_PER_GOLDEN = 20  # ~2 s in all
-SEED = 20_260_415
+# ~2 s in all by default (CI); ARROWPORT_FUZZ_MUTANTS=5000 for a long run,
+# ARROWPORT_FUZZ_SEED to explore beyond the fixed seed.
+MUTANTS_PER_GOLDEN = int(os.environ.get("ARROWPORT_FUZZ_MUTANTS", "20"))
+SEED = int(os.environ.get("ARROWPORT_FUZZ_SEED", "20260415"))
 
 
 @pytest.mark.parametrize("name", NAMES)
