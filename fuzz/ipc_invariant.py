@@ -201,7 +201,10 @@ def _poke_buffer_spec(m: _Message, rng: random.Random) -> None:
     if header.batch is None or not header.batch.buffers:
         return
     index = rng.randrange(len(header.batch.buffers))
-    spec = header.batch.buffers[index]
+    try:
+        spec = header.batch.buffers[index]  # read on demand: may be malformed
+    except ProtocolError:
+        return
     prefix_fits = spec.length >= 8 and spec.offset + 8 <= len(m.body)
     if header.batch.codec is not None and prefix_fits and rng.random() < 0.5:
         value = rng.choice((-1, -2, 0, 1, spec.length * 1000, 2**40, rng.randrange(1 << 16)))
