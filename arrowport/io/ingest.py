@@ -1,25 +1,28 @@
-"""The ingest pipeline: body chunks -> IPC decoder -> bounded queue -> writer thread.
+"""The ingest pipeline: body chunks -> IPC decoder -> bounded queue -> writer.
 
 Invariants:
 
-* The trio side decodes; the storage writer runs in a worker thread and pulls
-  batches through a bounded memory channel, so decoding the next chunk
-  overlaps with inserting the previous batch, and memory is bounded by
-  ``queue_depth`` batches plus one partial message.
+* The request's task decodes and queues batches in a bounded memory channel;
+  a writer task takes them in groups and runs each group's INSERT in a worker
+  thread. Decoding overlaps inserting, memory is bounded by ``queue_depth``
+  batches plus one group plus one partial message, and no thread ever waits
+  on the network: a slow client holds no thread.
 * Writes to one table are ordered: a request holds its table's lock from its
   schema until its commit or rollback.
-* The writer commits only after the decoder reported a clean end of stream
-  and the body ended. If anything else happens (protocol error, disconnect,
-  cancellation) the channel closes without the end marker, the writer's
-  iterator raises ``IngestAborted`` and the transaction rolls back. The
-  request waits for that rollback before it returns.
+* Request mode commits only after the decoder reported a clean end of stream
+  and the body ended, and only if the request is not cancelled by then (a
+  client that hung up gets a rollback). Anything else (protocol error,
+  disconnect, cancellation) rolls back; the request waits for the rollback.
+* Batch mode commits each batch the writer takes. On a bad stream the writer
+  still commits what was queued before the error, and the error answer says
+  exactly how much is committed.
 """
 
 from __future__ import annotations
 
 import math
-from collections.abc import AsyncIterator, Iterator
-from dataclasses import dataclass, field
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
 from typing import Any, Protocol
 
 import pyarrow as pa
@@ -41,19 +44,20 @@ from ..storage import IngestAborted, WriteResult
 _END = object()
 
 
+class Write(Protocol):
+    rows: int
+    batches: int
+
+    def group_full(self, rows: int, size: int, count: int) -> bool: ...
+    def insert(self, group: list[pa.RecordBatch]) -> None: ...
+    def finish(self) -> WriteResult: ...
+    def rollback(self) -> None: ...
+
+
 class Store(Protocol):
     backend: str
 
-    def write(
-        self,
-        table: str,
-        schema: pa.Schema,
-        batches: Any,
-        *,
-        commit: str = ...,
-        on_commit: Any = ...,
-        before_commit: Any = ...,
-    ) -> WriteResult: ...
+    def open_write(self, table: str, schema: pa.Schema, *, commit: str = ...) -> Write: ...
 
 
 @dataclass(frozen=True, slots=True)
@@ -108,34 +112,6 @@ def trailing_data_error() -> ProtocolError:
     )
 
 
-@dataclass(slots=True)
-class _ThreadSource:
-    """The writer thread's view of the channel: batches until the end marker."""
-
-    receive: trio.MemoryReceiveChannel[Any]
-    # DuckDB pulls from its own scan threads, not the trio worker thread.
-    token: trio.lowlevel.TrioToken = field(default_factory=trio.lowlevel.current_trio_token)
-    last: BatchReceived | None = field(default=None)
-
-    def __iter__(self) -> Iterator[pa.RecordBatch]:
-        while True:
-            try:
-                item = trio.from_thread.run(self.receive.receive, trio_token=self.token)
-            except (
-                trio.EndOfChannel,
-                trio.ClosedResourceError,
-                trio.Cancelled,
-                trio.RunFinishedError,
-            ):
-                raise IngestAborted(
-                    "the request ended before its Arrow stream completed; nothing was committed"
-                ) from None
-            if item is _END:
-                return
-            self.last = item
-            yield item.batch
-
-
 def _primary(group: BaseExceptionGroup[Any]) -> BaseException:
     """Pick the exception that explains a failed ingest."""
     leaves: list[BaseException] = []
@@ -148,14 +124,14 @@ def _primary(group: BaseExceptionGroup[Any]) -> BaseException:
             leaves.append(exc)
 
     walk(group)
-    for exc in leaves:  # the cause, not its echo in the other task
-        if isinstance(exc, ArrowportError) and not isinstance(exc, IngestAborted):
-            return exc
     for exc in leaves:  # a bug
-        if not isinstance(exc, trio.Cancelled | trio.BrokenResourceError | IngestAborted):
+        if not isinstance(exc, trio.Cancelled | trio.BrokenResourceError | ArrowportError):
             return exc
     for exc in leaves:  # cancelled from outside (client gone, shutdown): trio must see it
-        if isinstance(exc, trio.Cancelled):
+        if isinstance(exc, trio.Cancelled):  # (the nursery absorbs its own cancellations)
+            return exc
+    for exc in leaves:  # the cause, not its echo in the other task
+        if isinstance(exc, ArrowportError) and not isinstance(exc, IngestAborted):
             return exc
     for exc in leaves:
         if isinstance(exc, IngestAborted):
@@ -182,80 +158,90 @@ async def ingest(
     results: list[WriteResult] = []
     max_request = limits.max_request_size or math.inf
 
-    def on_commit(source: _ThreadSource, rows: int, batches: int) -> None:
-        last = source.last
-        wire = last.wire_bytes if last is not None else 0
-        decoded = last.decoded_bytes if last is not None else 0
+    def committed(group: list[BatchReceived], rows: int, batches: int) -> None:
         progress.rows, progress.batches = rows, batches
+        wire = sum(e.wire_bytes for e in group)
         progress.bytes += wire
         stats.committed(
             route.stream,
-            rows=last.batch.num_rows if last else 0,
-            batches=1,
+            rows=sum(e.batch.num_rows for e in group),
+            batches=len(group),
             wire=wire,
-            decoded=decoded,
+            decoded=sum(e.decoded_bytes for e in group),
         )
+
+    async def in_thread(fn: Any, *args: Any) -> Any:
+        return await trio.to_thread.run_sync(fn, *args, limiter=limiter)
 
     async def writer(schema: pa.Schema, *, task_status: Any = trio.TASK_STATUS_IGNORED) -> None:
         async with locks(route.table):
+            write = await in_thread(
+                lambda: store.open_write(route.table, schema, commit=route.commit)
+            )
             task_status.started()
-            source = _ThreadSource(receive)
-            with receive:
-                result = await trio.to_thread.run_sync(
-                    lambda: store.write(
-                        route.table,
-                        schema,
-                        source,
-                        commit=route.commit,
-                        on_commit=lambda r, b: on_commit(source, r, b),
-                        # Request mode: a client that hung up before COMMIT gets a
-                        # rollback, not a commit it will never hear about. Batch mode
-                        # commits every batch that arrived whole, as it goes.
-                        before_commit=(
-                            trio.from_thread.check_cancelled if route.commit != "batch" else None
-                        ),
-                    ),
-                    limiter=limiter,
-                )
-            results.append(result)
+            try:
+                with receive:
+                    ended = await _write_groups(receive, write, in_thread, committed, route.commit)
+                if not ended:
+                    if route.commit == "batch":  # the request failed; keep what is committed
+                        return
+                    raise IngestAborted(
+                        "the request ended before its Arrow stream completed; nothing was committed"
+                    )
+                await trio.lowlevel.checkpoint_if_cancelled()  # hung up: roll back, not commit
+                results.append(await in_thread(write.finish))
+            finally:
+                with trio.CancelScope(shield=True):
+                    await trio.to_thread.run_sync(write.rollback)  # no-op after finish()
 
     received = 0
     ended = False
+    writing = False
+    failure: ArrowportError | None = None
     try:
         async with trio.open_nursery() as nursery:
-            with send:
-                async for chunk in _with_eof(chunks, limits.body_idle_timeout):
-                    received += len(chunk)
-                    if received > max_request:
-                        raise ProtocolError(
-                            f"request body exceeds the limit of {limits.max_request_size} bytes",
-                            error="limit_exceeded",
-                            http_status=413,
-                        )
-                    if ended:
-                        if chunk:
-                            raise trailing_data_error()
-                        continue
-                    decoder.receive_data(chunk)
-                    while True:
-                        event = decoder.next_event()
-                        if event is NEED_DATA:
-                            break
-                        if isinstance(event, SchemaReceived):
-                            await nursery.start(writer, event.schema)
-                        elif isinstance(event, BatchReceived):
-                            await send.send(event)
-                        elif isinstance(event, StreamEnded):
-                            ended = True
-                            trailing, _ = decoder.trailing_data
-                            if trailing:
+            try:
+                with send:
+                    async for chunk in _with_eof(chunks, limits.body_idle_timeout):
+                        received += len(chunk)
+                        if received > max_request:
+                            raise ProtocolError(
+                                "request body exceeds the limit of "
+                                f"{limits.max_request_size} bytes",
+                                error="limit_exceeded",
+                                http_status=413,
+                            )
+                        if ended:
+                            if chunk:
                                 raise trailing_data_error()
-                await send.send(_END)
+                            continue
+                        decoder.receive_data(chunk)
+                        while True:
+                            event = decoder.next_event()
+                            if event is NEED_DATA:
+                                break
+                            if isinstance(event, SchemaReceived):
+                                await nursery.start(writer, event.schema)
+                                writing = True
+                            elif isinstance(event, BatchReceived):
+                                await send.send(event)
+                            elif isinstance(event, StreamEnded):
+                                ended = True
+                                trailing, _ = decoder.trailing_data
+                                if trailing:
+                                    raise trailing_data_error()
+                    await send.send(_END)
+            except ArrowportError as exc:
+                if route.commit != "batch" or not writing:
+                    raise
+                failure = exc  # the channel is closed: the writer commits what it holds, then stops
     except BaseExceptionGroup as group:
         raise _primary(group) from None
+    if failure is not None:
+        raise failure
 
     result = results[0]
-    if route.commit != "batch":
+    if route.commit != "batch":  # batch mode counted each commit as it happened
         progress.rows, progress.batches, progress.bytes = (
             result.rows,
             result.batches,
@@ -279,6 +265,38 @@ async def ingest(
         duration_ms=(trio.current_time() - started) * 1000,
         commit=route.commit,
     )
+
+
+async def _write_groups(
+    receive: trio.MemoryReceiveChannel[Any],
+    write: Write,
+    in_thread: Any,
+    committed: Any,
+    mode: str,
+) -> bool:
+    """Insert queued batches group by group; True if the end marker arrived."""
+    group: list[BatchReceived] = []
+    rows = size = 0
+    ended = False
+    while not ended:
+        try:
+            item = await receive.receive()
+        except (trio.EndOfChannel, trio.ClosedResourceError):
+            break
+        if item is _END:
+            ended = True
+        else:
+            group.append(item)
+            rows += item.batch.num_rows
+            size += item.batch.get_total_buffer_size()
+            if not write.group_full(rows, size, len(group)):
+                continue
+        if group:
+            await in_thread(write.insert, [e.batch for e in group])
+            if mode == "batch":
+                committed(group, write.rows, write.batches)
+            group, rows, size = [], 0, 0
+    return ended
 
 
 async def _with_eof(chunks: AsyncIterator[bytes], idle_timeout: float) -> AsyncIterator[bytes]:

@@ -38,7 +38,6 @@ from .schema import Column, check_subset, duplicate_names
 
 log = logging.getLogger("arrowport.storage")
 
-OnCommit = Callable[[int, int], None]
 _source_ids = itertools.count(1)
 
 
@@ -48,31 +47,6 @@ class WriteResult:
     rows: int
     batches: int
     created: bool
-
-
-class _Counted:
-    """Wrap the caller's batches: count them, and keep the error that ended them."""
-
-    def __init__(self, batches: Iterable[pa.RecordBatch]) -> None:
-        self._it = iter(batches)
-        self.rows = 0
-        self.batches = 0
-        self.error: BaseException | None = None
-        self.exhausted = False
-
-    def __iter__(self) -> Iterator[pa.RecordBatch]:
-        while True:
-            try:
-                batch = next(self._it)
-            except StopIteration:
-                self.exhausted = True
-                return
-            except BaseException as exc:
-                self.error = exc
-                raise
-            self.rows += batch.num_rows
-            self.batches += 1
-            yield batch
 
 
 def load_extension(con: duckdb.DuckDBPyConnection, name: str) -> None:
@@ -110,6 +84,7 @@ class DuckDBStore:
         checkpoint_threshold: str | None = None,
         insert_group_rows: int = 2 * 122_880,
         insert_group_bytes: int = 64 * 1024 * 1024,
+        insert_group_batches: int = 1024,
     ) -> None:
         self.path = os.fspath(path)
         self.extensions = tuple(extensions)
@@ -122,6 +97,7 @@ class DuckDBStore:
             self._settings["checkpoint_threshold"] = checkpoint_threshold
         self.insert_group_rows = insert_group_rows
         self.insert_group_bytes = insert_group_bytes
+        self.insert_group_batches = insert_group_batches
         self._con: duckdb.DuckDBPyConnection | None = None
         self._cursor_lock = threading.Lock()
         self.commits = 0
@@ -191,21 +167,12 @@ class DuckDBStore:
 
     # -- writing ------------------------------------------------------------
 
-    def write(
-        self,
-        table: str,
-        schema: pa.Schema,
-        batches: Iterable[pa.RecordBatch],
-        *,
-        commit: str = "request",
-        on_commit: OnCommit | None = None,
-        before_commit: Callable[[], None] | None = None,
-    ) -> WriteResult:
-        """Write ``batches`` into ``table``; see the module invariants.
+    def open_write(self, table: str, schema: pa.Schema, *, commit: str = "request") -> TableWrite:
+        """Start one request's write into ``table`` (request or batch commit mode).
 
-        ``before_commit`` runs just before each COMMIT; if it raises, the
-        transaction rolls back instead (the caller's last word, e.g. "the
-        client is gone").
+        Checks the schema against the table (422 on a mismatch) before any
+        data is read. The returned ``TableWrite`` is used from one thread at
+        a time and must end with ``finish()`` or ``rollback()``.
         """
         dupes = duplicate_names(schema.names)
         if dupes:
@@ -216,58 +183,31 @@ class DuckDBStore:
         if any(name == "" for name in schema.names):
             self.schema_mismatches += 1
             raise SchemaMismatchError("stream has a column with an empty name")
-        counted = _Counted(batches)
-        with self._cursor() as cur:
-            try:
-                if commit == "batch":
-                    created = self._write_per_batch(
-                        cur, table, schema, counted, on_commit, before_commit
-                    )
-                else:
-                    cur.begin()
-                    created = self._prepare_table(cur, table, schema)
-                    self._insert_in_groups(cur, table, schema, counted)
-                    if not counted.exhausted:
-                        raise StorageError("DuckDB stopped reading before the stream ended")
-                    self._commit(cur, before_commit)
-            except BaseException as exc:
-                self._rollback(cur)
-                raise self._translate(exc, counted) from None
-        return WriteResult(table, counted.rows, counted.batches, created)
+        write = TableWrite(self, self._cursor(), table, schema, commit)
+        try:
+            write.start()
+        except BaseException:
+            write.rollback()
+            raise
+        return write
 
-    def _write_per_batch(
+    def write(
         self,
-        cur: duckdb.DuckDBPyConnection,
         table: str,
         schema: pa.Schema,
-        counted: _Counted,
-        on_commit: OnCommit | None,
-        before_commit: Callable[[], None] | None,
-    ) -> bool:
-        created: bool | None = None
-        rows = batches = 0
-        for batch in counted:
-            cur.begin()
-            if created is None:  # the table appears with its first committed batch
-                created = self._prepare_table(cur, table, schema)
-            self._insert(cur, table, schema, [batch])
-            self._commit(cur, before_commit)
-            rows, batches = rows + batch.num_rows, batches + 1
-            if on_commit is not None:
-                on_commit(rows, batches)
-        if created is None:  # a schema-only stream still creates the table
-            cur.begin()
-            created = self._prepare_table(cur, table, schema)
-            self._commit(cur, before_commit)
-        return created
-
-    def _commit(
-        self, cur: duckdb.DuckDBPyConnection, before_commit: Callable[[], None] | None
-    ) -> None:
-        if before_commit is not None:
-            before_commit()
-        cur.commit()
-        self.commits += 1
+        batches: Iterable[pa.RecordBatch],
+        *,
+        commit: str = "request",
+    ) -> WriteResult:
+        """Write all of ``batches`` in one go (for tools and tests); see ``open_write``."""
+        write = self.open_write(table, schema, commit=commit)
+        try:
+            for group in write.groups(batches):
+                write.insert(group)
+            return write.finish()
+        except BaseException:
+            write.rollback()
+            raise
 
     def _prepare_table(self, cur: duckdb.DuckDBPyConnection, table: str, schema: pa.Schema) -> bool:
         """Create ``table`` from ``schema`` if missing, else check the schema fits."""
@@ -283,19 +223,31 @@ class DuckDBStore:
             finally:
                 cur.unregister(name)
             return True
+        self._check_fits(cur, table, schema, existing, incoming)
+        return False
+
+    def _check_fits(
+        self,
+        cur: duckdb.DuckDBPyConnection,
+        table: str,
+        schema: pa.Schema,
+        existing: list[Column],
+        incoming: list[Column] | None = None,
+    ) -> None:
+        if incoming is None:
+            incoming = self._duckdb_columns(cur, schema)
         try:
             check_subset(table, incoming, existing)
         except SchemaMismatchError:
             self.schema_mismatches += 1
             raise
-        return False
 
     def _duckdb_columns(self, cur: duckdb.DuckDBPyConnection, schema: pa.Schema) -> list[Column]:
         """The DuckDB type of each incoming column; 422 naming any DuckDB cannot store."""
         try:
             return self._describe(cur, schema)
-        except (pa.ArrowException, duckdb.Error):
-            pass
+        except (pa.ArrowException, duckdb.Error) as exc:
+            failure = exc
         # The failed probe aborted ``cur``'s transaction; the rollback follows
         # when we raise. Name the culprits with a cursor of their own.
         bad = []
@@ -305,9 +257,11 @@ class DuckDBStore:
                     self._describe(probe, pa.schema([field]))
             except (pa.ArrowException, duckdb.Error) as exc:
                 bad.append(f"{field.name} ({field.type}: {str(exc).splitlines()[0]})")
+        if not bad:  # not a type problem after all
+            raise StorageError(f"DuckDB could not read the stream's schema: {failure}") from None
         self.schema_mismatches += 1
         raise UnsupportedTypeError(
-            "DuckDB cannot store these columns' Arrow types: " + "; ".join(bad or ["?"])
+            "DuckDB cannot store these columns' Arrow types: " + "; ".join(bad)
         )
 
     @staticmethod
@@ -321,38 +275,6 @@ class DuckDBStore:
             ]
         finally:
             cur.unregister(name)
-
-    def _insert_in_groups(
-        self,
-        cur: duckdb.DuckDBPyConnection,
-        table: str,
-        schema: pa.Schema,
-        batches: Iterable[pa.RecordBatch],
-    ) -> None:
-        """Insert ``batches`` with one statement per group of about ``insert_group_rows``.
-
-        DuckDB keeps every Arrow batch a statement scanned alive until the
-        statement ends, so one INSERT over a whole large request would hold
-        the whole request in memory; groups of a few row groups bound that
-        and still let DuckDB insert on all its threads. Each group is
-        collected on this thread before DuckDB sees it: a DuckDB scan of a
-        stream runs on pyarrow's small I/O thread pool, and must never wait
-        there on a slow client. All groups run inside the caller's
-        transaction.
-        """
-        source = iter(batches)
-        while True:
-            group: list[pa.RecordBatch] = []
-            rows = size = 0
-            for batch in source:
-                group.append(batch)
-                rows += batch.num_rows
-                size += batch.get_total_buffer_size()
-                if rows >= self.insert_group_rows or size >= self.insert_group_bytes:
-                    break
-            if not group:
-                return
-            self._insert(cur, table, schema, group)
 
     def _insert(
         self,
@@ -369,17 +291,9 @@ class DuckDBStore:
         finally:
             cur.unregister(name)
 
-    def _rollback(self, cur: duckdb.DuckDBPyConnection) -> None:
-        try:
-            cur.rollback()
-            self.rollbacks += 1
-        except duckdb.Error:
-            pass  # no transaction was open
-
     @staticmethod
-    def _translate(exc: BaseException, counted: _Counted) -> BaseException:
-        if counted.error is not None:
-            return counted.error  # the source's own reason (abort, protocol error)
+    def translate(exc: BaseException) -> BaseException:
+        """Map a DuckDB exception to the error a client is shown."""
         if isinstance(exc, duckdb.ConstraintException | duckdb.ConversionException):
             return WriteRejectedError(f"DuckDB refused the rows: {exc}")
         if isinstance(exc, duckdb.IOException | duckdb.OutOfMemoryException):
@@ -387,3 +301,140 @@ class DuckDBStore:
         if isinstance(exc, duckdb.Error):
             return StorageError(f"DuckDB error: {exc}")
         return exc
+
+
+class TableWrite:
+    """One request's write into one table: a transaction, or one per batch.
+
+    Each method is short, synchronous work for a worker thread; the caller
+    collects batches (from the network) without holding a thread, and calls
+    ``insert`` with whole groups. Methods are never called concurrently.
+    ``rows`` and ``batches`` count what ``insert`` has written (committed, in
+    batch mode).
+    """
+
+    def __init__(
+        self,
+        store: DuckDBStore,
+        cur: duckdb.DuckDBPyConnection,
+        table: str,
+        schema: pa.Schema,
+        mode: str,
+    ) -> None:
+        self.store, self.cur, self.table, self.schema, self.mode = store, cur, table, schema, mode
+        self.rows = 0
+        self.batches = 0
+        self.created = False
+        self._prepared = False
+        self._in_transaction = False
+        self._closed = False
+
+    # grouping: DuckDB keeps every Arrow batch a statement scanned alive until
+    # the statement ends, so an INSERT takes a bounded group, not a request;
+    # a few row groups per INSERT still let DuckDB insert on all its threads.
+    def group_full(self, rows: int, size: int, count: int) -> bool:
+        if self.mode == "batch":
+            return count >= 1
+        store = self.store
+        return (
+            rows >= store.insert_group_rows
+            or size >= store.insert_group_bytes
+            or count >= store.insert_group_batches
+        )
+
+    def groups(self, batches: Iterable[pa.RecordBatch]) -> Iterator[list[pa.RecordBatch]]:
+        group: list[pa.RecordBatch] = []
+        rows = size = 0
+        for batch in batches:
+            group.append(batch)
+            rows += batch.num_rows
+            size += batch.get_total_buffer_size()
+            if self.group_full(rows, size, len(group)):
+                yield group
+                group, rows, size = [], 0, 0
+        if group:
+            yield group
+
+    def start(self) -> None:
+        """Request mode: BEGIN and create or check the table. Batch mode: check only."""
+        self._run(self._start)
+
+    def _start(self) -> None:
+        if self.mode == "batch":
+            existing = self.store.table_columns(self.cur, self.table)
+            if existing is not None:  # refuse a mismatch before any batch is read
+                self.store._check_fits(self.cur, self.table, self.schema, existing)
+            return
+        self._begin()
+        self.created = self.store._prepare_table(self.cur, self.table, self.schema)
+        self._prepared = True
+
+    def insert(self, group: list[pa.RecordBatch]) -> None:
+        """Insert ``group`` (batch mode: commit each batch on its own)."""
+        self._run(self._insert_group, group)
+
+    def _insert_group(self, group: list[pa.RecordBatch]) -> None:
+        if self.mode != "batch":
+            self.store._insert(self.cur, self.table, self.schema, group)
+            self.rows += sum(b.num_rows for b in group)
+            self.batches += len(group)
+            return
+        for batch in group:
+            self._begin()
+            self._prepare_once()
+            self.store._insert(self.cur, self.table, self.schema, [batch])
+            self._commit()
+            self.rows += batch.num_rows
+            self.batches += 1
+
+    def finish(self) -> WriteResult:
+        """Commit (request mode), or create the table of a schema-only batch stream."""
+        self._run(self._finish)
+        return WriteResult(self.table, self.rows, self.batches, self.created)
+
+    def _finish(self) -> None:
+        if self.mode == "batch":
+            if not self._prepared:
+                self._begin()
+                self._prepare_once()
+                self._commit()
+        else:
+            self._commit()
+        self.close()
+
+    def rollback(self) -> None:
+        """Roll back an open transaction (safe to call at any time, and twice)."""
+        if self._in_transaction:
+            self._in_transaction = False
+            try:
+                self.cur.rollback()
+                self.store.rollbacks += 1
+            except duckdb.Error:
+                pass
+        self.close()
+
+    def close(self) -> None:
+        if not self._closed:
+            self._closed = True
+            self.cur.close()
+
+    def _begin(self) -> None:
+        self.cur.begin()
+        self._in_transaction = True
+
+    def _commit(self) -> None:
+        self.cur.commit()
+        self._in_transaction = False
+        self.store.commits += 1
+
+    def _prepare_once(self) -> None:
+        if not self._prepared:  # batch mode: the table appears with its first commit
+            self.created = self.store._prepare_table(self.cur, self.table, self.schema)
+            self._prepared = True
+
+    def _run(self, fn: Callable[..., None], *args: Any) -> None:
+        try:
+            fn(*args)
+        except BaseException as exc:
+            self.rollback()
+            raise self.store.translate(exc) from None

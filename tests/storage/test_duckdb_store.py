@@ -57,22 +57,47 @@ def test_source_error_rolls_back_everything(store: DuckDBStore) -> None:
 def test_batch_mode_keeps_committed_batches(store: DuckDBStore) -> None:
     """Batch mode commits each batch; a later failure keeps the earlier ones."""
     batches = _batches(5)
-    seen: list[tuple[int, int]] = []
 
     def failing() -> Iterator[pa.RecordBatch]:
         yield from batches[:2]
         raise IngestAborted("cut")
 
     with pytest.raises(IngestAborted):
-        store.write(
-            "t",
-            batches[0].schema,
-            failing(),
-            commit="batch",
-            on_commit=lambda r, b: seen.append((r, b)),
-        )
-    assert seen == [(10, 1), (20, 2)]
+        store.write("t", batches[0].schema, failing(), commit="batch")
     assert store.count_rows("t") == 20
+    assert store.commits == 2
+
+
+def test_table_write_session_counts_and_rolls_back(store: DuckDBStore) -> None:
+    """A TableWrite inserts groups in one transaction; rollback leaves nothing, even the table."""
+    batches = _batches(4)
+    write = store.open_write("s", batches[0].schema)
+    write.insert(batches[:2])
+    write.insert(batches[2:])
+    assert (write.rows, write.batches) == (40, 4)
+    write.rollback()
+    write.rollback()  # safe twice
+    with store._cursor() as cur:
+        assert store.table_columns(cur, "s") is None
+    write = store.open_write("s", batches[0].schema)
+    write.insert(batches)
+    assert write.finish().rows == 40
+    assert store.count_rows("s") == 40
+
+
+def test_groups_are_bounded_by_rows_bytes_and_count(tmp_path: Path) -> None:
+    """INSERT groups close on rows, bytes or batch count, so tiny batches cannot pile up."""
+    s = DuckDBStore(tmp_path / "g.duckdb", insert_group_rows=25, insert_group_batches=3)
+    s.open()
+    try:
+        write = s.open_write("g", _batches(1)[0].schema)
+        sizes = [len(g) for g in write.groups(_batches(7))]  # 10-row batches
+        assert sizes == [3, 3, 1]
+        tiny = [pa.record_batch({"a": pa.array([], pa.int64()), "b": pa.array([], pa.string())})]
+        assert [len(g) for g in write.groups(tiny * 7)] == [3, 3, 1]
+        write.rollback()
+    finally:
+        s.close()
 
 
 def test_schema_mismatch_counts_and_writes_nothing(store: DuckDBStore) -> None:
