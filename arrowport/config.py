@@ -200,6 +200,12 @@ def _float(value: object, key: str) -> float:
     return number
 
 
+def _interval(seconds: float, key: str) -> float:
+    if 0 < seconds < 0.05:
+        raise ConfigError(f"{key}: must be 0 (off) or at least 0.05 seconds, got {seconds:g}")
+    return seconds
+
+
 def _bool(value: object, key: str) -> bool:
     if isinstance(value, bool):
         return value
@@ -352,7 +358,7 @@ _PARSERS: dict[str, Callable[[Any, str], Any]] = {
     "db_path": _str,
     "storage_backend": lambda v, k: _choice(v, k, BACKENDS),
     "compression": _compression,
-    "reload_interval": _float,
+    "reload_interval": lambda v, k: _interval(_float(v, k), k),
 }
 _TOP_KEYS = set(_PARSERS) | {"streams", "duckdb_extensions", "duckdb", "delta_config", "limits"}
 

@@ -71,7 +71,7 @@ def create_app(state: ServerState) -> QuartTrio:
         listing = []
         for name in names:
             route = config.route(name)
-            conf = config.streams.get(name)
+            conf = config.streams.get(route.stream)
             compression = conf.compression if conf and conf.compression else config.compression
             listing.append(
                 {
@@ -104,6 +104,7 @@ def create_app(state: ServerState) -> QuartTrio:
             state.stats.refused("bad_input")
             await _drain_body()
             return error_response(exc.http_status, exc.error, exc.detail)
+        stream = route.stream  # the configured spelling: names are case-insensitive
         mimetype = request.mimetype
         if mimetype not in ARROW_STREAM_TYPES:
             state.stats.refused("bad_input")
@@ -159,11 +160,16 @@ def create_app(state: ServerState) -> QuartTrio:
             state.stats.finished(stream, ok=False)
             state.stats.refused(_reason(exc))
             log.info("ingest %s refused: %s: %s", stream, exc.error, exc.detail)
+            if exc.error == "body_timeout":
+                # the client stopped sending: answer at once and close the connection
+                response = jsonify({**exc.to_json(), **_progress(route.commit, progress)})
+                response.status_code = exc.http_status
+                response.headers["Connection"] = "close"
+                return response
             if not getattr(request.body, "complete", True):
                 await _drain_body()
             extra: dict[str, Any] = {"stream": stream, "table": route.table}
-            if route.commit == "batch":
-                extra.update(committed_rows=progress.rows, committed_batches=progress.batches)
+            extra.update(_progress(route.commit, progress))
             response = jsonify({**exc.to_json(), **extra})
             response.status_code = exc.http_status
             return response
@@ -173,7 +179,12 @@ def create_app(state: ServerState) -> QuartTrio:
         except trio.Cancelled:  # the client went away (or the server is stopping)
             state.stats.finished(stream, ok=False)
             state.stats.refused("disconnected")
-            log.info("ingest %s: client disconnected; rolled back", stream)
+            if route.commit == "batch":
+                log.info(
+                    "ingest %s: client disconnected after %d committed rows", stream, progress.rows
+                )
+            else:
+                log.info("ingest %s: client disconnected; rolled back", stream)
             raise
         except Exception:
             state.stats.finished(stream, ok=False)
@@ -207,6 +218,12 @@ def create_app(state: ServerState) -> QuartTrio:
         return error_response(500, "internal_error", f"{type(exc).__name__}: {exc}")
 
     return app
+
+
+def _progress(commit: str, progress: Progress) -> dict[str, int]:
+    if commit != "batch":
+        return {}
+    return {"committed_rows": progress.rows, "committed_batches": progress.batches}
 
 
 def _reason(exc: ArrowportError) -> str:

@@ -202,7 +202,7 @@ async def ingest(
         async with trio.open_nursery() as nursery:
             try:
                 with send:
-                    async for chunk in _with_eof(chunks, limits.body_idle_timeout):
+                    async for chunk in _with_eof(chunks, limits.body_idle_timeout, route.commit):
                         received += len(chunk)
                         if received > max_request:
                             raise ProtocolError(
@@ -299,7 +299,9 @@ async def _write_groups(
     return ended
 
 
-async def _with_eof(chunks: AsyncIterator[bytes], idle_timeout: float) -> AsyncIterator[bytes]:
+async def _with_eof(
+    chunks: AsyncIterator[bytes], idle_timeout: float, mode: str
+) -> AsyncIterator[bytes]:
     """Yield the body's chunks, then ``b""`` once the body is complete.
 
     A client that sends nothing for ``idle_timeout`` seconds is cut off: it
@@ -314,8 +316,12 @@ async def _with_eof(chunks: AsyncIterator[bytes], idle_timeout: float) -> AsyncI
             break
         except trio.TooSlowError:
             raise ArrowportError(
-                f"no request body data for {idle_timeout:g} s; the request was abandoned "
-                "and nothing was committed",
+                f"no request body data for {idle_timeout:g} s; the request was abandoned"
+                + (
+                    "; batches before it stay committed"
+                    if mode == "batch"
+                    else " and nothing was committed"
+                ),
                 error="body_timeout",
                 http_status=408,
                 grpc_status=GrpcStatus.DEADLINE_EXCEEDED,

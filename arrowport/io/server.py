@@ -11,6 +11,7 @@ import logging
 import os
 import signal
 from collections.abc import Awaitable, Callable
+from dataclasses import replace
 from typing import Any
 
 import hypercorn.trio.tcp_server
@@ -58,12 +59,16 @@ def hypercorn_config(config: Config) -> HypercornConfig:
     return hc
 
 
-def _fingerprint(path: str) -> tuple[int, int] | None:
+_UNSEEN = object()
+
+
+def _fingerprint(path: str) -> tuple[int, ...] | None:
     try:
         st = os.stat(path)
     except OSError:
         return None
-    return (st.st_mtime_ns, st.st_size)
+    # ctime and inode catch edits that keep size and mtime (cp -p, rsync -t, renames)
+    return (st.st_mtime_ns, st.st_ctime_ns, st.st_ino, st.st_size)
 
 
 async def watch_config(
@@ -74,21 +79,23 @@ async def watch_config(
     """Poll ``path``; on a change, swap in the new config or keep the old one.
 
     A change is acted on once the file has looked the same for one whole
-    interval, so an editor's truncate-then-write is never read half-way.
-    ``reload_interval: 0`` turns reloading off.
+    interval, so an editor's truncate-then-write is never read half-way. The
+    first poll compares the file with the config the server started with, so
+    an edit made during start-up is not missed.
     """
-    seen = _fingerprint(path)
-    changed: tuple[int, int] | None = None
-    while state.config.reload_interval > 0:
-        await trio.sleep(state.config.reload_interval)
+    interval = state.config.reload_interval
+    seen: object = _UNSEEN
+    changed: object = _UNSEEN
+    while True:
+        await trio.sleep(interval)
         now = _fingerprint(path)
         if now == seen:
-            changed = None
+            changed = _UNSEEN
             continue
         if now != changed:  # still changing: look again next time
             changed = now
             continue
-        seen, changed = now, None
+        seen, changed = now, _UNSEEN
         try:
             new = reload()
         except ConfigError as exc:
@@ -98,26 +105,24 @@ async def watch_config(
             log.exception("config reload failed; keeping the previous config")
             continue
         old = state.config
-        for key in ("host", "port", "db_path", "storage_backend", "duckdb_extensions", "duckdb"):
+        if new == old:
+            continue
+        for key in RESTART_ONLY:
             if getattr(new, key) != getattr(old, key):
                 log.warning("config reload: %s changed; it takes effect after a restart", key)
-        state.config = _keep_restart_only(new, old)
+        state.config = replace(new, **{key: getattr(old, key) for key in RESTART_ONLY})
         log.info("config reloaded from %s (%d streams)", path, len(new.streams))
-    log.info("config reloading is off (reload_interval: 0)")
 
 
-def _keep_restart_only(new: Config, old: Config) -> Config:
-    from dataclasses import replace
-
-    return replace(
-        new,
-        host=old.host,
-        port=old.port,
-        db_path=old.db_path,
-        storage_backend=old.storage_backend,
-        duckdb_extensions=old.duckdb_extensions,
-        duckdb=old.duckdb,
-    )
+RESTART_ONLY = (
+    "host",
+    "port",
+    "db_path",
+    "storage_backend",
+    "duckdb_extensions",
+    "duckdb",
+    "reload_interval",
+)
 
 
 async def checkpoint_loop(store: DuckDBStore, interval: float) -> None:
@@ -143,7 +148,7 @@ async def serve(
     duck: DuckDBStore = stores["duckdb"]
     try:
         async with trio.open_nursery() as nursery:
-            if reload is not None and config.source is not None:
+            if reload is not None and config.source is not None and config.reload_interval > 0:
                 nursery.start_soon(watch_config, state, reload, config.source)
             if config.duckdb.checkpoint_interval > 0:
                 nursery.start_soon(checkpoint_loop, duck, config.duckdb.checkpoint_interval)

@@ -278,3 +278,36 @@ def test_delta_backend_is_refused_honestly(tmp_path: Path) -> None:
     )
     assert out.returncode == 2 and "delta backend is not available" in out.stderr
     assert not (tmp_path / "arrowport.duckdb").exists()
+
+
+def test_stream_names_are_case_insensitive_in_routing_and_counts(
+    server_factory: type[Server], tmp_path: Path
+) -> None:
+    """Orders, orders and ORDERS are one configured stream: one table, one set of counters."""
+    config = tmp_path / "arrowport.yaml"
+    config.write_text("streams:\n  orders:\n    target_table: order_log\n")
+    server = server_factory(tmp_path, config=config).start()
+    for i, name in enumerate(["Orders", "orders", "ORDERS"]):
+        response = server.post(name, ipc_bytes(sample_table(2, offset=10 * i)))
+        assert response.status_code == 200 and response.json()["table"] == "order_log"
+        assert response.json()["stream"] == "orders"
+    (entry,) = server.get("/streams").json()["streams"]
+    assert (entry["name"], entry["rows"], entry["requests"]) == ("orders", 6, 3)
+    assert server.query("SELECT count(*) FROM order_log") == [(6,)]
+
+
+def test_reload_sees_edits_that_keep_size_and_mtime(
+    server_factory: type[Server], tmp_path: Path
+) -> None:
+    """An edit that keeps the file's size and modification time (cp -p) is still applied."""
+    config = tmp_path / "arrowport.yaml"
+    config.write_text("reload_interval: 0.1\nstreams:\n  s:\n    target_table: aaaa\n")
+    stat = config.stat()
+    server = server_factory(tmp_path, config=config).start()
+    assert server.post("s", ipc_bytes(sample_table(1))).json()["table"] == "aaaa"
+    replacement = tmp_path / "new.yaml"
+    replacement.write_text("reload_interval: 0.1\nstreams:\n  s:\n    target_table: bbbb\n")
+    os.utime(replacement, ns=(stat.st_atime_ns, stat.st_mtime_ns))
+    os.replace(replacement, config)
+    server.wait_for("config reloaded")
+    assert server.post("s", ipc_bytes(sample_table(1))).json()["table"] == "bbbb"

@@ -46,10 +46,14 @@ def test_client_hanging_up_after_its_body_gets_no_commit(server: Server) -> None
 
 
 def test_many_stalled_uploads_do_not_starve_other_tables(server: Server) -> None:
-    """Twelve uploads stalled mid-stream (one table each) leave other tables writable."""
+    """Seventy uploads stalled mid-stream (one table each) leave other tables writable.
+
+    More than pyarrow's I/O pool (8), trio's default thread limit (40) and the
+    writer limiter (64): a stalled upload must hold no thread at all.
+    """
     data = ipc_bytes(sample_table(2000), max_chunksize=500)
     stalled = [
-        _start_upload(server.url, f"stall{i}", data[: len(data) // 2], len(data)) for i in range(12)
+        _start_upload(server.url, f"stall{i}", data[: len(data) // 2], len(data)) for i in range(70)
     ]
     time.sleep(1)
     response = httpx.post(
@@ -78,8 +82,8 @@ def test_idle_client_is_cut_off_and_releases_the_table(
     started = time.monotonic()
     answer = _response(idle)
     assert answer.startswith(b"HTTP/1.1 408"), answer[:200]
-    assert b"body_timeout" in answer
-    assert time.monotonic() - started < 15
+    assert b"body_timeout" in answer and b"nothing was committed" in answer
+    assert time.monotonic() - started < 5  # answered at once, no drain of an idle client
     idle.close()
     assert server.post("t", ipc_bytes(sample_table(3, offset=500))).status_code == 200
     assert server.query("SELECT count(*) FROM t") == [(8,)]
