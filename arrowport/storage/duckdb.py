@@ -20,8 +20,7 @@ import itertools
 import logging
 import os
 import threading
-from collections.abc import Callable, Iterable, Iterator
-from dataclasses import dataclass
+from collections.abc import Iterable
 from typing import Any
 
 import duckdb
@@ -35,18 +34,11 @@ from .errors import (
     WriteRejectedError,
 )
 from .schema import Column, check_subset, duplicate_names
+from .table_write import TableWrite, WriteResult
 
 log = logging.getLogger("arrowport.storage")
 
 _source_ids = itertools.count(1)
-
-
-@dataclass(frozen=True, slots=True)
-class WriteResult:
-    table: str
-    rows: int
-    batches: int
-    created: bool
 
 
 def load_extension(con: duckdb.DuckDBPyConnection, name: str) -> None:
@@ -301,140 +293,3 @@ class DuckDBStore:
         if isinstance(exc, duckdb.Error):
             return StorageError(f"DuckDB error: {exc}")
         return exc
-
-
-class TableWrite:
-    """One request's write into one table: a transaction, or one per batch.
-
-    Each method is short, synchronous work for a worker thread; the caller
-    collects batches (from the network) without holding a thread, and calls
-    ``insert`` with whole groups. Methods are never called concurrently.
-    ``rows`` and ``batches`` count what ``insert`` has written (committed, in
-    batch mode).
-    """
-
-    def __init__(
-        self,
-        store: DuckDBStore,
-        cur: duckdb.DuckDBPyConnection,
-        table: str,
-        schema: pa.Schema,
-        mode: str,
-    ) -> None:
-        self.store, self.cur, self.table, self.schema, self.mode = store, cur, table, schema, mode
-        self.rows = 0
-        self.batches = 0
-        self.created = False
-        self._prepared = False
-        self._in_transaction = False
-        self._closed = False
-
-    # grouping: DuckDB keeps every Arrow batch a statement scanned alive until
-    # the statement ends, so an INSERT takes a bounded group, not a request;
-    # a few row groups per INSERT still let DuckDB insert on all its threads.
-    def group_full(self, rows: int, size: int, count: int) -> bool:
-        if self.mode == "batch":
-            return count >= 1
-        store = self.store
-        return (
-            rows >= store.insert_group_rows
-            or size >= store.insert_group_bytes
-            or count >= store.insert_group_batches
-        )
-
-    def groups(self, batches: Iterable[pa.RecordBatch]) -> Iterator[list[pa.RecordBatch]]:
-        group: list[pa.RecordBatch] = []
-        rows = size = 0
-        for batch in batches:
-            group.append(batch)
-            rows += batch.num_rows
-            size += batch.get_total_buffer_size()
-            if self.group_full(rows, size, len(group)):
-                yield group
-                group, rows, size = [], 0, 0
-        if group:
-            yield group
-
-    def start(self) -> None:
-        """Request mode: BEGIN and create or check the table. Batch mode: check only."""
-        self._run(self._start)
-
-    def _start(self) -> None:
-        if self.mode == "batch":
-            existing = self.store.table_columns(self.cur, self.table)
-            if existing is not None:  # refuse a mismatch before any batch is read
-                self.store._check_fits(self.cur, self.table, self.schema, existing)
-            return
-        self._begin()
-        self.created = self.store._prepare_table(self.cur, self.table, self.schema)
-        self._prepared = True
-
-    def insert(self, group: list[pa.RecordBatch]) -> None:
-        """Insert ``group`` (batch mode: commit each batch on its own)."""
-        self._run(self._insert_group, group)
-
-    def _insert_group(self, group: list[pa.RecordBatch]) -> None:
-        if self.mode != "batch":
-            self.store._insert(self.cur, self.table, self.schema, group)
-            self.rows += sum(b.num_rows for b in group)
-            self.batches += len(group)
-            return
-        for batch in group:
-            self._begin()
-            self._prepare_once()
-            self.store._insert(self.cur, self.table, self.schema, [batch])
-            self._commit()
-            self.rows += batch.num_rows
-            self.batches += 1
-
-    def finish(self) -> WriteResult:
-        """Commit (request mode), or create the table of a schema-only batch stream."""
-        self._run(self._finish)
-        return WriteResult(self.table, self.rows, self.batches, self.created)
-
-    def _finish(self) -> None:
-        if self.mode == "batch":
-            if not self._prepared:
-                self._begin()
-                self._prepare_once()
-                self._commit()
-        else:
-            self._commit()
-        self.close()
-
-    def rollback(self) -> None:
-        """Roll back an open transaction (safe to call at any time, and twice)."""
-        if self._in_transaction:
-            self._in_transaction = False
-            try:
-                self.cur.rollback()
-                self.store.rollbacks += 1
-            except duckdb.Error:
-                pass
-        self.close()
-
-    def close(self) -> None:
-        if not self._closed:
-            self._closed = True
-            self.cur.close()
-
-    def _begin(self) -> None:
-        self.cur.begin()
-        self._in_transaction = True
-
-    def _commit(self) -> None:
-        self.cur.commit()
-        self._in_transaction = False
-        self.store.commits += 1
-
-    def _prepare_once(self) -> None:
-        if not self._prepared:  # batch mode: the table appears with its first commit
-            self.created = self.store._prepare_table(self.cur, self.table, self.schema)
-            self._prepared = True
-
-    def _run(self, fn: Callable[..., None], *args: Any) -> None:
-        try:
-            fn(*args)
-        except BaseException as exc:
-            self.rollback()
-            raise self.store.translate(exc) from None
