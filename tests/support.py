@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import re
 import signal
+import socket
 import subprocess
 import sys
 import threading
@@ -146,3 +147,27 @@ class Server:
                 return
             time.sleep(0.05)
         raise AssertionError(f"{text!r} not logged:\n" + "".join(self.log))
+
+
+def start_upload(url: str, stream: str, total: int, body: bytes = b"") -> socket.socket:
+    """Open a raw HTTP/1.1 upload with ``Content-Length: total`` and send ``body`` of it."""
+    u = httpx.URL(url)
+    sock = socket.create_connection((u.host, u.port))
+    sock.sendall(
+        f"POST /ingest/{stream} HTTP/1.1\r\nHost: x\r\nContent-Type: {ARROW}\r\n"
+        f"Content-Length: {total}\r\n\r\n".encode()
+        + body
+    )
+    return sock
+
+
+def read_response(sock: socket.socket, timeout: float = 120) -> bytes:
+    """Read a JSON answer from a raw socket (until the body's closing brace or EOF)."""
+    sock.settimeout(timeout)
+    data = b""
+    while b"\r\n\r\n" not in data or not data.rstrip().endswith(b"}"):
+        chunk = sock.recv(65536)
+        if not chunk:
+            break
+        data += chunk
+    return data

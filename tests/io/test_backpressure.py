@@ -2,14 +2,12 @@
 
 from __future__ import annotations
 
-import socket
 import threading
 import time
 from pathlib import Path
 
-import httpx
 import pyarrow as pa
-from support import ARROW, Server
+from support import Server, read_response, start_upload
 
 
 def _rss_mb(pid: int, field: str = "VmRSS") -> float:
@@ -33,39 +31,18 @@ def _big_stream(batches: int, rows: int = 1_000_000) -> tuple[bytes, list[int]]:
     return sink.getvalue().to_pybytes(), ends
 
 
-def _open_upload(url: str, stream: str, total: int) -> socket.socket:
-    u = httpx.URL(url)
-    sock = socket.create_connection((u.host, u.port))
-    sock.sendall(
-        f"POST /ingest/{stream} HTTP/1.1\r\nHost: x\r\nContent-Type: {ARROW}\r\n"
-        f"Content-Length: {total}\r\n\r\n".encode()
-    )
-    return sock
-
-
-def _read_response(sock: socket.socket) -> bytes:
-    sock.settimeout(120)
-    data = b""
-    while b"\r\n\r\n" not in data or not data.rstrip().endswith(b"}"):
-        chunk = sock.recv(65536)
-        if not chunk:
-            break
-        data += chunk
-    return data
-
-
 def test_blocked_upload_is_held_back_not_buffered(server: Server) -> None:
     """An upload waiting for a busy table is held back by flow control; server RSS stays flat."""
     assert server.proc is not None
     pid = server.proc.pid
     data, ends = _big_stream(10)  # ~320 MB
     # A: starts writing the table (schema + one batch), then pauses, holding the table.
-    holder = _open_upload(server.url, "bp", len(data))
+    holder = start_upload(server.url, "bp", len(data))
     holder.sendall(data[: ends[1]])
     time.sleep(0.5)
     before = _rss_mb(pid)
     # B: a fast client sending 320 MB to the same table while A holds it.
-    pusher = _open_upload(server.url, "bp", len(data))
+    pusher = start_upload(server.url, "bp", len(data))
     sent = [0]
 
     def push() -> None:
@@ -84,10 +61,10 @@ def test_blocked_upload_is_held_back_not_buffered(server: Server) -> None:
     assert grown < 64, f"server RSS grew {grown:.0f} MB while an upload was blocked"
     # A finishes; both commit in order.
     holder.sendall(data[ends[1] :])
-    assert b" 200 " in _read_response(holder).split(b"\r\n")[0]
+    assert b" 200 " in read_response(holder).split(b"\r\n")[0]
     thread.join(120)
     assert sent[0] == len(data)
-    assert b" 200 " in _read_response(pusher).split(b"\r\n")[0]
+    assert b" 200 " in read_response(pusher).split(b"\r\n")[0]
     holder.close()
     pusher.close()
     assert server.query("SELECT count(*) FROM bp") == [(20_000_000,)]
@@ -104,9 +81,9 @@ def test_large_upload_memory_does_not_scale_with_request(
     pid = server.proc.pid
     data, _ = _big_stream(80, rows=250_000)  # 80 batches of 8 MB
     idle = _rss_mb(pid)
-    sock = _open_upload(server.url, "big", len(data))
+    sock = start_upload(server.url, "big", len(data))
     sock.sendall(data)
-    status = _read_response(sock).split(b"\r\n")[0]
+    status = read_response(sock).split(b"\r\n")[0]
     sock.close()
     peak = _rss_mb(pid, "VmHWM")
     assert b" 200 " in status

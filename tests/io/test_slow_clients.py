@@ -2,42 +2,19 @@
 
 from __future__ import annotations
 
-import socket
 import time
 from pathlib import Path
 
 import httpx
 import pyarrow as pa
-from support import ARROW, Server, ipc_bytes, sample_table
-
-
-def _start_upload(url: str, stream: str, body: bytes, total: int) -> socket.socket:
-    u = httpx.URL(url)
-    sock = socket.create_connection((u.host, u.port))
-    sock.sendall(
-        f"POST /ingest/{stream} HTTP/1.1\r\nHost: x\r\nContent-Type: {ARROW}\r\n"
-        f"Content-Length: {total}\r\n\r\n".encode()
-        + body
-    )
-    return sock
-
-
-def _response(sock: socket.socket, timeout: float = 30) -> bytes:
-    sock.settimeout(timeout)
-    data = b""
-    while not data.rstrip().endswith(b"}"):
-        chunk = sock.recv(65536)
-        if not chunk:
-            break
-        data += chunk
-    return data
+from support import ARROW, Server, ipc_bytes, read_response, sample_table, start_upload
 
 
 def test_client_hanging_up_after_its_body_gets_no_commit(server: Server) -> None:
     """A client that sends its whole body and hangs up at once gets nothing committed."""
     big = pa.table({f"c{i}": pa.array(range(3_000_000), pa.int64()) for i in range(6)})
     body = ipc_bytes(big, max_chunksize=250_000)
-    sock = _start_upload(server.url, "gone", body, len(body))
+    sock = start_upload(server.url, "gone", len(body), body)
     sock.close()
     server.wait_for("client disconnected; rolled back", timeout=30)
     server.assert_serving()
@@ -53,7 +30,7 @@ def test_many_stalled_uploads_do_not_starve_other_tables(server: Server) -> None
     """
     data = ipc_bytes(sample_table(2000), max_chunksize=500)
     stalled = [
-        _start_upload(server.url, f"stall{i}", data[: len(data) // 2], len(data)) for i in range(70)
+        start_upload(server.url, f"stall{i}", len(data), data[: len(data) // 2]) for i in range(70)
     ]
     time.sleep(1)
     response = httpx.post(
@@ -78,9 +55,9 @@ def test_idle_client_is_cut_off_and_releases_the_table(
     server = server_factory(tmp_path, config=config).start()
     assert server.post("t", ipc_bytes(sample_table(5))).status_code == 200
     data = ipc_bytes(sample_table(100, offset=10))
-    idle = _start_upload(server.url, "t", data, len(data) + 1)  # one byte promised, never sent
+    idle = start_upload(server.url, "t", len(data) + 1, data)  # one byte promised, never sent
     started = time.monotonic()
-    answer = _response(idle)
+    answer = read_response(idle, 30)
     assert answer.startswith(b"HTTP/1.1 408"), answer[:200]
     assert b"body_timeout" in answer and b"nothing was committed" in answer
     assert time.monotonic() - started < 5  # answered at once, no drain of an idle client
