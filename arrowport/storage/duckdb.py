@@ -4,13 +4,11 @@ Invariants:
 
 * One ``duckdb.DuckDBPyConnection`` per store; each write uses its own cursor
   and transaction. The caller orders writes to one table (one at a time).
-* Request mode: one transaction per request. It creates a missing table,
-  then runs one ``INSERT ... BY NAME`` per group of about two row groups
-  taken from the caller's iterator (bounded memory, and DuckDB still inserts
-  in parallel). If the iterator raises, or ``before_commit`` does, the
-  transaction rolls back: nothing is left behind.
-* Batch mode: each batch is its own transaction; ``on_commit`` is called after
-  each commit with the running totals.
+* A write is a ``TableWrite`` (``open_write``): in request mode one
+  transaction that creates a missing table, runs one ``INSERT ... BY NAME``
+  per group of about two row groups (bounded memory, DuckDB still inserts in
+  parallel) and commits in ``finish()``; any failure or ``rollback()``
+  leaves nothing behind. In batch mode each batch is its own transaction.
 * Nothing is installed at run time: extensions load from registry packages.
 """
 
