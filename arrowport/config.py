@@ -106,6 +106,11 @@ class DuckDBSettings:
 
 
 @dataclass(frozen=True, slots=True)
+class FlightSettings:
+    allow_table_drop: bool = False
+
+
+@dataclass(frozen=True, slots=True)
 class StreamConfig:
     name: str
     target_table: str
@@ -139,6 +144,7 @@ class Config:
     duckdb: DuckDBSettings = DuckDBSettings()
     delta_config: Mapping[str, Any] = field(default_factory=dict)
     limits: Limits = Limits()
+    flight: FlightSettings = FlightSettings()
     reload_interval: float = 1.0
     source: str | None = None
 
@@ -360,7 +366,14 @@ _PARSERS: dict[str, Callable[[Any, str], Any]] = {
     "compression": _compression,
     "reload_interval": lambda v, k: _interval(_float(v, k), k),
 }
-_TOP_KEYS = set(_PARSERS) | {"streams", "duckdb_extensions", "duckdb", "delta_config", "limits"}
+_TOP_KEYS = set(_PARSERS) | {
+    "streams",
+    "duckdb_extensions",
+    "duckdb",
+    "delta_config",
+    "limits",
+    "flight",
+}
 
 
 def parse_config(raw: Mapping[str, Any], source: str | None = None) -> Config:
@@ -396,6 +409,11 @@ def parse_config(raw: Mapping[str, Any], source: str | None = None) -> Config:
     _check_keys(delta, _DELTA_CONFIG_KEYS, "delta_config.")
     values["delta_config"] = dict(delta)
     values["limits"] = _limits(_mapping(raw.get("limits"), "limits"), "limits")
+    flight = _mapping(raw.get("flight"), "flight")
+    _check_keys(flight, set(FlightSettings.__dataclass_fields__), "flight.")
+    values["flight"] = FlightSettings(
+        allow_table_drop=_bool(flight.get("allow_table_drop", False), "flight.allow_table_drop")
+    )
     return Config(**values)
 
 

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import re
 
-from .protocol.errors import ArrowportError
+from .protocol.errors import ArrowportError, GrpcStatus
 
 MAX_NAME_LENGTH = 128
 _IDENTIFIER = re.compile(r"[A-Za-z_][A-Za-z0-9_]*\Z")
@@ -18,6 +18,7 @@ _IDENTIFIER = re.compile(r"[A-Za-z_][A-Za-z0-9_]*\Z")
 class InvalidNameError(ArrowportError):
     error = "invalid_name"
     http_status = 400
+    grpc_status = GrpcStatus.INVALID_ARGUMENT
 
 
 def validate_name(name: str, kind: str = "stream") -> str:

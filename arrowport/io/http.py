@@ -18,7 +18,7 @@ from werkzeug.exceptions import HTTPException, RequestEntityTooLarge
 from .. import __version__
 from ..protocol import ArrowportError
 from .body import StreamingASGIHTTPConnection, StreamingRequest
-from .ingest import Progress, ingest
+from .ingest import Progress, ingest, refusal_reason
 from .state import ServerState
 
 log = logging.getLogger("arrowport.http")
@@ -66,34 +66,7 @@ def create_app(state: ServerState) -> QuartTrio:
 
     @app.get("/streams")
     async def streams() -> Response:
-        config = state.config
-        names = sorted(set(config.streams) | set(state.stats.stream_names()))
-        listing = []
-        for name in names:
-            route = config.route(name)
-            conf = config.streams.get(route.stream)
-            compression = conf.compression if conf and conf.compression else config.compression
-            listing.append(
-                {
-                    "name": name,
-                    "configured": route.configured,
-                    "target_table": route.table,
-                    "storage_backend": route.backend,
-                    "commit": route.commit,
-                    "chunk_size": conf.chunk_size if conf else None,
-                    "compression": {"algorithm": compression.algorithm, "level": compression.level},
-                    **state.stats.stream(name),
-                }
-            )
-        totals = state.stats.statistics()
-        return jsonify(
-            {
-                "streams": listing,
-                "refusals": totals["refusals"],
-                "in_flight": totals["in_flight"],
-                "config_source": config.source,
-            }
-        )
+        return jsonify(state.streams_report())
 
     async def ingest_route(stream: str) -> Response:
         started = time.monotonic()
@@ -158,7 +131,7 @@ def create_app(state: ServerState) -> QuartTrio:
             )
         except ArrowportError as exc:
             state.stats.finished(stream, ok=False)
-            state.stats.refused(_reason(exc))
+            state.stats.refused(refusal_reason(exc))
             log.info("ingest %s refused: %s: %s", stream, exc.error, exc.detail)
             if exc.error == "body_timeout":
                 # the client stopped sending: answer at once and close the connection
@@ -224,13 +197,3 @@ def _progress(commit: str, progress: Progress) -> dict[str, int]:
     if commit != "batch":
         return {}
     return {"committed_rows": progress.rows, "committed_batches": progress.batches}
-
-
-def _reason(exc: ArrowportError) -> str:
-    if exc.http_status == 413:
-        return "limit"
-    if exc.http_status == 422:
-        return "schema_mismatch" if exc.error == "schema_mismatch" else "bad_input"
-    if exc.http_status >= 500:
-        return "storage"
-    return "bad_input"

@@ -21,8 +21,8 @@ Invariants:
 from __future__ import annotations
 
 import math
-from collections.abc import AsyncIterator
-from dataclasses import dataclass
+from collections.abc import AsyncIterator, Awaitable, Callable
+from dataclasses import dataclass, field
 from typing import Any, Protocol
 
 import pyarrow as pa
@@ -38,6 +38,8 @@ from ..protocol import (
     StreamEnded,
 )
 from ..protocol.errors import GrpcStatus, ProtocolError
+from ..protocol.events import Event, _NeedData
+from ..protocol.flight import MetadataReceived
 from ..stats import Stats
 from ..storage import IngestAborted, WriteResult
 
@@ -52,6 +54,18 @@ class Write(Protocol):
     def insert(self, group: list[pa.RecordBatch]) -> None: ...
     def finish(self) -> WriteResult: ...
     def rollback(self) -> None: ...
+
+
+class Decoder(Protocol):
+    @property
+    def wire_bytes(self) -> int: ...
+    @property
+    def decoded_bytes(self) -> int: ...
+
+    def receive_data(self, data: bytes | bytearray | memoryview) -> None: ...
+    def next_event(self) -> Event | _NeedData: ...
+    @property
+    def trailing_data(self) -> tuple[bytes, bool]: ...
 
 
 class Store(Protocol):
@@ -95,6 +109,18 @@ class Progress:
     bytes: int = 0
 
 
+@dataclass(frozen=True, slots=True)
+class Commit:
+    """One commit, as an acknowledgement reports it."""
+
+    rows: int  # committed by this request so far
+    batches: int
+    app_metadata: list[bytes] = field(default_factory=list)  # the client's, in order
+
+
+OnCommit = Callable[[Commit], Awaitable[None]]
+
+
 class TableLocks:
     """One FIFO lock per table (case-insensitive, as DuckDB resolves names)."""
 
@@ -103,6 +129,17 @@ class TableLocks:
 
     def __call__(self, table: str) -> trio.Lock:
         return self._locks.setdefault(table.lower(), trio.Lock())
+
+
+def refusal_reason(exc: ArrowportError) -> str:
+    """The reason a refused request is counted under."""
+    if exc.http_status == 413 or exc.grpc_status is GrpcStatus.RESOURCE_EXHAUSTED:
+        return "limit"
+    if exc.http_status == 422:
+        return "schema_mismatch" if exc.error == "schema_mismatch" else "bad_input"
+    if exc.http_status >= 500:
+        return "storage"
+    return "bad_input"
 
 
 def trailing_data_error() -> ProtocolError:
@@ -149,16 +186,28 @@ async def ingest(
     stats: Stats,
     progress: Progress | None = None,
     limiter: trio.CapacityLimiter | None = None,
+    decoder: Decoder | None = None,
+    on_commit: OnCommit | None = None,
 ) -> IngestResult:
-    """Stream ``chunks`` (an IPC stream) into ``route.table``; return after commit."""
+    """Stream ``chunks`` into ``route.table``; return after commit.
+
+    ``chunks`` is an Arrow IPC stream unless ``decoder`` says otherwise (Flight
+    passes a ``FlightDataDecoder`` that may already hold decoded events).
+    ``on_commit`` is awaited after each commit, before the next one starts.
+    """
     started = trio.current_time()
     progress = progress if progress is not None else Progress()
-    decoder = IPCStreamDecoder(**limits.decoder_kwargs())
+    if decoder is None:
+        decoder = IPCStreamDecoder(**limits.decoder_kwargs())
+    assert decoder is not None
     send, receive = trio.open_memory_channel[Any](limits.queue_depth)
     results: list[WriteResult] = []
+    metadata: list[bytes] = []  # request mode: the client's app_metadata, for the one ack
     max_request = limits.max_request_size or math.inf
 
-    def committed(group: list[BatchReceived], rows: int, batches: int) -> None:
+    async def committed(
+        group: list[BatchReceived], rows: int, batches: int, pending: list[bytes]
+    ) -> None:
         progress.rows, progress.batches = rows, batches
         wire = sum(e.wire_bytes for e in group)
         progress.bytes += wire
@@ -169,6 +218,9 @@ async def ingest(
             wire=wire,
             decoded=sum(e.decoded_bytes for e in group),
         )
+        if on_commit is not None:
+            echo = pending + [e.app_metadata for e in group if e.app_metadata is not None]
+            await on_commit(Commit(rows, batches, echo))
 
     async def in_thread(fn: Any, *args: Any) -> Any:
         return await trio.to_thread.run_sync(fn, *args, limiter=limiter)
@@ -181,7 +233,9 @@ async def ingest(
             task_status.started()
             try:
                 with receive:
-                    ended = await _write_groups(receive, write, in_thread, committed, route.commit)
+                    ended = await _write_groups(
+                        receive, write, in_thread, committed, route.commit, metadata
+                    )
                 if not ended:
                     if route.commit == "batch":  # the request failed; keep what is committed
                         return
@@ -200,8 +254,27 @@ async def ingest(
     failure: ArrowportError | None = None
     try:
         async with trio.open_nursery() as nursery:
+
+            async def drain() -> None:
+                nonlocal ended, writing
+                while True:
+                    event = decoder.next_event()
+                    if event is NEED_DATA:
+                        return
+                    if isinstance(event, SchemaReceived):
+                        await nursery.start(writer, event.schema)
+                        writing = True
+                    elif isinstance(event, BatchReceived | MetadataReceived):
+                        await send.send(event)
+                    elif isinstance(event, StreamEnded):
+                        ended = True
+                        trailing, _ = decoder.trailing_data
+                        if trailing:
+                            raise trailing_data_error()
+
             try:
                 with send:
+                    await drain()  # what the caller's decoder already holds
                     async for chunk in _with_eof(chunks, limits.body_idle_timeout, route.commit):
                         received += len(chunk)
                         if received > max_request:
@@ -216,20 +289,7 @@ async def ingest(
                                 raise trailing_data_error()
                             continue
                         decoder.receive_data(chunk)
-                        while True:
-                            event = decoder.next_event()
-                            if event is NEED_DATA:
-                                break
-                            if isinstance(event, SchemaReceived):
-                                await nursery.start(writer, event.schema)
-                                writing = True
-                            elif isinstance(event, BatchReceived):
-                                await send.send(event)
-                            elif isinstance(event, StreamEnded):
-                                ended = True
-                                trailing, _ = decoder.trailing_data
-                                if trailing:
-                                    raise trailing_data_error()
+                        await drain()
                     await send.send(_END)
             except ArrowportError as exc:
                 if route.commit != "batch" or not writing:
@@ -254,6 +314,8 @@ async def ingest(
             wire=decoder.wire_bytes,
             decoded=decoder.decoded_bytes,
         )
+    if on_commit is not None and route.commit != "batch":  # acked after the table is free
+        await on_commit(Commit(result.rows, result.batches, metadata))
     return IngestResult(
         stream=route.stream,
         table=route.table,
@@ -273,8 +335,13 @@ async def _write_groups(
     in_thread: Any,
     committed: Any,
     mode: str,
+    metadata: list[bytes],
 ) -> bool:
-    """Insert queued batches group by group; True if the end marker arrived."""
+    """Insert queued batches group by group; True if the end marker arrived.
+
+    Request mode collects the client's ``app_metadata`` into ``metadata``;
+    batch mode reports it with each commit.
+    """
     group: list[BatchReceived] = []
     rows = size = 0
     ended = False
@@ -285,7 +352,12 @@ async def _write_groups(
             break
         if item is _END:
             ended = True
+        elif isinstance(item, MetadataReceived):
+            metadata.append(item.app_metadata)
+            continue
         else:
+            if item.app_metadata is not None and mode != "batch":
+                metadata.append(item.app_metadata)
             group.append(item)
             rows += item.batch.num_rows
             size += item.batch.get_total_buffer_size()
@@ -294,7 +366,8 @@ async def _write_groups(
         if group:
             await in_thread(write.insert, [e.batch for e in group])
             if mode == "batch":
-                committed(group, write.rows, write.batches)
+                await committed(group, write.rows, write.batches, metadata)
+                metadata.clear()
             group, rows, size = [], 0, 0
     return ended
 

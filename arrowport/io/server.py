@@ -1,4 +1,4 @@
-"""Run the server: storage, the HTTP app on hypercorn's trio worker, hot reload.
+"""Run the server: storage, HTTP and Flight on one port, hot reload.
 
 Shutdown is graceful: on SIGINT/SIGTERM hypercorn stops accepting, in-flight
 requests finish (up to ``graceful_timeout``), then the database is
@@ -17,10 +17,11 @@ from typing import Any
 import hypercorn.trio.tcp_server
 import trio
 from hypercorn.config import Config as HypercornConfig
-from hypercorn.trio import serve as hypercorn_serve
 
 from ..config import Config, ConfigError, load_config
 from ..storage import DuckDBStore
+from . import listener
+from .flight import FlightService
 from .http import create_app
 from .state import ServerState
 
@@ -154,9 +155,10 @@ async def serve(
                 nursery.start_soon(checkpoint_loop, duck, config.duckdb.checkpoint_interval)
 
             async def run_http(task_status: trio.TaskStatus[list[str]]) -> None:
-                await hypercorn_serve(
+                await listener.serve(
                     app,
                     hypercorn_config(config),
+                    FlightService(state),
                     shutdown_trigger=shutdown_trigger or wait_for_signal,
                     task_status=task_status,
                 )

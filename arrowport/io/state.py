@@ -27,3 +27,32 @@ class ServerState:
 
     def store_for(self, backend: str) -> Store | None:
         return self.stores.get(backend)
+
+    def streams_report(self) -> dict[str, object]:
+        """The configured and seen streams with their counters (``GET /streams``)."""
+        config = self.config
+        names = sorted(set(config.streams) | set(self.stats.stream_names()))
+        listing = []
+        for name in names:
+            route = config.route(name)
+            conf = config.streams.get(route.stream)
+            compression = conf.compression if conf and conf.compression else config.compression
+            listing.append(
+                {
+                    "name": name,
+                    "configured": route.configured,
+                    "target_table": route.table,
+                    "storage_backend": route.backend,
+                    "commit": route.commit,
+                    "chunk_size": conf.chunk_size if conf else None,
+                    "compression": {"algorithm": compression.algorithm, "level": compression.level},
+                    **self.stats.stream(name),
+                }
+            )
+        totals = self.stats.statistics()
+        return {
+            "streams": listing,
+            "refusals": totals["refusals"],
+            "in_flight": totals["in_flight"],
+            "config_source": config.source,
+        }

@@ -29,12 +29,14 @@ class BatchReceived(Event):
 
     ``wire_bytes`` counts the framed message on the wire (prefix, metadata and
     body, plus any dictionary messages consumed for it); ``decoded_bytes`` is
-    the batch's in-memory size after decompression.
+    the batch's in-memory size after decompression. ``app_metadata`` is what
+    a Flight client attached to the batch (None over HTTP).
     """
 
     batch: pa.RecordBatch
     wire_bytes: int
     decoded_bytes: int
+    app_metadata: bytes | None = None
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)

@@ -47,6 +47,22 @@ class InputBuffer:
         self.size -= done
         return done
 
+    def discard(self, count: int) -> int:
+        """Drop up to ``count`` bytes; return how many."""
+        done = 0
+        chunks = self._chunks
+        while done < count and chunks:
+            available = len(chunks[0]) - self._offset
+            n = min(available, count - done)
+            done += n
+            if n == available:
+                chunks.popleft()
+                self._offset = 0
+            else:
+                self._offset += n
+        self.size -= done
+        return done
+
     def take(self, count: int) -> bytes:
         """Remove and return exactly ``count`` bytes (the caller checked ``size``)."""
         head = self._chunks[0] if self._chunks else None

@@ -9,12 +9,10 @@ Invariants:
 * Every limit is checked from the prefix and the message's flatbuffer before
   the message buffer is allocated, and compressed sizes are checked before
   pyarrow decompresses anything.
-* A message is reassembled once into an Arrow-allocated buffer laid out as a
-  canonical, 8-byte aligned IPC message; pyarrow reads it zero-copy.
-* Every batch passes ``validate(full=True)`` before it is emitted.
-* Whatever pyarrow (or a registered extension type) raises while reading the
-  peer's bytes becomes a ``LocalProtocolError``; only ``MemoryError`` (the
-  server's problem, not the peer's) passes through.
+* A message's body is copied once, straight from the received chunks into an
+  Arrow-allocated (aligned) buffer; the metadata goes into a small canonical
+  framed buffer. ``MessageReader`` (shared with the Flight path) checks,
+  reads and validates the message from those two buffers zero-copy.
 * Any error moves the decoder to ``ERROR`` for good.
 
 Framing: each message is ``0xFFFFFFFF``, an int32 metadata length, the
@@ -29,22 +27,18 @@ import struct
 
 import pyarrow as pa
 
-from ._flatbuf import BatchHeader, HeaderType, MessageHeader, parse_message
+from ._flatbuf import MessageHeader, parse_message
 from .errors import LocalProtocolError, RemoteProtocolError, invalid, limit_exceeded
-from .events import NEED_DATA, BatchReceived, Event, SchemaReceived, StreamEnded, _NeedData
-from .feed import MessageFeed
+from .events import NEED_DATA, Event, StreamEnded, _NeedData
 from .input import InputBuffer
+from .messages import GiB, MessageReader, MiB, count_fields, frame_metadata, nesting_depth
 
 _CONTINUATION = b"\xff\xff\xff\xff"
 _FILE_MAGIC = b"ARROW1"
 _ZERO = b"\x00\x00\x00\x00"
 _I32 = struct.Struct("<i")
-_I64 = struct.Struct("<q")
-_SUPPORTED_VERSIONS = (3, 4)  # MetadataVersion V4 and V5
 
-KiB = 1024
-MiB = 1024 * KiB
-GiB = 1024 * MiB
+__all__ = ["GiB", "IPCStreamDecoder", "MiB", "State", "count_fields", "nesting_depth"]
 
 
 class State(enum.Enum):
@@ -72,41 +66,6 @@ _TRANSITIONS: dict[tuple[State, _Input], State] = {
 }
 
 
-def _pad8(n: int) -> int:
-    return (n + 7) & ~7
-
-
-def nesting_depth(data_type: pa.DataType, limit: int) -> int:
-    """Depth of ``data_type`` (1 for a flat type); stops counting past ``limit``."""
-    if isinstance(data_type, pa.DictionaryType):
-        return nesting_depth(data_type.value_type, limit)
-    if isinstance(data_type, pa.BaseExtensionType):  # num_fields is 0: look at the storage
-        return nesting_depth(data_type.storage_type, limit)
-    deepest = 1
-    if limit <= 1:
-        return deepest + int(data_type.num_fields > 0)
-    for i in range(data_type.num_fields):
-        deepest = max(deepest, 1 + nesting_depth(data_type.field(i).type, limit - 1))
-    return deepest
-
-
-def count_fields(schema: pa.Schema, limit: int) -> int:
-    """Count fields, nested children included; stops counting at ``limit``."""
-    count = 0
-    stack = [field.type for field in schema]
-    count += len(stack)
-    while stack and count < limit:
-        data_type = stack.pop()
-        if isinstance(data_type, pa.DictionaryType):
-            data_type = data_type.value_type
-        if isinstance(data_type, pa.BaseExtensionType):
-            data_type = data_type.storage_type
-        children = [data_type.field(i).type for i in range(data_type.num_fields)]
-        count += len(children)
-        stack.extend(children)
-    return count
-
-
 class IPCStreamDecoder:
     """Decode an Arrow IPC stream pushed in arbitrary chunks.
 
@@ -127,34 +86,26 @@ class IPCStreamDecoder:
         max_columns: int = 10_000,
         max_batch_rows: int = 64 * 1024 * 1024,
     ) -> None:
+        self._messages = MessageReader(
+            max_metadata_size=max_metadata_size,
+            max_body_size=max_body_size,
+            max_decompressed_size=max_decompressed_size,
+            max_dictionary_bytes=max_dictionary_bytes,
+            max_nesting_depth=max_nesting_depth,
+            max_columns=max_columns,
+            max_batch_rows=max_batch_rows,
+        )
         self.max_metadata_size = max_metadata_size
-        self.max_body_size = max_body_size
-        self.max_decompressed_size = max_decompressed_size
-        self.max_dictionary_bytes = max_dictionary_bytes
-        self.max_nesting_depth = max_nesting_depth
-        self.max_columns = max_columns
-        self.max_batch_rows = max_batch_rows
-
         self._state = State.PREFIX
         self._input = InputBuffer()
-        self._feed = MessageFeed()
-        self._reader: pa.RecordBatchStreamReader | None = None
-        self._schema: pa.Schema | None = None
         self._legacy: bool | None = None
+        self._prefix_length = 0
         self._metadata_length = 0
         self._header: MessageHeader | None = None
-        self._message: pa.Buffer | None = None
-        self._message_view: memoryview | None = None
-        self._body_start = 0
+        self._framed: pa.Buffer | None = None
+        self._body: pa.Buffer | None = None
+        self._body_view: memoryview | None = None
         self._filled = 0
-        self._pending_wire_bytes = 0
-        # statistics
-        self.messages = 0
-        self.batches = 0
-        self.rows = 0
-        self.wire_bytes = 0
-        self.decoded_bytes = 0
-        self.dictionary_bytes = 0
 
     # -- public API ---------------------------------------------------------
 
@@ -164,7 +115,15 @@ class IPCStreamDecoder:
 
     @property
     def schema(self) -> pa.Schema | None:
-        return self._schema
+        return self._messages.schema
+
+    @property
+    def wire_bytes(self) -> int:
+        return self._messages.wire_bytes
+
+    @property
+    def decoded_bytes(self) -> int:
+        return self._messages.decoded_bytes
 
     @property
     def legacy_format(self) -> bool | None:
@@ -191,13 +150,14 @@ class IPCStreamDecoder:
             raise exc._reraise_as_remote_protocol_error() from exc
 
     def statistics(self) -> dict[str, int]:
+        m = self._messages
         return {
-            "messages": self.messages,
-            "batches": self.batches,
-            "rows": self.rows,
-            "wire_bytes": self.wire_bytes,
-            "decoded_bytes": self.decoded_bytes,
-            "dictionary_bytes": self.dictionary_bytes,
+            "messages": m.messages,
+            "batches": m.batches,
+            "rows": m.rows,
+            "wire_bytes": m.wire_bytes,
+            "decoded_bytes": m.decoded_bytes,
+            "dictionary_bytes": m.dictionary_bytes,
             "buffered_bytes": self._input.size,
         }
 
@@ -229,7 +189,7 @@ class IPCStreamDecoder:
     def _read_prefix(self) -> Event | _NeedData | None:
         buffered = self._input.size
         if buffered == 0 and self._input.eof:
-            if self._schema is None:
+            if self._messages.schema is None:
                 raise invalid("empty body: no Arrow IPC stream received", error="empty_stream")
             self._transition(_Input.CLEAN_EOF)
             return StreamEnded(eos_marker=False)
@@ -256,14 +216,12 @@ class IPCStreamDecoder:
         first = self._legacy is None
         if first:
             self._legacy = legacy
-        self._pending_wire_bytes += prefix
         if length == 0:
-            if self._schema is None:
+            if self._messages.schema is None:
                 raise invalid(
                     "end-of-stream marker before any schema message", error="empty_stream"
                 )
-            self.wire_bytes += self._pending_wire_bytes
-            self._pending_wire_bytes = 0
+            self._messages.count_wire(prefix)
             self._transition(_Input.END_MARKER)
             return StreamEnded(eos_marker=True)
         if length < 0:
@@ -291,6 +249,7 @@ class IPCStreamDecoder:
                 f"IPC message metadata of {length} bytes exceeds the limit of "
                 f"{self.max_metadata_size} bytes"
             )
+        self._prefix_length = prefix
         self._metadata_length = length
         self._transition(_Input.LENGTH)
         return None
@@ -306,170 +265,25 @@ class IPCStreamDecoder:
             return self._need("in message metadata")
         metadata = self._input.take(length)
         header = parse_message(metadata)
-        self._check_header(header)
-        padded = _pad8(length)
-        total = 8 + padded + header.body_length
-        message = pa.allocate_buffer(total)
-        view = memoryview(message).cast("B")
-        view[0:4] = _CONTINUATION
-        view[4:8] = _I32.pack(padded)
-        view[8 : 8 + length] = metadata
-        view[8 + length : 8 + padded] = bytes(padded - length)
+        self._messages.check(header, length)
         self._header = header
-        self._message = message
-        self._message_view = view
-        self._body_start = 8 + padded
-        self._filled = self._body_start
-        self._pending_wire_bytes += length
+        self._framed = frame_metadata(metadata)
+        self._body = pa.allocate_buffer(header.body_length)
+        self._body_view = memoryview(self._body).cast("B")
+        self._filled = 0
         self._transition(_Input.METADATA)
         return None
 
-    def _check_header(self, header: MessageHeader) -> None:
-        if header.version not in _SUPPORTED_VERSIONS:
-            raise invalid(
-                f"unsupported IPC metadata version V{header.version + 1}; "
-                "Arrowport reads V4 and V5 (Arrow >= 0.8)",
-                error="unsupported_ipc_version",
-            )
-        kind = header.header_type
-        if self._schema is None and kind != HeaderType.SCHEMA:
-            raise invalid(
-                "the stream must begin with a Schema message", error="invalid_ipc_framing"
-            )
-        if kind == HeaderType.SCHEMA:
-            if self._schema is not None:
-                raise invalid("a second Schema message in one stream", error="invalid_ipc_framing")
-        elif kind not in (HeaderType.RECORD_BATCH, HeaderType.DICTIONARY_BATCH):
-            name = HeaderType(kind).name if kind in HeaderType._value2member_map_ else str(kind)
-            raise invalid(f"unsupported IPC message type {name}", error="unsupported_message")
-        if header.body_length > self.max_body_size:
-            raise limit_exceeded(
-                f"IPC message body of {header.body_length} bytes exceeds the limit of "
-                f"{self.max_body_size} bytes"
-            )
-        batch = header.batch
-        if batch is not None:
-            if batch.length > self.max_batch_rows:
-                raise limit_exceeded(
-                    f"record batch of {batch.length} rows exceeds the limit of "
-                    f"{self.max_batch_rows} rows"
-                )
-            for spec in batch.buffers:
-                if spec.offset + spec.length > header.body_length:
-                    raise invalid(
-                        "a buffer lies outside the message body", error="invalid_ipc_metadata"
-                    )
-        if kind == HeaderType.DICTIONARY_BATCH and batch is not None and batch.codec is None:
-            # uncompressed: the body is what the dictionary costs, so refuse it before
-            # reading it; compressed ones are counted once their sizes are known
-            self._check_dictionary_growth(8 + _pad8(self._metadata_length) + header.body_length)
-
-    def _check_dictionary_growth(self, size: int) -> int:
-        grown = self.dictionary_bytes + size
-        if grown > self.max_dictionary_bytes:
-            raise limit_exceeded(
-                f"dictionaries would grow to {grown} bytes, over the limit of "
-                f"{self.max_dictionary_bytes} bytes"
-            )
-        return grown
-
     def _read_body(self) -> Event | _NeedData | None:
-        view = self._message_view
-        assert view is not None and self._header is not None and self._message is not None
+        view = self._body_view
+        header, framed, body = self._header, self._framed, self._body
+        assert view is not None and header is not None and framed is not None and body is not None
         end = len(view)
         if self._filled < end:
             self._filled += self._input.take_into(view, self._filled, end - self._filled)
             if self._filled < end:
                 return self._need("in a message body")
-        header, message = self._header, self._message
-        self._header = self._message = self._message_view = None
-        self._pending_wire_bytes += header.body_length
-        self.messages += 1
+        self._header = self._framed = self._body = self._body_view = None
+        wire = self._prefix_length + self._metadata_length + header.body_length
         self._transition(_Input.BODY)
-        return self._dispatch(header, message)
-
-    def _decoded_size(self, batch: BatchHeader, message: pa.Buffer, body_length: int) -> int:
-        if batch.codec is None:
-            return body_length
-        view = memoryview(message).cast("B")
-        total = 0
-        for spec in batch.buffers:
-            if spec.length == 0:
-                continue
-            if spec.length < 8:
-                raise invalid(
-                    "a compressed buffer is shorter than its length prefix",
-                    error="invalid_compression",
-                )
-            size = _I64.unpack_from(view, self._body_start + spec.offset)[0]
-            if size == -1:
-                size = spec.length - 8
-            elif size < 0:
-                raise invalid("negative uncompressed buffer length", error="invalid_compression")
-            total += size
-            if total > self.max_decompressed_size:
-                raise limit_exceeded(
-                    f"message would decompress to more than {self.max_decompressed_size} bytes"
-                )
-        return total
-
-    def _dispatch(self, header: MessageHeader, message: pa.Buffer) -> Event | None:
-        kind = header.header_type
-        if kind == HeaderType.SCHEMA:
-            return self._on_schema(message)
-        batch = header.batch
-        assert batch is not None
-        decoded = self._decoded_size(batch, message, header.body_length)
-        if kind == HeaderType.DICTIONARY_BATCH:
-            # Decompressed size, so a compressed delta cannot grow dictionaries unseen,
-            # plus the framed metadata, so a flood of empty deltas is bounded too.
-            self.dictionary_bytes = self._check_dictionary_growth(self._body_start + decoded)
-            self._feed.push(message)
-            return None
-        self._feed.push(message)
-        return self._on_batch(decoded)
-
-    def _on_schema(self, message: pa.Buffer) -> Event:
-        self._feed.push(message)
-        try:
-            self._reader = pa.ipc.open_stream(self._feed)
-        except MemoryError:
-            raise
-        except Exception as exc:  # pyarrow, or a registered extension type's deserializer
-            raise invalid(f"invalid schema message: {exc}", error="invalid_schema") from None
-        schema = self._reader.schema
-        fields = count_fields(schema, self.max_columns + 1)
-        if fields > self.max_columns:
-            raise limit_exceeded(
-                f"schema has more than {self.max_columns} fields (nested fields included), "
-                "over the column limit"
-            )
-        for field in schema:
-            if nesting_depth(field.type, self.max_nesting_depth + 1) > self.max_nesting_depth:
-                raise limit_exceeded(
-                    f"column {field.name!r} is nested deeper than the limit of "
-                    f"{self.max_nesting_depth} levels"
-                )
-        self._schema = schema
-        self.wire_bytes += self._pending_wire_bytes
-        self._pending_wire_bytes = 0
-        return SchemaReceived(schema=schema)
-
-    def _on_batch(self, decoded: int) -> Event:
-        assert self._reader is not None
-        try:
-            batch = self._reader.read_next_batch()
-            batch.validate(full=True)
-        except StopIteration:
-            raise invalid("record batch message could not be read", error="invalid_batch") from None
-        except MemoryError:
-            raise
-        except Exception as exc:  # pyarrow, or a registered extension type's code
-            raise invalid(f"invalid record batch: {exc}", error="invalid_batch") from None
-        wire = self._pending_wire_bytes
-        self._pending_wire_bytes = 0
-        self.batches += 1
-        self.rows += batch.num_rows
-        self.wire_bytes += wire
-        self.decoded_bytes += decoded
-        return BatchReceived(batch=batch, wire_bytes=wire, decoded_bytes=decoded)
+        return self._messages.read(header, framed, body, wire=wire)

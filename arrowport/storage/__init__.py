@@ -2,19 +2,27 @@
 
 from .duckdb import DuckDBStore
 from .errors import (
+    ColumnNotFoundError,
     IngestAborted,
+    InvalidReadError,
     SchemaMismatchError,
     StorageError,
+    TableNotFoundError,
     UnsupportedTypeError,
     WriteRejectedError,
 )
 from .table_write import TableWrite, WriteResult
+from .tables import TableInfo
 
 __all__ = [
+    "ColumnNotFoundError",
     "DuckDBStore",
     "IngestAborted",
+    "InvalidReadError",
     "SchemaMismatchError",
     "StorageError",
+    "TableInfo",
+    "TableNotFoundError",
     "TableWrite",
     "UnsupportedTypeError",
     "WriteRejectedError",

@@ -9,6 +9,8 @@ Invariants:
   per group of about two row groups (bounded memory, DuckDB still inserts in
   parallel) and commits in ``finish()``; any failure or ``rollback()``
   leaves nothing behind. In batch mode each batch is its own transaction.
+* Reads (``list_tables``, ``table_info``, ``scan``) and ``drop_table`` use a
+  cursor and a snapshot of their own; a scan never blocks writes.
 * Nothing is installed at run time: extensions load from registry packages.
 """
 
@@ -18,7 +20,7 @@ import itertools
 import logging
 import os
 import threading
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from typing import Any
 
 import duckdb
@@ -26,6 +28,7 @@ import pyarrow as pa
 
 from ..names import quote_identifier
 from .errors import (
+    InvalidReadError,
     SchemaMismatchError,
     StorageError,
     UnsupportedTypeError,
@@ -33,6 +36,16 @@ from .errors import (
 )
 from .schema import Column, check_subset, duplicate_names
 from .table_write import TableWrite, WriteResult
+from .tables import (
+    TableInfo,
+    describe_table,
+    prepare_read_cursor,
+    resolve_table,
+    select_list,
+    snapshot,
+    table_names,
+    valid_table_name,
+)
 
 log = logging.getLogger("arrowport.storage")
 
@@ -154,6 +167,102 @@ class DuckDBStore:
         with self._cursor() as cur:
             row = cur.execute(f"SELECT count(*) FROM {quote_identifier(table)}").fetchone()
             return int(row[0]) if row else 0
+
+    # -- the read side (Flight): each call has a cursor and a snapshot of its own
+
+    def _read_cursor(self) -> duckdb.DuckDBPyConnection:
+        cur = self._cursor()
+        prepare_read_cursor(cur)
+        return cur
+
+    def list_tables(self) -> list[TableInfo]:
+        """The user tables of schema ``main``, sorted by name; each from one snapshot.
+
+        Arrowport's own ``_arrowport*`` tables are left out, and so (with a
+        warning) is a table with a column DuckDB cannot export as Arrow.
+        """
+        infos = []
+        with self._read_cursor() as cur:
+            try:
+                for name in table_names(cur):
+                    try:
+                        with snapshot(cur):
+                            infos.append(describe_table(cur, name))
+                    except UnsupportedTypeError as exc:
+                        log.warning("not listing table %s: %s", name, exc.detail)
+                    except duckdb.CatalogException:
+                        pass  # dropped since it was listed
+            except duckdb.Error as exc:
+                raise self.translate(exc) from None
+        return infos
+
+    def table_info(self, name: str) -> TableInfo:
+        """``TableInfo`` for table ``name`` (matched ignoring case, as DuckDB does).
+
+        Raises ``InvalidNameError`` (400) for a name that is not an identifier
+        and ``TableNotFoundError`` (404) for a table that does not exist.
+        """
+        table = valid_table_name(name)
+        with self._read_cursor() as cur:
+            try:
+                with snapshot(cur):
+                    return describe_table(cur, resolve_table(cur, table))
+            except duckdb.Error as exc:
+                raise self.translate(exc) from None
+
+    def scan(
+        self,
+        table: str,
+        *,
+        columns: Sequence[str] | None = None,
+        limit: int | None = None,
+        batch_rows: int = 122_880,
+    ) -> pa.RecordBatchReader:
+        """Stream ``table`` (or some ``columns`` of it, at most ``limit`` rows).
+
+        The reader pulls batches of up to ``batch_rows`` rows from DuckDB as it
+        is read, so memory stays bounded, and sees one snapshot: writes
+        committed meanwhile are not in it and are not blocked by it. DuckDB's
+        reader owns the query's connection: it keeps it alive and releases
+        it (ending the snapshot) when exhausted or closed. Bad names or
+        arguments raise here, before any row is read: ``InvalidNameError``,
+        ``TableNotFoundError``, ``ColumnNotFoundError`` or ``InvalidReadError``.
+        """
+        name = valid_table_name(table)
+        if limit is not None and (isinstance(limit, bool) or limit < 0):
+            raise InvalidReadError(f"limit must be a non-negative integer, not {limit!r}")
+        if isinstance(batch_rows, bool) or batch_rows < 1:
+            raise InvalidReadError(f"batch_rows must be a positive integer, not {batch_rows!r}")
+        with self._read_cursor() as cur:
+            try:
+                cur.begin()  # lookups and rows from one snapshot
+                resolved = resolve_table(cur, name)
+                selected = select_list(cur, resolved, columns)
+                sql = f"SELECT {selected} FROM {quote_identifier(resolved)}"
+                if limit is not None:
+                    sql += f" LIMIT {int(limit)}"
+                # Closing the cursor (on leaving ``with``) leaves the query's
+                # connection to the reader, which outlives it.
+                reader: pa.RecordBatchReader = cur.execute(sql).to_arrow_reader(batch_rows)
+                return reader
+            except duckdb.Error as exc:
+                raise self.translate(exc) from None
+
+    def drop_table(self, name: str) -> None:
+        """DROP table ``name`` in a transaction of its own.
+
+        ``TableNotFoundError`` if it does not exist. A write into the table
+        still open at that moment fails when it commits; scans already
+        started finish on their snapshot.
+        """
+        table = valid_table_name(name)
+        with self._cursor() as cur:
+            try:
+                cur.begin()
+                cur.execute(f"DROP TABLE {quote_identifier(resolve_table(cur, table))}")
+                cur.commit()
+            except duckdb.Error as exc:
+                raise self.translate(exc) from None
 
     # -- writing ------------------------------------------------------------
 

@@ -1,6 +1,9 @@
-"""Errors raised by storage writers (part of the one error tree)."""
+"""Errors raised by storage writers and readers (part of the one error tree)."""
 
 from __future__ import annotations
+
+import difflib
+from collections.abc import Iterable, Sequence
 
 from ..protocol.errors import ArrowportError, GrpcStatus
 
@@ -65,3 +68,88 @@ class IngestAborted(ArrowportError):
     error = "aborted"
     http_status = 400
     grpc_status = GrpcStatus.CANCELLED
+
+
+class TableNotFoundError(ArrowportError):
+    """The named table does not exist (reads and drops): 404."""
+
+    error = "table_not_found"
+    http_status = 404
+    grpc_status = GrpcStatus.NOT_FOUND
+
+    def __init__(self, detail: str, *, table: str, suggestions: tuple[str, ...] = ()) -> None:
+        super().__init__(detail)
+        self.table = table
+        self.suggestions = suggestions
+
+    @classmethod
+    def named(cls, table: str, existing: Iterable[str]) -> TableNotFoundError:
+        """The error for ``table``, suggesting close matches among ``existing``."""
+        suggestions = close_matches(table, existing)
+        detail = f"table {table!r} does not exist"
+        if suggestions:
+            detail += f"; did you mean {_alternatives(suggestions)}?"
+        return cls(detail, table=table, suggestions=suggestions)
+
+    def to_json(self) -> dict[str, object]:
+        body = super().to_json()
+        body["table"] = self.table
+        body["did_you_mean"] = list(self.suggestions)
+        return body
+
+
+class InvalidReadError(ArrowportError):
+    """A read asks for something impossible (a negative limit, a repeated column): 400."""
+
+    error = "invalid_read"
+    http_status = 400
+    grpc_status = GrpcStatus.INVALID_ARGUMENT
+
+
+class ColumnNotFoundError(InvalidReadError):
+    """A read names columns the table does not have: 400."""
+
+    error = "column_not_found"
+
+    def __init__(
+        self, detail: str, *, table: str, missing: tuple[str, ...], columns: tuple[str, ...]
+    ) -> None:
+        super().__init__(detail)
+        self.table = table
+        self.missing = missing
+        self.columns = columns
+
+    @classmethod
+    def named(
+        cls, table: str, missing: Sequence[str], columns: Sequence[str]
+    ) -> ColumnNotFoundError:
+        """The error for ``missing``, naming the table's ``columns`` and close matches."""
+        names = ", ".join(repr(name) for name in missing)
+        noun = "column" if len(missing) == 1 else "columns"
+        detail = f"table {table!r} has no {noun} {names}"
+        suggestions = [match for name in missing for match in close_matches(name, columns)]
+        if suggestions:
+            detail += f" (did you mean {_alternatives(tuple(dict.fromkeys(suggestions)))}?)"
+        detail += f"; its columns are: {', '.join(columns)}"
+        return cls(detail, table=table, missing=tuple(missing), columns=tuple(columns))
+
+    def to_json(self) -> dict[str, object]:
+        body = super().to_json()
+        body["table"] = self.table
+        body["missing_columns"] = list(self.missing)
+        body["table_columns"] = list(self.columns)
+        return body
+
+
+def close_matches(name: str, candidates: Iterable[str], n: int = 3) -> tuple[str, ...]:
+    """Up to ``n`` of ``candidates`` close to ``name``, ignoring case (as DuckDB does)."""
+    by_lower: dict[str, str] = {}
+    for candidate in candidates:
+        by_lower.setdefault(candidate.lower(), candidate)
+    matches = difflib.get_close_matches(name.lower(), list(by_lower), n=n)
+    return tuple(by_lower[m] for m in matches)
+
+
+def _alternatives(names: tuple[str, ...]) -> str:
+    quoted = [repr(name) for name in names]
+    return quoted[0] if len(quoted) == 1 else ", ".join(quoted[:-1]) + " or " + quoted[-1]

@@ -1,0 +1,143 @@
+"""One gRPC call on an HTTP/2 stream: request checks, messages, status.
+
+Invariants:
+
+* Response headers go out with the first message, or together with the
+  status as a trailers-only response when there is none.
+* Every call ends with ``grpc-status`` (and ``grpc-message``), whatever
+  happens in the method: an ``ArrowportError`` keeps its status and message;
+  anything else is INTERNAL and logged as a bug.
+* A call whose client is gone (reset or disconnect) sends nothing more.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import AsyncIterator
+
+from ..protocol import NEED_DATA, ArrowportError, GrpcStatus
+from ..protocol.grpc import (
+    GrpcMessage,
+    GrpcMessageDecoder,
+    GrpcStreamEnded,
+    encode_grpc_message,
+    prefix,
+)
+from .h2conn import H2Stream, StreamGone
+
+log = logging.getLogger("arrowport.grpc")
+
+GRPC_CONTENT_TYPE = b"application/grpc"
+MAX_CONTROL_MESSAGE = 4 * 1024 * 1024  # tickets, actions, descriptors: small
+
+_FROM_HTTP = {
+    400: GrpcStatus.INVALID_ARGUMENT,
+    401: GrpcStatus.UNAUTHENTICATED,
+    403: GrpcStatus.PERMISSION_DENIED,
+    404: GrpcStatus.NOT_FOUND,
+    408: GrpcStatus.DEADLINE_EXCEEDED,
+    409: GrpcStatus.ABORTED,
+    413: GrpcStatus.RESOURCE_EXHAUSTED,
+    415: GrpcStatus.INVALID_ARGUMENT,
+    422: GrpcStatus.INVALID_ARGUMENT,
+    429: GrpcStatus.RESOURCE_EXHAUSTED,
+    503: GrpcStatus.UNAVAILABLE,
+}
+
+
+def grpc_status(exc: ArrowportError) -> GrpcStatus:
+    """The status for ``exc``: its own, or one that matches its HTTP status."""
+    if exc.grpc_status is not GrpcStatus.INTERNAL:
+        return exc.grpc_status
+    return _FROM_HTTP.get(exc.http_status, GrpcStatus.INTERNAL)
+
+
+class GrpcCall:
+    def __init__(self, stream: H2Stream, method: str) -> None:
+        self.stream = stream
+        self.method = method
+        self.headers_sent = False
+        self.messages_sent = 0
+
+    # -- receiving ----------------------------------------------------------
+
+    async def chunks(self) -> AsyncIterator[bytes]:
+        """The request's DATA payloads, as they arrive."""
+        while chunk := await self.stream.receive_some():
+            yield chunk
+
+    async def messages(self, max_size: int = MAX_CONTROL_MESSAGE) -> AsyncIterator[bytes]:
+        """The request's gRPC messages, for small (non-bulk) requests."""
+        decoder = GrpcMessageDecoder(max_message_size=max_size)
+        while True:
+            event = decoder.next_event()
+            if isinstance(event, GrpcMessage):
+                yield event.data
+            elif isinstance(event, GrpcStreamEnded):
+                return
+            elif event is NEED_DATA:
+                decoder.receive_data(await self.stream.receive_some())
+
+    async def unary_request(self, what: str) -> bytes:
+        """The one request message of a unary or server-streaming call."""
+        request: bytes | None = None
+        async for message in self.messages():
+            if request is not None:
+                raise ArrowportError(
+                    f"{self.method} takes one {what} message; got more",
+                    error="invalid_request",
+                    grpc_status=GrpcStatus.INVALID_ARGUMENT,
+                )
+            request = message
+        if request is None:
+            raise ArrowportError(
+                f"{self.method} needs a {what} message; the request had none",
+                error="invalid_request",
+                grpc_status=GrpcStatus.INVALID_ARGUMENT,
+            )
+        return request
+
+    # -- sending ------------------------------------------------------------
+
+    async def _start(self) -> None:
+        if not self.headers_sent:
+            self.headers_sent = True
+            await self.stream.send_headers(
+                [(b":status", b"200"), (b"content-type", GRPC_CONTENT_TYPE)]
+            )
+
+    async def send_message(self, payload: bytes) -> None:
+        await self._start()
+        await self.stream.send_data(prefix(len(payload)) + payload)
+        self.messages_sent += 1
+
+    async def send_parts(self, head: bytes, body: memoryview | bytes, length: int) -> None:
+        """Send one message of ``length`` bytes as ``head`` then ``body``, uncopied."""
+        await self._start()
+        await self.stream.send_data(prefix(length) + head)
+        if len(body):
+            await self.stream.send_data(body)
+        self.messages_sent += 1
+
+    async def finish(self, status: GrpcStatus, message: str = "") -> None:
+        trailers = [(b"grpc-status", str(int(status)).encode())]
+        if message:
+            trailers.append((b"grpc-message", encode_grpc_message(message).encode("ascii")))
+        if self.headers_sent:
+            await self.stream.send_trailers(trailers)
+        else:  # trailers-only
+            self.headers_sent = True
+            await self.stream.send_headers(
+                [(b":status", b"200"), (b"content-type", GRPC_CONTENT_TYPE), *trailers],
+                end_stream=True,
+            )
+
+    async def fail(self, exc: BaseException) -> None:
+        """End the call with the status that explains ``exc``."""
+        if isinstance(exc, StreamGone):
+            return
+        if isinstance(exc, ArrowportError):
+            await self.finish(grpc_status(exc), exc.detail)
+        else:
+            log.error("%s failed with a bug", self.method, exc_info=exc)
+            await self.finish(GrpcStatus.INTERNAL, f"internal error: {type(exc).__name__}: {exc}")
