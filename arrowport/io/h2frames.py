@@ -1,0 +1,108 @@
+"""h2's frame buffer, without its copies.
+
+h2's ``FrameBuffer`` appends every received chunk to a bytearray, slices each
+frame out of it (a copy) and DATA frames copy their payload once more
+(``tobytes``): three copies of every uploaded byte before Arrowport's own.
+This buffer keeps the received ``bytes`` chunks as they are and parses frames
+from views of them; a DATA frame's payload stays a view of the chunk it
+arrived in. Only a frame that straddles two reads is joined (one copy).
+
+Invariants: views are only ever taken of memory nobody writes again
+(``bytes``, or a receive buffer that ``H2Server`` hands over for good), so
+nothing can change under a payload that a stream has not consumed yet; framing, size and
+header-block rules are h2's own (``_validate_frame_length``,
+``_update_header_buffer``).
+"""
+
+from __future__ import annotations
+
+import collections
+
+from h2.exceptions import FrameDataMissingError, ProtocolError
+from h2.frame_buffer import FrameBuffer
+from hyperframe.exceptions import InvalidDataError, InvalidFrameError, InvalidPaddingError
+from hyperframe.frame import DataFrame, Frame
+
+
+class ChunkedFrameBuffer(FrameBuffer):
+    def __init__(self) -> None:
+        super().__init__(server=True)
+        self._chunks: collections.deque[memoryview] = collections.deque()
+        self._offset = 0  # consumed bytes of the first chunk
+        self._size = 0
+
+    def add_data(self, data: bytes | bytearray | memoryview) -> None:  # type: ignore[override]
+        # bytes, or a view of a buffer nobody writes again (H2Server._receive)
+        view = memoryview(data if isinstance(data, bytes | memoryview) else bytes(data))
+        if self._preamble_len:
+            n = min(self._preamble_len, len(view))
+            if self._preamble[:n] != view[:n]:
+                raise ProtocolError("Invalid HTTP/2 preamble.")
+            view = view[n:]
+            self._preamble_len -= n
+            self._preamble = self._preamble[n:]
+        if view:
+            self._chunks.append(view)
+            self._size += len(view)
+
+    def _peek(self, n: int) -> memoryview:
+        head = self._chunks[0]
+        if len(head) - self._offset >= n:
+            return head[self._offset : self._offset + n]
+        parts = []
+        offset, need = self._offset, n
+        for chunk in self._chunks:
+            part = chunk[offset : offset + need]
+            parts.append(part)
+            need -= len(part)
+            offset = 0
+            if not need:
+                break
+        return memoryview(b"".join(parts))
+
+    def _consume(self, n: int) -> None:
+        self._size -= n
+        while n:
+            head = self._chunks[0]
+            available = len(head) - self._offset
+            if n < available:
+                self._offset += n
+                return
+            n -= available
+            self._chunks.popleft()
+            self._offset = 0
+
+    def __next__(self) -> Frame:
+        while True:
+            if self._size < 9:
+                raise StopIteration
+            try:
+                frame, length = Frame.parse_frame_header(self._peek(9))
+            except (InvalidDataError, InvalidFrameError) as err:
+                raise ProtocolError(f"Received frame with invalid header: {err!s}") from err
+            if self._size < 9 + length:
+                raise StopIteration
+            self._validate_frame_length(length)
+            body = self._peek(9 + length)[9:]
+            try:
+                if isinstance(frame, DataFrame):
+                    _parse_data(frame, body)
+                else:
+                    frame.parse_body(body)
+            except InvalidDataError as err:
+                raise ProtocolError("Received frame with non-compliant data") from err
+            except InvalidFrameError as err:
+                raise FrameDataMissingError("Frame data missing or invalid") from err
+            self._consume(9 + length)
+            complete = self._update_header_buffer(frame)
+            if complete is not None:
+                return complete
+
+
+def _parse_data(frame: DataFrame, body: memoryview) -> None:
+    """``DataFrame.parse_body`` without copying the payload."""
+    start = frame.parse_padding_data(body)
+    frame.body_len = len(body)
+    if frame.pad_length and frame.pad_length >= frame.body_len:
+        raise InvalidPaddingError("Padding is too long.")
+    frame.data = body[start : len(body) - frame.pad_length]  # type: ignore[assignment]
