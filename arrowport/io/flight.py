@@ -43,7 +43,16 @@ from ..protocol.flight_pb import (
     Result,
     SchemaResult,
     Ticket,
-    encode_flight_data_prefix,
+)
+from .flight_messages import (
+    MessageSink,
+    ack_json,
+    action_table,
+    bad_request,
+    descriptor_name,
+    not_grpc,
+    parse_ticket,
+    send_flight_data,
 )
 from .grpc import GRPC_CONTENT_TYPE, GrpcCall
 from .h2conn import H2Stream, StreamGone
@@ -53,10 +62,6 @@ from .state import ServerState
 log = logging.getLogger("arrowport.flight")
 
 SERVICE = "/arrow.flight.protocol.FlightService/"
-
-
-def bad_request(detail: str, error: str = "invalid_request") -> ArrowportError:
-    return ArrowportError(detail, error=error, http_status=400)
 
 
 class FlightService:
@@ -88,7 +93,7 @@ class FlightService:
         """Serve one HTTP/2 request stream."""
         content_type = stream.headers.get(b"content-type", b"")
         if not content_type.startswith(GRPC_CONTENT_TYPE):
-            await _not_grpc(stream)
+            await not_grpc(stream)
             return
         method = stream.path[len(SERVICE) :] if stream.path.startswith(SERVICE) else ""
         call = GrpcCall(stream, method or stream.path)
@@ -176,7 +181,7 @@ class FlightService:
         ticket = Ticket.decode(await call.unary_request("Ticket"))
         table, columns, limit = parse_ticket(ticket.ticket)
         reader = await self._thread(self.store().scan, table, columns=columns, limit=limit)
-        sink = _MessageSink()
+        sink = MessageSink()
         try:
             writer = pa.ipc.new_stream(sink, reader.schema)
             while True:
@@ -186,11 +191,11 @@ class FlightService:
                 writer.write_batch(batch)
                 del batch
                 for header, body in sink.messages():
-                    await _send_flight_data(call, header, body)
+                    await send_flight_data(call, header, body)
             if call.messages_sent == 0:  # no rows: the schema alone
                 writer.close()
                 for header, body in sink.messages():
-                    await _send_flight_data(call, header, body)
+                    await send_flight_data(call, header, body)
         finally:
             with trio.CancelScope(shield=True):
                 await trio.to_thread.run_sync(reader.close)
@@ -302,99 +307,13 @@ class FlightService:
                 error="action_disabled",
                 grpc_status=GrpcStatus.PERMISSION_DENIED,
             )
-        table = _text(body, "table.drop body").strip()
-        if table.startswith("{"):
-            table = str(_json_object(body, "table.drop body").get("table", ""))
+        table = action_table(body)
         store = self.store()
         info = await self._thread(store.table_info, table)
         async with self.state.locks(info.name):
             await self._thread(store.drop_table, info.name)
         log.info("table %s dropped by a Flight table.drop action", info.name)
         return json.dumps({"dropped": info.name}).encode()
-
-
-# -- helpers ----------------------------------------------------------------
-
-
-def descriptor_name(descriptor: FlightDescriptor) -> str:
-    """The stream or table a descriptor names: its one path element, or its cmd."""
-    if descriptor.path:
-        if len(descriptor.path) != 1:
-            raise bad_request(
-                f"the descriptor path {list(descriptor.path)!r} has {len(descriptor.path)} "
-                "elements; name one stream or table"
-            )
-        return descriptor.path[0]
-    if descriptor.cmd:
-        cmd = descriptor.cmd
-        if cmd.lstrip().startswith(b"{"):
-            value = _json_object(cmd, "descriptor cmd").get("stream") or ""
-            return str(value)
-        return _text(cmd, "descriptor cmd")
-    raise bad_request("the descriptor names no stream: set its path or its cmd")
-
-
-def parse_ticket(raw: bytes) -> tuple[str, list[str] | None, int | None]:
-    """A table name, or JSON ``{"table": …, "columns": […], "limit": …}``."""
-    if not raw.lstrip().startswith(b"{"):
-        return _text(raw, "ticket"), None, None
-    spec = _json_object(raw, "ticket")
-    unknown = set(spec) - {"table", "columns", "limit"}
-    if unknown:
-        raise bad_request(
-            f"unknown ticket keys {sorted(unknown)}; a JSON ticket has table, columns, limit"
-        )
-    table = spec.get("table")
-    if not isinstance(table, str):
-        raise bad_request('a JSON ticket needs "table": a table name')
-    columns = spec.get("columns")
-    if columns is not None and (
-        not isinstance(columns, list) or not all(isinstance(c, str) for c in columns)
-    ):
-        raise bad_request('ticket "columns" must be a list of column names')
-    limit = spec.get("limit")
-    if limit is not None and (isinstance(limit, bool) or not isinstance(limit, int) or limit < 0):
-        raise bad_request('ticket "limit" must be a non-negative integer')
-    return table, columns, limit
-
-
-def ack_json(route: Any, commit: Commit) -> bytes:
-    """A ``PutResult``'s app_metadata: what is committed, and the client's echo."""
-    body: dict[str, object] = {
-        "stream": route.stream,
-        "table": route.table,
-        "committed_rows": commit.rows,
-        "committed_batches": commit.batches,
-    }
-    if commit.app_metadata:
-        body["app_metadata"] = [_echo(m) for m in commit.app_metadata]
-    return json.dumps(body).encode()
-
-
-def _echo(raw: bytes) -> object:
-    try:
-        return raw.decode("utf-8")
-    except UnicodeDecodeError:
-        import base64
-
-        return {"base64": base64.b64encode(raw).decode("ascii")}
-
-
-def _text(raw: bytes, what: str) -> str:
-    try:
-        return raw.decode("utf-8")
-    except UnicodeDecodeError:
-        raise bad_request(f"the {what} is not UTF-8 text") from None
-
-
-def _json_object(raw: bytes, what: str) -> dict[str, Any]:
-    try:
-        value = json.loads(raw)
-    except ValueError as exc:
-        raise bad_request(f"the {what} is not valid JSON: {exc}") from None
-    if not isinstance(value, dict):
-        raise bad_request(f"the {what} must be a JSON object")
-    return value
 
 
 async def _first_descriptor(decoder: FlightDataDecoder, chunks: Any) -> FlightDescriptor:
@@ -416,76 +335,3 @@ def _next_batch(reader: pa.RecordBatchReader) -> pa.RecordBatch | None:
         return reader.read_next_batch()
     except StopIteration:
         return None
-
-
-async def _send_flight_data(call: GrpcCall, header: pa.Buffer, body: pa.Buffer | None) -> None:
-    body_length = body.size if body is not None else 0
-    head = encode_flight_data_prefix(memoryview(header), None, body_length)
-    payload = memoryview(body) if body is not None else b""
-    await call.send_parts(head, payload, len(head) + body_length)
-
-
-class _MessageSink:
-    """A file pyarrow's IPC writer writes into; yields the messages written."""
-
-    closed = False
-
-    def __init__(self) -> None:
-        self._parts: list[Any] = []
-        self._position = 0
-
-    def write(self, data: Any) -> int:
-        self._parts.append(data)
-        n = memoryview(data).nbytes
-        self._position += n
-        return n
-
-    def flush(self) -> None:
-        pass
-
-    def close(self) -> None:
-        pass
-
-    def writable(self) -> bool:
-        return True
-
-    def seekable(self) -> bool:
-        return False
-
-    def tell(self) -> int:
-        return self._position
-
-    def messages(self) -> list[tuple[pa.Buffer, pa.Buffer | None]]:
-        if not self._parts:
-            return []
-        data = pa.py_buffer(b"".join(memoryview(p) for p in self._parts))
-        self._parts.clear()
-        reader = pa.ipc.MessageReader.open_stream(data)
-        out = []
-        while True:
-            try:
-                message = reader.read_next_message()
-            except StopIteration:
-                break
-            if message is None:
-                break
-            out.append((message.metadata, message.body))
-        return out
-
-
-async def _not_grpc(stream: H2Stream) -> None:
-    body = json.dumps(
-        {
-            "error": "unsupported_protocol",
-            "detail": "HTTP/2 on this port carries Arrow Flight (gRPC) only; send HTTP "
-            "requests such as POST /ingest/{stream} over HTTP/1.1",
-        }
-    ).encode()
-    await stream.send_headers(
-        [
-            (b":status", b"505"),
-            (b"content-type", b"application/json"),
-            (b"content-length", str(len(body)).encode()),
-        ]
-    )
-    await stream.send_data(body, end_stream=True)

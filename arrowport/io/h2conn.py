@@ -23,8 +23,9 @@ Invariants:
   Its later DATA is acknowledged and dropped; the stream is never reset,
   because gRPC clients then report INTERNAL instead of the status we sent.
 * h2 formats every received frame's ``repr`` eagerly; for DATA frames that
-  hex-encodes a copy of the payload. ``quiet_data_frame_repr`` makes that
-  repr constant-time; it is installed on import.
+  hex-encodes a copy of the payload. ``h2frames.quiet_data_frame_repr`` makes
+  that repr constant-time; it is installed on import. Received frames are
+  parsed by ``h2frames.ChunkedFrameBuffer``, which does not copy payloads.
 """
 
 from __future__ import annotations
@@ -40,12 +41,13 @@ import h2.connection
 import h2.events
 import h2.exceptions
 import h2.settings
-import hyperframe.frame
 import pyarrow as pa
 import trio
 from h2.errors import ErrorCodes
 
-from .h2frames import ChunkedFrameBuffer
+from .h2frames import ChunkedFrameBuffer, quiet_data_frame_repr
+
+quiet_data_frame_repr()
 
 log = logging.getLogger("arrowport.h2")
 
@@ -67,18 +69,6 @@ Headers = Sequence[tuple[bytes, bytes]]
 
 class Waitable(Protocol):
     async def wait(self) -> object: ...
-
-
-def quiet_data_frame_repr() -> None:
-    """Make ``repr`` of a DATA frame cheap (h2 calls it for every frame received)."""
-
-    def _body_repr(self: hyperframe.frame.DataFrame) -> str:
-        return f"<{len(self.data)} bytes, padding {self.pad_length}>"
-
-    hyperframe.frame.DataFrame._body_repr = _body_repr  # type: ignore[method-assign,assignment]
-
-
-quiet_data_frame_repr()
 
 
 class StreamGone(trio.BrokenResourceError):
@@ -118,10 +108,6 @@ class H2Stream:
         data, flow = self._chunks.popleft()
         self.conn.acknowledge(self.stream_id, flow)
         return data
-
-    async def __aiter__(self) -> collections.abc.AsyncIterator[bytes]:  # type: ignore[misc]
-        while chunk := await self.receive_some():
-            yield chunk
 
     def _push(self, data: bytes, flow: int) -> None:
         if self.done:  # the handler answered early: drop, but give the window back
@@ -381,12 +367,13 @@ class H2Server:
             self._forget_if_closed(stream)
 
     def _forget_if_closed(self, stream: H2Stream) -> None:
+        """Drop a stream once both sides are done with it.
+
+        A stream whose handler answered while the client is still uploading
+        stays, so that its late DATA is acknowledged and dropped.
+        """
         if stream.done and (stream.remote_ended or stream.reset):
             self.streams.pop(stream.stream_id, None)
-        elif stream.done and stream.local_ended:
-            # the client may still be uploading: keep the stream to drop its data,
-            # but stop counting it against a graceful close
-            pass
 
     async def _writer(self) -> None:
         while True:

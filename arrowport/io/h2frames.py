@@ -1,4 +1,4 @@
-"""h2's frame buffer, without its copies.
+"""Two h2 hot spots, worked around: the frame buffer's copies, and frame reprs.
 
 h2's ``FrameBuffer`` appends every received chunk to a bytearray, slices each
 frame out of it (a copy) and DATA frames copy their payload once more
@@ -18,10 +18,20 @@ from __future__ import annotations
 
 import collections
 
+import hyperframe.frame
 from h2.exceptions import FrameDataMissingError, ProtocolError
 from h2.frame_buffer import FrameBuffer
 from hyperframe.exceptions import InvalidDataError, InvalidFrameError, InvalidPaddingError
 from hyperframe.frame import DataFrame, Frame
+
+
+def quiet_data_frame_repr() -> None:
+    """Make ``repr`` of a DATA frame cheap (h2 calls it for every frame received)."""
+
+    def _body_repr(self: hyperframe.frame.DataFrame) -> str:
+        return f"<{len(self.data)} bytes, padding {self.pad_length}>"
+
+    hyperframe.frame.DataFrame._body_repr = _body_repr  # type: ignore[method-assign,assignment]
 
 
 class ChunkedFrameBuffer(FrameBuffer):

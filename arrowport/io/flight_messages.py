@@ -1,0 +1,183 @@
+"""Flight requests and responses: descriptors, tickets, acks and FlightData.
+
+Parsing raises ``ArrowportError`` with HTTP 400 (INVALID_ARGUMENT) and a
+message that says what was wrong; nothing here touches storage.
+"""
+
+from __future__ import annotations
+
+import base64
+import json
+from typing import Any
+
+import pyarrow as pa
+
+from ..protocol import ArrowportError
+from ..protocol.flight_pb import FlightDescriptor, encode_flight_data_prefix
+from .grpc import GrpcCall
+from .h2conn import H2Stream
+from .ingest import Commit
+
+
+def bad_request(detail: str, error: str = "invalid_request") -> ArrowportError:
+    return ArrowportError(detail, error=error, http_status=400)
+
+
+def descriptor_name(descriptor: FlightDescriptor) -> str:
+    """The stream or table a descriptor names: its one path element, or its cmd."""
+    if descriptor.path:
+        if len(descriptor.path) != 1:
+            raise bad_request(
+                f"the descriptor path {list(descriptor.path)!r} has {len(descriptor.path)} "
+                "elements; name one stream or table"
+            )
+        return descriptor.path[0]
+    if descriptor.cmd:
+        cmd = descriptor.cmd
+        if cmd.lstrip().startswith(b"{"):
+            value = _json_object(cmd, "descriptor cmd").get("stream") or ""
+            return str(value)
+        return _text(cmd, "descriptor cmd")
+    raise bad_request("the descriptor names no stream: set its path or its cmd")
+
+
+def parse_ticket(raw: bytes) -> tuple[str, list[str] | None, int | None]:
+    """A table name, or JSON ``{"table": …, "columns": […], "limit": …}``."""
+    if not raw.lstrip().startswith(b"{"):
+        return _text(raw, "ticket"), None, None
+    spec = _json_object(raw, "ticket")
+    unknown = set(spec) - {"table", "columns", "limit"}
+    if unknown:
+        raise bad_request(
+            f"unknown ticket keys {sorted(unknown)}; a JSON ticket has table, columns, limit"
+        )
+    table = spec.get("table")
+    if not isinstance(table, str):
+        raise bad_request('a JSON ticket needs "table": a table name')
+    columns = spec.get("columns")
+    if columns is not None and (
+        not isinstance(columns, list) or not all(isinstance(c, str) for c in columns)
+    ):
+        raise bad_request('ticket "columns" must be a list of column names')
+    limit = spec.get("limit")
+    if limit is not None and (isinstance(limit, bool) or not isinstance(limit, int) or limit < 0):
+        raise bad_request('ticket "limit" must be a non-negative integer')
+    return table, columns, limit
+
+
+def action_table(body: bytes) -> str:
+    """The table an action's body names: the name, or ``{"table": …}``."""
+    table = _text(body, "action body").strip()
+    if table.startswith("{"):
+        table = str(_json_object(body, "action body").get("table", ""))
+    return table
+
+
+def ack_json(route: Any, commit: Commit) -> bytes:
+    """A ``PutResult``'s app_metadata: what is committed, and the client's echo."""
+    body: dict[str, object] = {
+        "stream": route.stream,
+        "table": route.table,
+        "committed_rows": commit.rows,
+        "committed_batches": commit.batches,
+    }
+    if commit.app_metadata:
+        body["app_metadata"] = [_echo(m) for m in commit.app_metadata]
+    return json.dumps(body).encode()
+
+
+def _echo(raw: bytes) -> object:
+    try:
+        return raw.decode("utf-8")
+    except UnicodeDecodeError:
+        return {"base64": base64.b64encode(raw).decode("ascii")}
+
+
+def _text(raw: bytes, what: str) -> str:
+    try:
+        return raw.decode("utf-8")
+    except UnicodeDecodeError:
+        raise bad_request(f"the {what} is not UTF-8 text") from None
+
+
+def _json_object(raw: bytes, what: str) -> dict[str, Any]:
+    try:
+        value = json.loads(raw)
+    except ValueError as exc:
+        raise bad_request(f"the {what} is not valid JSON: {exc}") from None
+    if not isinstance(value, dict):
+        raise bad_request(f"the {what} must be a JSON object")
+    return value
+
+
+async def send_flight_data(call: GrpcCall, header: pa.Buffer, body: pa.Buffer | None) -> None:
+    body_length = body.size if body is not None else 0
+    head = encode_flight_data_prefix(memoryview(header), None, body_length)
+    payload = memoryview(body) if body is not None else b""
+    await call.send_parts(head, payload, len(head) + body_length)
+
+
+class MessageSink:
+    """A file pyarrow's IPC writer writes into; yields the messages written."""
+
+    closed = False
+
+    def __init__(self) -> None:
+        self._parts: list[Any] = []
+        self._position = 0
+
+    def write(self, data: Any) -> int:
+        self._parts.append(data)
+        n = memoryview(data).nbytes
+        self._position += n
+        return n
+
+    def flush(self) -> None:
+        pass
+
+    def close(self) -> None:
+        pass
+
+    def writable(self) -> bool:
+        return True
+
+    def seekable(self) -> bool:
+        return False
+
+    def tell(self) -> int:
+        return self._position
+
+    def messages(self) -> list[tuple[pa.Buffer, pa.Buffer | None]]:
+        if not self._parts:
+            return []
+        data = pa.py_buffer(b"".join(memoryview(p) for p in self._parts))
+        self._parts.clear()
+        reader = pa.ipc.MessageReader.open_stream(data)
+        out = []
+        while True:
+            try:
+                message = reader.read_next_message()
+            except StopIteration:
+                break
+            if message is None:
+                break
+            out.append((message.metadata, message.body))
+        return out
+
+
+async def not_grpc(stream: H2Stream) -> None:
+    body = json.dumps(
+        {
+            "error": "unsupported_protocol",
+            "detail": "HTTP/2 on this port carries Arrow Flight (gRPC) only; send HTTP "
+            "requests such as POST /ingest/{stream} over HTTP/1.1",
+        }
+    ).encode()
+    await stream.send_headers(
+        [
+            (b":status", b"505"),
+            (b"content-type", b"application/json"),
+            (b"content-length", str(len(body)).encode()),
+        ]
+    )
+    await stream.send_data(body, end_stream=True)
