@@ -205,7 +205,7 @@ class FlightService:
     async def do_put(self, call: GrpcCall) -> None:
         started = time.monotonic()
         config = self.state.config  # one snapshot for the whole request
-        decoder = FlightDataDecoder(**config.limits.decoder_kwargs())
+        decoder = FlightDataDecoder(**config.limits.decoder_kwargs(), validate=False)
         chunks = call.chunks()
         descriptor = await _first_descriptor(decoder, chunks)
         stats = self.state.stats

@@ -3,10 +3,12 @@
 Invariants:
 
 * The request's task decodes and queues batches in a bounded memory channel;
-  a writer task takes them in groups and runs each group's INSERT in a worker
-  thread. Decoding overlaps inserting, memory is bounded by ``queue_depth``
-  batches plus one group plus one partial message, and no thread ever waits
-  on the network: a slow client holds no thread.
+  a writer task takes them in groups and, in a worker thread, fully validates
+  each batch and runs the group's INSERT (decoders run with ``validate=False``
+  so that validation leaves the event loop; nothing is stored unvalidated).
+  Decoding overlaps inserting, memory is bounded by ``queue_depth`` batches
+  plus one group plus one partial message, and no thread ever waits on the
+  network: a slow client holds no thread.
 * Writes to one table are ordered: a request holds its table's lock from its
   schema until its commit or rollback.
 * Request mode commits only after the decoder reported a clean end of stream
@@ -40,6 +42,7 @@ from ..protocol import (
 from ..protocol.errors import GrpcStatus, ProtocolError
 from ..protocol.events import Event, _NeedData
 from ..protocol.flight import MetadataReceived
+from ..protocol.messages import validate_batch
 from ..stats import Stats
 from ..storage import IngestAborted, WriteResult
 
@@ -198,7 +201,7 @@ async def ingest(
     started = trio.current_time()
     progress = progress if progress is not None else Progress()
     if decoder is None:
-        decoder = IPCStreamDecoder(**limits.decoder_kwargs())
+        decoder = IPCStreamDecoder(**limits.decoder_kwargs(), validate=False)
     assert decoder is not None
     send, receive = trio.open_memory_channel[Any](limits.queue_depth)
     results: list[WriteResult] = []
@@ -364,12 +367,19 @@ async def _write_groups(
             if not write.group_full(rows, size, len(group)):
                 continue
         if group:
-            await in_thread(write.insert, [e.batch for e in group])
+            await in_thread(_validated_insert, write, [e.batch for e in group])
             if mode == "batch":
                 await committed(group, write.rows, write.batches, metadata)
                 metadata.clear()
             group, rows, size = [], 0, 0
     return ended
+
+
+def _validated_insert(write: Write, batches: list[pa.RecordBatch]) -> None:
+    """Validate fully, then insert: in the writer's thread, off the event loop."""
+    for batch in batches:
+        validate_batch(batch)
+    write.insert(batches)
 
 
 async def _with_eof(

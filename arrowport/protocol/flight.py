@@ -101,6 +101,7 @@ class FlightDataDecoder:
         max_nesting_depth: int = 64,
         max_columns: int = 10_000,
         max_batch_rows: int = 64 * 1024 * 1024,
+        validate: bool = True,
     ) -> None:
         self.max_descriptor_size = max_descriptor_size
         self.max_app_metadata_size = max_app_metadata_size
@@ -112,6 +113,7 @@ class FlightDataDecoder:
             max_nesting_depth=max_nesting_depth,
             max_columns=max_columns,
             max_batch_rows=max_batch_rows,
+            validate=validate,
         )
         self._limits = {
             DESCRIPTOR: max_descriptor_size,

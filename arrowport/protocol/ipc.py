@@ -85,6 +85,7 @@ class IPCStreamDecoder:
         max_nesting_depth: int = 64,
         max_columns: int = 10_000,
         max_batch_rows: int = 64 * 1024 * 1024,
+        validate: bool = True,
     ) -> None:
         self._messages = MessageReader(
             max_metadata_size=max_metadata_size,
@@ -94,6 +95,7 @@ class IPCStreamDecoder:
             max_nesting_depth=max_nesting_depth,
             max_columns=max_columns,
             max_batch_rows=max_batch_rows,
+            validate=validate,
         )
         self.max_metadata_size = max_metadata_size
         self._state = State.PREFIX

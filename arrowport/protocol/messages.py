@@ -14,7 +14,9 @@ Invariants:
   Both are handed to ``pyarrow.ipc.open_stream`` through a ``MessageFeed``, so
   batches are views of the body: nothing is copied.
 * Compressed sizes are checked before pyarrow decompresses anything, and every
-  batch passes ``validate(full=True)`` before it is emitted.
+  batch passes ``validate(full=True)`` before it is emitted, unless the caller
+  turned that off (``validate=False``) to run ``validate_batch`` itself, for
+  instance on another thread.
 * Whatever pyarrow (or a registered extension type) raises while reading the
   peer's bytes becomes a ``LocalProtocolError``; only ``MemoryError`` passes.
 """
@@ -26,7 +28,7 @@ import struct
 import pyarrow as pa
 
 from ._flatbuf import BatchHeader, HeaderType, MessageHeader
-from .errors import invalid, limit_exceeded
+from .errors import RemoteProtocolError, invalid, limit_exceeded
 from .events import BatchReceived, SchemaReceived
 from .feed import MessageFeed
 
@@ -55,6 +57,20 @@ def frame_metadata(metadata: bytes | memoryview) -> pa.Buffer:
     view[8 : 8 + length] = metadata
     view[8 + length :] = bytes(padded - length)
     return framed
+
+
+def validate_batch(batch: pa.RecordBatch) -> None:
+    """Fully validate a batch a decoder emitted with ``validate=False``.
+
+    Raises ``RemoteProtocolError`` (``invalid_batch``) for bad offsets, invalid
+    UTF-8, out-of-range dictionary indices and the like.
+    """
+    try:
+        batch.validate(full=True)
+    except MemoryError:
+        raise
+    except Exception as exc:
+        raise RemoteProtocolError(f"invalid record batch: {exc}", error="invalid_batch") from None
 
 
 def nesting_depth(data_type: pa.DataType, limit: int) -> int:
@@ -106,7 +122,9 @@ class MessageReader:
         max_nesting_depth: int = 64,
         max_columns: int = 10_000,
         max_batch_rows: int = 64 * 1024 * 1024,
+        validate: bool = True,
     ) -> None:
+        self.validate = validate
         self.max_metadata_size = max_metadata_size
         self.max_body_size = max_body_size
         self.max_decompressed_size = max_decompressed_size
@@ -266,7 +284,8 @@ class MessageReader:
         assert self._reader is not None
         try:
             batch = self._reader.read_next_batch()
-            batch.validate(full=True)
+            if self.validate:
+                batch.validate(full=True)
         except StopIteration:
             raise invalid("record batch message could not be read", error="invalid_batch") from None
         except MemoryError:

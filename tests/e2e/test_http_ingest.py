@@ -354,3 +354,41 @@ def test_readme_flow_with_duckdb_cli(server_factory: type[Server], tmp_path: Pat
         check=True,
     )
     assert out.stdout.strip() == "1234"
+
+
+def _invalid_utf8_stream(good_rows: int) -> bytes:
+    """An IPC stream: one valid batch of ``good_rows``, then a batch with invalid UTF-8."""
+    schema = pa.schema([("s", pa.string())])
+    good = pa.record_batch([pa.array([f"ok{i}" for i in range(good_rows)])], schema=schema)
+    offsets = pa.py_buffer(struct.pack("<ii", 0, 2))
+    bad_values = pa.Array.from_buffers(pa.string(), 1, [None, offsets, pa.py_buffer(b"\xff\xfe")])
+    bad = pa.record_batch([bad_values], schema=schema)
+    sink = pa.BufferOutputStream()
+    with pa.ipc.new_stream(sink, schema) as writer:
+        writer.write_batch(good)
+        writer.write_batch(bad)
+    return sink.getvalue().to_pybytes()
+
+
+def test_invalid_utf8_batch_is_refused_and_nothing_written(server: Server) -> None:
+    """A batch failing full validation (invalid UTF-8) is 400 invalid_batch; no table appears."""
+    response = server.post("utf", _invalid_utf8_stream(5))
+    assert response.status_code == 400, response.text
+    assert response.json()["error"] == "invalid_batch"
+    assert "utf" in response.json()["detail"].lower()
+    server.assert_serving()
+    assert "utf" not in server.tables()
+
+
+def test_invalid_batch_in_batch_mode_keeps_the_batches_before_it(
+    server_factory: type[Server], tmp_path: Path
+) -> None:
+    """In batch mode the valid batch before an invalid one stays committed; the error says so."""
+    config = tmp_path / "arrowport.yaml"
+    config.write_text("streams:\n  utfb:\n    commit: batch\n")
+    server = server_factory(tmp_path, config=config).start()
+    response = server.post("utfb", _invalid_utf8_stream(7))
+    assert response.status_code == 400, response.text
+    assert response.json()["error"] == "invalid_batch"
+    assert response.json()["committed_rows"] == 7
+    assert server.query("SELECT count(*) FROM utfb") == [(7,)]
