@@ -47,6 +47,8 @@ _FROM_HTTP = {
 
 def grpc_status(exc: ArrowportError) -> GrpcStatus:
     """The status for ``exc``: its own, or one that matches its HTTP status."""
+    if exc.http_status in (413, 429):  # a limit, whatever the error's class says
+        return GrpcStatus.RESOURCE_EXHAUSTED
     if exc.grpc_status is not GrpcStatus.INTERNAL:
         return exc.grpc_status
     return _FROM_HTTP.get(exc.http_status, GrpcStatus.INTERNAL)

@@ -55,7 +55,8 @@ PREFACE = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n"
 
 KiB = 1024
 MiB = 1024 * KiB
-RECEIVE_SIZE = 4 * MiB  # several whole frames per read: few frames straddle two
+RECEIVE_SIZE = 4 * MiB  # receive buffers: several frames each, so few straddle two
+MIN_RECEIVE = 256 * KiB  # a buffer with less room left is replaced
 STREAM_WINDOW = 4 * MiB  # per-stream receive window (SETTINGS_INITIAL_WINDOW_SIZE)
 MAX_FRAME_SIZE = 1 * MiB  # largest DATA frame we accept (SETTINGS_MAX_FRAME_SIZE)
 MAX_CONCURRENT_STREAMS = 32
@@ -192,7 +193,8 @@ class H2Server:
         self._window = trio.lowlevel.ParkingLot()
         self._closed = False
         self._going_away = False
-        self._buffer: pa.Buffer | None = None
+        self._buffer: memoryview | None = None
+        self._filled = 0
 
     # -- for streams --------------------------------------------------------
 
@@ -279,45 +281,49 @@ class H2Server:
                     await self.stream.aclose()
 
     async def _reader(self, nursery: trio.Nursery) -> None:
-        data: bytes | bytearray | memoryview = self.received
+        data: bytes | bytearray | memoryview = self.received  # what h2 has not seen yet
         while True:
-            if data:
-                try:
-                    events = self.h2.receive_data(data)
-                except h2.exceptions.ProtocolError as exc:
-                    log.info("HTTP/2 protocol error from client: %s", exc)
-                    self._wake()  # h2 queued a GOAWAY
-                    await self._final_flush()
-                    return
-                for event in events:
-                    self._dispatch(event, nursery)
-                self._wake()
             try:
-                data = await self._receive()
+                events = self.h2.receive_data(data)
+            except h2.exceptions.ProtocolError as exc:
+                log.info("HTTP/2 protocol error from client: %s", exc)
+                self._wake()  # h2 queued a GOAWAY
+                await self._final_flush()
+                return
+            for event in events:
+                self._dispatch(event, nursery)
+            self._wake()
+            try:
+                data, more = await self._receive()
             except (trio.BrokenResourceError, trio.ClosedResourceError, OSError):
                 return
-            if not data:
+            if not more:
                 return
 
-    async def _receive(self) -> memoryview | bytes | bytearray:
-        """Read into Arrow-allocated memory, which the allocator recycles.
+    async def _receive(self) -> tuple[bytes | bytearray | memoryview, bool]:
+        """Read into Arrow-allocated buffers, filled read after read.
 
-        A fresh ``bytes`` per large read costs a page fault per 4 KiB (a third
-        of the CPU of a bulk upload). A mostly-full buffer is handed on as it
-        is; a small read is copied out, so that a few bytes never pin a whole
-        buffer while a stream holds them.
+        A fresh ``bytes`` per read costs a page fault every 4 KiB (a third of
+        the CPU of a bulk upload); Arrow's allocator recycles these buffers.
+        Each read lands right after the previous one in the same buffer, and
+        the frame buffer joins such spans without copying. Bytes once
+        received are never written again, so frames may keep views of them.
+        Returns what h2 has yet to be given (nothing, when the bytes went
+        straight into the frame buffer), and False at EOF.
         """
+        frames = self.h2.incoming_buffer
         sock = getattr(self.stream, "socket", None)
-        if sock is None:
-            return await self.stream.receive_some(RECEIVE_SIZE)
-        if self._buffer is None:
-            self._buffer = pa.allocate_buffer(RECEIVE_SIZE)
-        view = memoryview(self._buffer)
-        n = await sock.recv_into(view)
-        if n < RECEIVE_SIZE // 4:
-            return bytes(view[:n])
-        self._buffer = None
-        return view[:n]
+        if sock is None or not isinstance(frames, ChunkedFrameBuffer):
+            data = await self.stream.receive_some(RECEIVE_SIZE)
+            return data, bool(data)
+        if self._buffer is None or RECEIVE_SIZE - self._filled < MIN_RECEIVE:
+            self._buffer = memoryview(pa.allocate_buffer(RECEIVE_SIZE))
+            self._filled = 0
+        start = self._filled
+        n = await sock.recv_into(self._buffer[start:])
+        self._filled += n
+        frames.add_span(self._buffer, start, start + n)
+        return b"", n > 0
 
     def _dispatch(self, event: h2.events.Event, nursery: trio.Nursery) -> None:
         if isinstance(event, h2.events.DataReceived):

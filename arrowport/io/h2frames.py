@@ -40,6 +40,24 @@ class ChunkedFrameBuffer(FrameBuffer):
         self._chunks: collections.deque[memoryview] = collections.deque()
         self._offset = 0  # consumed bytes of the first chunk
         self._size = 0
+        self._span: tuple[memoryview, int, int] | None = None  # where the last chunk lies
+
+    def add_span(self, base: memoryview, start: int, end: int) -> None:
+        """Add ``base[start:end]``, received just after the previous span of ``base``.
+
+        Consecutive reads into one buffer become one chunk, so a frame that
+        arrived over several reads is still parsed without a copy.
+        """
+        if end <= start:
+            return
+        last = self._span
+        if last is not None and last[0] is base and last[2] == start and self._chunks:
+            self._chunks[-1] = base[last[1] : end]  # the first chunk's offset stays valid
+            self._span = (base, last[1], end)
+        else:
+            self._chunks.append(base[start:end])
+            self._span = (base, start, end)
+        self._size += end - start
 
     def add_data(self, data: bytes | bytearray | memoryview) -> None:  # type: ignore[override]
         # bytes, or a view of a buffer nobody writes again (H2Server._receive)
@@ -54,6 +72,7 @@ class ChunkedFrameBuffer(FrameBuffer):
         if view:
             self._chunks.append(view)
             self._size += len(view)
+            self._span = None
 
     def _peek(self, n: int) -> memoryview:
         head = self._chunks[0]
@@ -81,6 +100,8 @@ class ChunkedFrameBuffer(FrameBuffer):
             n -= available
             self._chunks.popleft()
             self._offset = 0
+            if not self._chunks:
+                self._span = None
 
     def __next__(self) -> Frame:
         while True:

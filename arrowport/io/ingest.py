@@ -286,6 +286,7 @@ async def ingest(
                                 f"{limits.max_request_size} bytes",
                                 error="limit_exceeded",
                                 http_status=413,
+                                grpc_status=GrpcStatus.RESOURCE_EXHAUSTED,
                             )
                         if ended:
                             if chunk:
