@@ -63,7 +63,7 @@ class GrpcCall:
 
     # -- receiving ----------------------------------------------------------
 
-    async def chunks(self) -> AsyncIterator[bytes]:
+    async def chunks(self) -> AsyncIterator[bytes | memoryview]:
         """The request's DATA payloads, as they arrive."""
         while chunk := await self.stream.receive_some():
             yield chunk

@@ -16,6 +16,10 @@ Invariants:
 * Inbound flow control: a stream's window reopens only as its handler
   consumes data. The connection window covers every stream's window at once,
   so stalled streams cannot starve the others.
+* Received bytes are read into 4 MiB buffers and DATA payloads are views of
+  them (no copy). A stream that is not reading pins at most two buffers; its
+  further payloads are copied. So memory per connection stays bounded by the
+  windows plus two buffers a stream, whatever frame sizes a client picks.
 * Each request runs in a cancel scope that is cancelled when the peer resets
   the stream or the connection is lost: a client that vanishes mid-upload
   gets its handler cancelled (and its transaction rolled back).
@@ -66,6 +70,7 @@ CONNECTION_WINDOW = (MAX_CONCURRENT_STREAMS + 1) * STREAM_WINDOW
 MAX_HEADER_LIST_SIZE = 64 * KiB
 
 Headers = Sequence[tuple[bytes, bytes]]
+Payload = bytes | memoryview  # DATA: a view of a receive buffer, or a copy
 
 
 class Waitable(Protocol):
@@ -88,7 +93,8 @@ class H2Stream:
         self.path = self.headers.get(b":path", b"").decode("latin-1")
         self.method = self.headers.get(b":method", b"").decode("latin-1")
         self.cancel_scope = trio.CancelScope()
-        self._chunks: collections.deque[tuple[bytes, int]] = collections.deque()
+        self._chunks: collections.deque[tuple[Payload, int]] = collections.deque()
+        self._pinned: collections.Counter[int] = collections.Counter()  # receive buffers held
         self._lot = trio.lowlevel.ParkingLot()
         self.remote_ended = False
         self.reset = False
@@ -98,7 +104,7 @@ class H2Stream:
 
     # -- receiving ----------------------------------------------------------
 
-    async def receive_some(self) -> bytes:
+    async def receive_some(self) -> Payload:
         """The next DATA payload; ``b""`` once the client ended the stream."""
         while not self._chunks:
             if self.reset:
@@ -107,15 +113,32 @@ class H2Stream:
                 return b""
             await self._lot.park()
         data, flow = self._chunks.popleft()
+        if isinstance(data, memoryview):
+            self._unpin(data)
         self.conn.acknowledge(self.stream_id, flow)
         return data
 
-    def _push(self, data: bytes, flow: int) -> None:
+    def _push(self, data: Payload, flow: int) -> None:
         if self.done:  # the handler answered early: drop, but give the window back
             self.conn.acknowledge(self.stream_id, flow)
             return
+        if isinstance(data, memoryview):
+            # A payload is a view of a whole receive buffer. A stream that is
+            # not reading may pin at most two of them; beyond that its data is
+            # copied, so a stalled stream costs its window, not 4 MiB a frame.
+            key = id(data.obj)
+            if key in self._pinned or len(self._pinned) < 2:
+                self._pinned[key] += 1
+            else:
+                data = bytes(data)
         self._chunks.append((data, flow))
         self._lot.unpark_all()
+
+    def _unpin(self, data: memoryview) -> None:
+        key = id(data.obj)
+        self._pinned[key] -= 1
+        if not self._pinned[key]:
+            del self._pinned[key]
 
     def _end(self) -> None:
         self.remote_ended = True
@@ -132,6 +155,7 @@ class H2Stream:
         while self._chunks:
             _, flow = self._chunks.popleft()
             self.conn.acknowledge(self.stream_id, flow)
+        self._pinned.clear()
 
     # -- sending ------------------------------------------------------------
 

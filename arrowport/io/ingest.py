@@ -180,7 +180,7 @@ def _primary(group: BaseExceptionGroup[Any]) -> BaseException:
 
 
 async def ingest(
-    chunks: AsyncIterator[bytes],
+    chunks: AsyncIterator[bytes | memoryview],
     *,
     route: Route,
     store: Store,
@@ -384,7 +384,7 @@ def _validated_insert(write: Write, batches: list[pa.RecordBatch]) -> None:
 
 
 async def _with_eof(
-    chunks: AsyncIterator[bytes], idle_timeout: float, mode: str
+    chunks: AsyncIterator[bytes | memoryview], idle_timeout: float, mode: str
 ) -> AsyncIterator[bytes]:
     """Yield the body's chunks, then ``b""`` once the body is complete.
 
