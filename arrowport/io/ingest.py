@@ -385,7 +385,7 @@ def _validated_insert(write: Write, batches: list[pa.RecordBatch]) -> None:
 
 async def _with_eof(
     chunks: AsyncIterator[bytes | memoryview], idle_timeout: float, mode: str
-) -> AsyncIterator[bytes]:
+) -> AsyncIterator[bytes | memoryview]:
     """Yield the body's chunks, then ``b""`` once the body is complete.
 
     A client that sends nothing for ``idle_timeout`` seconds is cut off: it
