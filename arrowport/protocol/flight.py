@@ -222,6 +222,7 @@ class FlightDataDecoder:
                     "the stream ended before any Arrow schema was sent", error="empty_stream"
                 )
             self._state = State.DONE
+            self._messages.finish()
             self._events.append(StreamEnded(eos_marker=False))
             return True
         if self._input.size < 5:
@@ -293,7 +294,7 @@ class FlightDataDecoder:
 
     def _short(self, head: bytes) -> bool:
         if len(head) >= self._remaining:  # the message ends inside the varint
-            raise invalid("a FlightData message ends inside a protobuf field key")
+            raise invalid("a FlightData message ends inside a protobuf varint")
         return False
 
     def _consume(self, n: int) -> None:

@@ -194,6 +194,7 @@ class IPCStreamDecoder:
             if self._messages.schema is None:
                 raise invalid("empty body: no Arrow IPC stream received", error="empty_stream")
             self._transition(_Input.CLEAN_EOF)
+            self._messages.finish()
             return StreamEnded(eos_marker=False)
         if buffered < 4:
             return self._need("in a message prefix")
@@ -224,6 +225,7 @@ class IPCStreamDecoder:
                     "end-of-stream marker before any schema message", error="empty_stream"
                 )
             self._messages.count_wire(prefix)
+            self._messages.finish()
             self._transition(_Input.END_MARKER)
             return StreamEnded(eos_marker=True)
         if length < 0:

@@ -148,6 +148,11 @@ class MessageReader:
         """Count framing bytes that belong to no message (an end marker)."""
         self.wire_bytes += size
 
+    def finish(self) -> None:
+        """The stream ended cleanly: count dictionaries no batch followed."""
+        self.wire_bytes += self._pending_wire_bytes
+        self._pending_wire_bytes = 0
+
     def check(self, header: MessageHeader, metadata_length: int) -> None:
         """Judge a message by its flatbuffer, before its body is read."""
         if header.version not in _SUPPORTED_VERSIONS:
