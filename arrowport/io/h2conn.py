@@ -435,8 +435,8 @@ class H2Server:
         with contextlib.suppress(h2.exceptions.ProtocolError):
             self.h2.close_connection(last_stream_id=self.h2.highest_inbound_stream_id)
         self._wake()
-        while self.streams:
-            await trio.sleep(0.05)
+        while any(not stream.done for stream in self.streams.values()):
+            await trio.sleep(0.05)  # answered streams still uploading do not hold us up
         await self.wait_flushed()
         scope.cancel()
 
