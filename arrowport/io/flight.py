@@ -62,6 +62,9 @@ from .state import ServerState
 log = logging.getLogger("arrowport.flight")
 
 SERVICE = "/arrow.flight.protocol.FlightService/"
+# DoGet sends batches of this many rows: small enough that the one batch in
+# flight per reader (plus h2's copies of it) stays a few MB.
+DOGET_BATCH_ROWS = 32_768
 
 
 class FlightService:
@@ -180,7 +183,9 @@ class FlightService:
     async def do_get(self, call: GrpcCall) -> None:
         ticket = Ticket.decode(await call.unary_request("Ticket"))
         table, columns, limit = parse_ticket(ticket.ticket)
-        reader = await self._thread(self.store().scan, table, columns=columns, limit=limit)
+        reader = await self._thread(
+            self.store().scan, table, columns=columns, limit=limit, batch_rows=DOGET_BATCH_ROWS
+        )
         sink = MessageSink()
         try:
             writer = pa.ipc.new_stream(sink, reader.schema)
