@@ -13,8 +13,8 @@ from . import __version__
 from .config import ConfigError, load_config
 
 app = typer.Typer(
-    help="Arrowport: receive Arrow IPC streams over HTTP and write them, transactionally, "
-    "into DuckDB.",
+    help="Arrowport: receive Arrow record-batch streams over HTTP or Arrow Flight and write "
+    "them, transactionally, into DuckDB.",
     no_args_is_help=True,
     add_completion=False,
 )
@@ -63,7 +63,10 @@ def serve(
     ] = None,
     port: Annotated[
         int | None,
-        typer.Option(help="Port for HTTP (env ARROWPORT_PORT; default 8888; 0 picks a free port)."),
+        typer.Option(
+            help="Port for HTTP and Arrow Flight (env ARROWPORT_PORT; default 8888; "
+            "0 picks a free port)."
+        ),
     ] = None,
     db: Annotated[
         str | None,
@@ -82,7 +85,8 @@ def serve(
         str, typer.Option(help="Log level: debug, info, warning, error.")
     ] = "info",
 ) -> None:
-    """Serve HTTP ingest (POST /ingest/{stream}) until Ctrl-C or SIGTERM."""
+    """Serve HTTP (POST /ingest/{stream}) and Arrow Flight (grpc://HOST:PORT) on one port,
+    until Ctrl-C or SIGTERM."""
     logging.basicConfig(
         level=getattr(logging, log_level.upper(), logging.INFO),
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",

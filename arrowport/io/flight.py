@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import json
 import logging
+import math
 import time
 from collections.abc import Awaitable, Callable
 from typing import Any
@@ -212,12 +213,21 @@ class FlightService:
         config = self.state.config  # one snapshot for the whole request
         decoder = FlightDataDecoder(**config.limits.decoder_kwargs(), validate=False)
         chunks = call.chunks()
-        descriptor = await _first_descriptor(decoder, chunks)
         stats = self.state.stats
         try:
+            with trio.fail_after(config.limits.body_idle_timeout or math.inf):
+                descriptor = await _first_descriptor(decoder, chunks)
             route = config.route(descriptor_name(descriptor))
-        except ArrowportError:
+        except trio.TooSlowError:
             stats.refused("bad_input")
+            raise ArrowportError(
+                f"no FlightData for {config.limits.body_idle_timeout:g} s; the DoPut was abandoned",
+                error="body_timeout",
+                http_status=408,
+                grpc_status=GrpcStatus.DEADLINE_EXCEEDED,
+            ) from None
+        except ArrowportError as exc:
+            stats.refused(refusal_reason(exc))
             raise
         store = self.state.store_for(route.backend)
         if store is None:
@@ -230,7 +240,18 @@ class FlightService:
             )
 
         async def acknowledge(commit: Commit) -> None:
-            await call.send_message(PutResult(app_metadata=ack_json(route, commit)).encode())
+            # batch mode sends acks holding the table: a client that reads none cannot hold it
+            with trio.move_on_after(config.limits.body_idle_timeout or math.inf) as scope:
+                await call.send_message(PutResult(app_metadata=ack_json(route, commit)).encode())
+            if scope.cancelled_caught:
+                idle = config.limits.body_idle_timeout
+                raise ArrowportError(
+                    f"the client read no acknowledgement for {idle:g} s; the request was "
+                    "abandoned (what was acknowledged before stays committed)",
+                    error="ack_timeout",
+                    http_status=408,
+                    grpc_status=GrpcStatus.DEADLINE_EXCEEDED,
+                )
 
         progress = Progress()
         stats.in_flight += 1

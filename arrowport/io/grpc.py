@@ -20,8 +20,8 @@ from ..protocol.grpc import (
     GrpcMessage,
     GrpcMessageDecoder,
     GrpcStreamEnded,
-    encode_grpc_message,
     prefix,
+    status_trailers,
 )
 from .h2conn import H2Stream, StreamGone
 
@@ -29,6 +29,7 @@ log = logging.getLogger("arrowport.grpc")
 
 GRPC_CONTENT_TYPE = b"application/grpc"
 MAX_CONTROL_MESSAGE = 4 * 1024 * 1024  # tickets, actions, descriptors: small
+MAX_STATUS_MESSAGE = 2048  # characters; percent-encoded it stays well under 16 KiB
 
 _FROM_HTTP = {
     400: GrpcStatus.INVALID_ARGUMENT,
@@ -122,9 +123,9 @@ class GrpcCall:
         self.messages_sent += 1
 
     async def finish(self, status: GrpcStatus, message: str = "") -> None:
-        trailers = [(b"grpc-status", str(int(status)).encode())]
-        if message:
-            trailers.append((b"grpc-message", encode_grpc_message(message).encode("ascii")))
+        if len(message) > MAX_STATUS_MESSAGE:  # gRPC clients refuse metadata over 16 KiB
+            message = message[: MAX_STATUS_MESSAGE - 1] + "…"
+        trailers = status_trailers(status, message)
         if self.headers_sent:
             await self.stream.send_trailers(trailers)
         else:  # trailers-only

@@ -18,8 +18,9 @@ Invariants:
   so stalled streams cannot starve the others.
 * Received bytes are read into 4 MiB buffers and DATA payloads are views of
   them (no copy). A stream that is not reading pins at most two buffers; its
-  further payloads are copied. So memory per connection stays bounded by the
-  windows plus two buffers a stream, whatever frame sizes a client picks.
+  further payloads are copied. A decoder keeps a view only until its next
+  feed (``InputBuffer``). So memory per connection stays bounded by the
+  windows plus three buffers a stream, whatever frame sizes a client picks.
 * Each request runs in a cancel scope that is cancelled when the peer resets
   the stream or the connection is lost: a client that vanishes mid-upload
   gets its handler cancelled (and its transaction rolled back).
@@ -45,6 +46,7 @@ import h2.connection
 import h2.events
 import h2.exceptions
 import h2.settings
+import hyperframe.frame
 import pyarrow as pa
 import trio
 from h2.errors import ErrorCodes
@@ -100,7 +102,6 @@ class H2Stream:
         self.reset = False
         self.local_ended = False
         self.done = False  # the handler returned
-        self.response_started = False
 
     # -- receiving ----------------------------------------------------------
 
@@ -160,7 +161,6 @@ class H2Stream:
     # -- sending ------------------------------------------------------------
 
     async def send_headers(self, headers: Headers, *, end_stream: bool = False) -> None:
-        self.response_started = True
         self.conn.send_headers(self, headers, end_stream=end_stream)
         await self.conn.wait_flushed()
 
@@ -219,6 +219,7 @@ class H2Server:
         self._going_away = False
         self._buffer: memoryview | None = None
         self._filled = 0
+        self._raw: list[bytes] = []  # frames written by hand (GOAWAY at shutdown)
 
     # -- for streams --------------------------------------------------------
 
@@ -232,7 +233,7 @@ class H2Server:
         self._check(stream)
         try:
             self.h2.send_headers(stream.stream_id, headers, end_stream=end_stream)
-        except h2.exceptions.StreamClosedError:
+        except h2.exceptions.ProtocolError:
             raise StreamGone("the stream is closed") from None
         if end_stream:
             stream.local_ended = True
@@ -248,21 +249,24 @@ class H2Server:
             self._check(stream)
             try:
                 window = self.h2.local_flow_control_window(sid)
-            except h2.exceptions.StreamClosedError:
+                if window <= 0:
+                    await self._window.park()
+                    continue
+                take = min(len(view), window)
+                frame = self.h2.max_outbound_frame_size
+                for start in range(0, take, frame):
+                    self.h2.send_data(sid, view[start : min(start + frame, take)])
+            except h2.exceptions.ProtocolError:
                 raise StreamGone("the stream is closed") from None
-            if window <= 0:
-                await self._window.park()
-                continue
-            take = min(len(view), window)
-            frame = self.h2.max_outbound_frame_size
-            for start in range(0, take, frame):
-                self.h2.send_data(sid, view[start : min(start + frame, take)])
             view = view[take:]
             self._wake()
             await self.wait_flushed()
         if end_stream:
             self._check(stream)
-            self.h2.end_stream(sid)
+            try:
+                self.h2.end_stream(sid)
+            except h2.exceptions.ProtocolError:
+                raise StreamGone("the stream is closed") from None
             stream.local_ended = True
             self._wake()
             await self.wait_flushed()
@@ -311,8 +315,9 @@ class H2Server:
                 events = self.h2.receive_data(data)
             except h2.exceptions.ProtocolError as exc:
                 log.info("HTTP/2 protocol error from client: %s", exc)
-                self._wake()  # h2 queued a GOAWAY
-                await self._final_flush()
+                self._wake()  # h2 queued a GOAWAY: let the writer send it
+                with trio.move_on_after(1):
+                    await self.wait_flushed()
                 return
             for event in events:
                 self._dispatch(event, nursery)
@@ -353,7 +358,7 @@ class H2Server:
         if isinstance(event, h2.events.DataReceived):
             stream = self.streams.get(event.stream_id)
             flow = event.flow_controlled_length
-            if stream is None:
+            if stream is None or not event.data:  # empty (or padding-only): nothing to read
                 self.acknowledge(event.stream_id, flow)
             else:
                 stream._push(event.data, flow)
@@ -411,6 +416,9 @@ class H2Server:
             self._wakeup = trio.Event()
             target = self._queued
             data = self.h2.data_to_send()
+            if self._raw:
+                data += b"".join(self._raw)
+                self._raw.clear()
             if data:
                 try:
                     await self.stream.send_all(data)
@@ -420,20 +428,18 @@ class H2Server:
             self._written = target
             self._flushed.unpark_all()
 
-    async def _final_flush(self) -> None:
-        data = self.h2.data_to_send()
-        if data:
-            gone = (trio.BrokenResourceError, trio.ClosedResourceError, trio.BusyResourceError)
-            with trio.move_on_after(1), trio.CancelScope(shield=True), contextlib.suppress(*gone):
-                await self.stream.send_all(data)
-
     async def _wait_terminated(self, scope: trio.CancelScope) -> None:
-        """The server is stopping: refuse new streams, finish these, then close."""
+        """The server is stopping: refuse new streams, finish these, then close.
+
+        The GOAWAY is written by hand: h2 treats a GOAWAY it sends as the end
+        of the connection and would refuse the in-flight streams' answers.
+        """
         assert self.terminated is not None
         await self.terminated.wait()
         self._going_away = True
-        with contextlib.suppress(h2.exceptions.ProtocolError):
-            self.h2.close_connection(last_stream_id=self.h2.highest_inbound_stream_id)
+        goaway = hyperframe.frame.GoAwayFrame(0)
+        goaway.last_stream_id = self.h2.highest_inbound_stream_id
+        self._raw.append(goaway.serialize())
         self._wake()
         while any(not stream.done for stream in self.streams.values()):
             await trio.sleep(0.05)  # answered streams still uploading do not hold us up

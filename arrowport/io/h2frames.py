@@ -22,7 +22,7 @@ import hyperframe.frame
 from h2.exceptions import FrameDataMissingError, ProtocolError
 from h2.frame_buffer import FrameBuffer
 from hyperframe.exceptions import InvalidDataError, InvalidFrameError, InvalidPaddingError
-from hyperframe.frame import DataFrame, Frame
+from hyperframe.frame import DataFrame, Frame, GoAwayFrame
 
 
 def quiet_data_frame_repr() -> None:
@@ -41,6 +41,7 @@ class ChunkedFrameBuffer(FrameBuffer):
         self._offset = 0  # consumed bytes of the first chunk
         self._size = 0
         self._span: tuple[memoryview, int, int] | None = None  # where the last chunk lies
+        self.goaway_received = False
 
     def add_span(self, base: memoryview, start: int, end: int) -> None:
         """Add ``base[start:end]``, received just after the previous span of ``base``.
@@ -125,6 +126,11 @@ class ChunkedFrameBuffer(FrameBuffer):
             except InvalidFrameError as err:
                 raise FrameDataMissingError("Frame data missing or invalid") from err
             self._consume(9 + length)
+            if isinstance(frame, GoAwayFrame) and frame.stream_id == 0:
+                # h2 would close the connection at once, cutting off the answers of
+                # streams in flight; the client wants no new streams, and none come.
+                self.goaway_received = True
+                continue
             complete = self._update_header_buffer(frame)
             if complete is not None:
                 return complete

@@ -176,6 +176,9 @@ def _primary(group: BaseExceptionGroup[Any]) -> BaseException:
     for exc in leaves:
         if isinstance(exc, IngestAborted):
             return exc
+    for exc in leaves:  # the client went away (a reset Flight stream)
+        if isinstance(exc, trio.BrokenResourceError):
+            return exc
     return group
 
 

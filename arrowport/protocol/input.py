@@ -3,6 +3,12 @@
 Chunks are kept as the caller handed them (no copy on receive); ``take_into``
 copies straight from them into a message buffer, so every body byte is
 copied exactly once on its way to pyarrow.
+
+A ``memoryview`` may be a small window on a large buffer, which it keeps
+alive. So views are held only until the next ``feed``: whatever of them is
+still unconsumed then is copied into bytes the buffer owns (each byte at most
+once). Bodies are consumed as they arrive and are not copied; a field that
+is still being collected costs one copy of itself.
 """
 
 from __future__ import annotations
@@ -11,10 +17,11 @@ import collections
 
 
 class InputBuffer:
-    __slots__ = ("_chunks", "_offset", "eof", "size")
+    __slots__ = ("_chunks", "_offset", "_view_held", "eof", "size")
 
     def __init__(self) -> None:
         self._chunks: collections.deque[memoryview] = collections.deque()
+        self._view_held = False  # the last chunk is a caller's memoryview
         self._offset = 0  # bytes already consumed from the first chunk
         self.size = 0
         self.eof = False
@@ -25,9 +32,19 @@ class InputBuffer:
             return
         if self.eof:
             raise RuntimeError("received data after EOF")
-        view = memoryview(data).cast("B") if isinstance(data, memoryview) else memoryview(data)
+        if self._view_held and self._chunks:
+            self._own_last()
+        self._view_held = isinstance(data, memoryview)
+        view = data.cast("B") if isinstance(data, memoryview) else memoryview(data)
         self._chunks.append(view)
         self.size += len(view)
+
+    def _own_last(self) -> None:
+        """Copy the unconsumed part of the last chunk (a caller's view) into bytes."""
+        last = self._chunks.pop()
+        if not self._chunks:  # it is also the first chunk: drop what was consumed
+            last, self._offset = last[self._offset :], 0
+        self._chunks.append(memoryview(bytes(last)))
 
     def take_into(self, dest: memoryview, start: int, count: int) -> int:
         """Copy up to ``count`` bytes into ``dest[start:]``; return how many."""
