@@ -1,8 +1,9 @@
 """Run the server: storage, HTTP and Flight on one port, hot reload.
 
-Shutdown is graceful: on SIGINT/SIGTERM hypercorn stops accepting, in-flight
-requests finish (up to ``graceful_timeout``), then the database is
-checkpointed and closed.
+Shutdown is graceful: on SIGINT/SIGTERM the listener stops accepting, HTTP/2
+connections get a GOAWAY (new calls refused), in-flight requests and calls
+finish (up to ``graceful_timeout``), then the database is checkpointed and
+closed.
 """
 
 from __future__ import annotations
