@@ -308,7 +308,11 @@ async def ingest(
         raise failure
 
     result = results[0]
-    if route.commit != "batch":  # batch mode counted each commit as it happened
+    if route.commit == "batch":  # each commit was counted; add the framing (schema, ...)
+        framing = decoder.wire_bytes - progress.bytes
+        progress.bytes = decoder.wire_bytes
+        stats.committed(route.stream, rows=0, batches=0, wire=framing, decoded=0)
+    else:  # one commit for the whole request
         progress.rows, progress.batches, progress.bytes = (
             result.rows,
             result.batches,
@@ -376,6 +380,9 @@ async def _write_groups(
                 await committed(group, write.rows, write.batches, metadata)
                 metadata.clear()
             group, rows, size = [], 0, 0
+    if ended and mode == "batch" and metadata:  # app_metadata after the last batch
+        await committed([], write.rows, write.batches, metadata)
+        metadata.clear()
     return ended
 
 

@@ -754,3 +754,34 @@ def test_http_ingest_works_while_flight_is_open(server: Server, client: fl.Fligh
     assert sorted(get(client, "mixed").column("id").to_pylist()) == list(range(100))
     assert server.query("SELECT count(*), sum(id) FROM mixed") == [(100, sum(range(100)))]
     assert server.tables() == {"mixed", "other"}
+
+
+def test_batch_mode_echoes_metadata_sent_after_the_last_batch(
+    server_factory: type[Server], tmp_path: Path
+) -> None:
+    """commit: batch: app_metadata sent after the last batch comes back in a final ack."""
+    config = _config(tmp_path, "streams:\n  ticks:\n    commit: batch\n")
+    client = flight_client(server_factory(tmp_path, config=config).start())
+    writer, reader = client.do_put(fl.FlightDescriptor.for_path("ticks"), ids(0, 1).schema)
+    writer.write_batch(ids(0, 10).to_batches()[0])
+    writer.write_metadata(pa.py_buffer(b"done"))
+    writer.done_writing()
+    acks = read_acks(reader)
+    writer.close()
+    assert [a["committed_rows"] for a in acks] == [10, 10]
+    assert [a.get("app_metadata") for a in acks] == [None, ["done"]]
+
+
+def test_byte_counters_agree_between_commit_modes(
+    server_factory: type[Server], tmp_path: Path
+) -> None:
+    """The same stream counts the same bytes in /streams whether it commits per batch or not."""
+    config = _config(tmp_path, "streams:\n  batchmode:\n    commit: batch\n")
+    client = flight_client(server_factory(tmp_path, config=config).start())
+    table = ids(0, 50)
+    for name in ("batchmode", "reqstmode"):  # same length: descriptors count too
+        put(client, name, table.to_batches(max_chunksize=10), table.schema)
+    by_name = streams(client)["by_name"]
+    batch, request = by_name["batchmode"], by_name["reqstmode"]
+    assert batch["rows"] == request["rows"] == 50
+    assert batch["bytes"] == request["bytes"] > 0
