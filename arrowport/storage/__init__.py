@@ -1,5 +1,6 @@
 """Storage writers: plain synchronous code run in trio worker threads."""
 
+from .delta import DeltaStore, DeltaWrite
 from .duckdb import DuckDBStore
 from .errors import (
     ColumnNotFoundError,
@@ -16,6 +17,8 @@ from .tables import TableInfo
 
 __all__ = [
     "ColumnNotFoundError",
+    "DeltaStore",
+    "DeltaWrite",
     "DuckDBStore",
     "IngestAborted",
     "InvalidReadError",
