@@ -35,9 +35,9 @@ from flight_testing import (
 )
 from ipc_testing import GOLDENS, Frame, edit_buffer
 
-from arrowport.protocol import BatchReceived, GrpcStatus, SchemaReceived
+from arrowport.protocol import BatchReceived, GrpcStatus, RemoteProtocolError, SchemaReceived
 from arrowport.protocol._flatbuf import HeaderType, parse_message
-from arrowport.protocol.flight import DescriptorReceived, MetadataReceived
+from arrowport.protocol.flight import DescriptorReceived, MetadataReceived, State
 from arrowport.protocol.flight_pb import (
     DESCRIPTOR_CMD,
     TAG_DATA_BODY,
@@ -577,7 +577,9 @@ def test_limits_are_inclusive(case: str, mode: str) -> None:
     """A field exactly at its limit is accepted."""
     data, _, limits, _ = _limit_case(case)
     limits = {k: v + 1 for k, v in limits.items()}
-    decode(data, mode, **limits).ok()
+    decoded = decode(data, mode, **limits).ok()
+    assert decoded.error is None
+    assert decoded.kinds[-1] == "StreamEnded"
 
 
 @pytest.mark.parametrize("first", [HeaderType.DICTIONARY_BATCH, HeaderType.RECORD_BATCH])
@@ -651,10 +653,12 @@ def test_errors_are_final_even_with_more_input(mode: str) -> None:
     data = bytearray(join(messages))
     data[_batch_offset(messages, 1)] = 9
     decoded = decode(bytes(data), mode, eof=False)
-    decoded.raised()
+    assert decoded.raised().error == "invalid_grpc_framing"
     decoded.decoder.receive_data(b"more")
     decoded.decoder.receive_data(b"")
-    decoded.raised()
+    with pytest.raises(RemoteProtocolError, match="error state"):
+        decoded.decoder.next_event()
+    assert decoded.decoder.state is State.ERROR
 
 
 # -- bounded fuzzing (CI) ------------------------------------------------------
