@@ -206,19 +206,3 @@ def status_trailers(status: int, message: str = "") -> list[tuple[bytes, bytes]]
     if message:
         trailers.append((b"grpc-message", encode_grpc_message(message).encode("ascii")))
     return trailers
-
-
-_TIMEOUT = re.compile(r"([0-9]{1,8})([HMSmun])")
-_UNIT_SECONDS = {"H": 3600.0, "M": 60.0, "S": 1.0, "m": 1e-3, "u": 1e-6, "n": 1e-9}
-
-
-def parse_timeout(value: str | bytes | None) -> float | None:
-    """Seconds from a ``grpc-timeout`` header ("100m", "5S", "1H"); None if absent or invalid."""
-    if value is None:
-        return None
-    if isinstance(value, bytes):
-        value = value.decode("ascii", "replace")
-    match = _TIMEOUT.fullmatch(value)
-    if match is None:
-        return None
-    return int(match.group(1)) * _UNIT_SECONDS[match.group(2)]

@@ -24,7 +24,6 @@ from arrowport.protocol.grpc import (
     decode_grpc_message,
     encode_grpc_message,
     frame,
-    parse_timeout,
     prefix,
     status_trailers,
 )
@@ -254,33 +253,6 @@ def test_status_trailers() -> None:
 
 
 # -- grpc-timeout ----------------------------------------------------------------
-
-
-@pytest.mark.parametrize(
-    ("value", "seconds"),
-    [
-        ("100m", 0.1),
-        ("5S", 5.0),
-        ("1H", 3600.0),
-        ("2M", 120.0),
-        ("250u", 250e-6),
-        ("7n", 7e-9),
-        ("0S", 0.0),
-        ("99999999S", 99999999.0),
-        (b"30S", 30.0),
-    ],
-)
-def test_parse_timeout(value: str | bytes, seconds: float) -> None:
-    """grpc-timeout values (at most 8 digits and a unit) parse to seconds."""
-    assert parse_timeout(value) == pytest.approx(seconds)
-
-
-@pytest.mark.parametrize(
-    "value", [None, "", "5", "S", "5s", "5 S", "-5S", "1.5S", "123456789S", "5S\n", "٣S", b"\xff"]
-)
-def test_parse_timeout_rejects_invalid(value: str | bytes | None) -> None:
-    """Absent or malformed grpc-timeout values give None."""
-    assert parse_timeout(value) is None
 
 
 def test_prefix_layout_is_big_endian() -> None:
