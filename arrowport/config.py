@@ -23,12 +23,17 @@ from .names import InvalidNameError, validate_name
 BACKENDS = ("duckdb", "delta")
 COMMIT_MODES = ("request", "batch")
 COMPRESSIONS = ("zstd", "lz4", "none")
+PARQUET_COMPRESSIONS = ("snappy", "zstd", "lz4", "gzip", "none")
+PARQUET_LEVELS = {"zstd": (1, 22), "gzip": (1, 9)}  # codecs that take a level
+SCHEMA_MODES = ("merge", "strict")
+DEFAULT_DELTA_PATH = "arrowport_delta"
 DEFAULT_PORT = 8888
 DEFAULT_HOST = "127.0.0.1"
 DEFAULT_DB = "arrowport.duckdb"
 
 ENV_OVERRIDES = {
     "ARROWPORT_DB": "db_path",
+    "ARROWPORT_DELTA_PATH": "delta_config.table_path",
     "ARROWPORT_PORT": "port",
     "ARROWPORT_HOST": "host",
     "ARROWPORT_COMPRESSION": "compression",
@@ -111,6 +116,29 @@ class FlightSettings:
 
 
 @dataclass(frozen=True, slots=True)
+class DeltaConfig:
+    """``delta_config``: where Delta tables live and how they are maintained."""
+
+    table_path: str = DEFAULT_DELTA_PATH
+    version_retention_hours: float = 168.0
+    checkpoint_interval: int = 100
+    enable_cdc: bool = False
+    compact_every: int = 0  # background compaction after this many commits to a table; 0: off
+
+
+@dataclass(frozen=True, slots=True)
+class DeltaOptions:
+    """``streams.<name>.delta_options``: how one stream's Delta table is written."""
+
+    partition_by: tuple[str, ...] = ()
+    z_order_by: tuple[str, ...] = ()
+    target_file_size: int = 128 * 1024**2
+    compression: str = "snappy"
+    compression_level: int | None = None
+    schema_mode: str = "merge"
+
+
+@dataclass(frozen=True, slots=True)
 class StreamConfig:
     name: str
     target_table: str
@@ -118,7 +146,7 @@ class StreamConfig:
     chunk_size: int = 122_880
     compression: Compression | None = None
     commit: str = "request"
-    delta_options: Mapping[str, Any] = field(default_factory=dict)
+    delta_options: DeltaOptions = DeltaOptions()
 
 
 @dataclass(frozen=True, slots=True)
@@ -130,6 +158,7 @@ class Route:
     backend: str
     commit: str
     configured: bool
+    delta: DeltaOptions = DeltaOptions()
 
 
 @dataclass(frozen=True, slots=True)
@@ -142,7 +171,7 @@ class Config:
     streams: Mapping[str, StreamConfig] = field(default_factory=dict)
     duckdb_extensions: tuple[str, ...] = ()
     duckdb: DuckDBSettings = DuckDBSettings()
-    delta_config: Mapping[str, Any] = field(default_factory=dict)
+    delta_config: DeltaConfig = DeltaConfig()
     limits: Limits = Limits()
     flight: FlightSettings = FlightSettings()
     reload_interval: float = 1.0
@@ -158,7 +187,31 @@ class Config:
         if conf is None:
             return Route(stream, stream, self.storage_backend, "request", configured=False)
         backend = conf.storage_backend or self.storage_backend
-        return Route(conf.name, conf.target_table, backend, conf.commit, configured=True)
+        return Route(
+            conf.name,
+            conf.target_table,
+            backend,
+            conf.commit,
+            configured=True,
+            delta=conf.delta_options,
+        )
+
+    def delta_route(self, table: str) -> Route:
+        """Route ``POST /delta/{table}``: that Delta table, whatever the streams say.
+
+        The ``delta_options`` of a configured stream writing ``table`` apply.
+        """
+        validate_name(table, "table")
+        key = table.lower()
+        conf = next((c for c in self.streams.values() if c.target_table.lower() == key), None)
+        options = conf.delta_options if conf is not None else DeltaOptions()
+        return Route(table, table, "delta", "request", configured=conf is not None, delta=options)
+
+    def uses(self, backend: str) -> bool:
+        """Whether the default or any configured stream writes to ``backend``."""
+        return self.storage_backend == backend or any(
+            s.storage_backend == backend for s in self.streams.values()
+        )
 
 
 # -- parsing ---------------------------------------------------------------
@@ -321,7 +374,95 @@ _DELTA_OPTION_KEYS = {
     "compression",
     "schema_mode",
 }
-_DELTA_CONFIG_KEYS = {"table_path", "version_retention_hours", "checkpoint_interval", "enable_cdc"}
+
+
+def _names(value: object, key: str) -> tuple[str, ...]:
+    """A column list: ``[a, b]`` or ``"a,b"``."""
+    if value is None:
+        return ()
+    items = value.split(",") if isinstance(value, str) else value
+    if not isinstance(items, list | tuple):
+        raise ConfigError(f"{key}: expected a list of column names, got {value!r}")
+    names = []
+    for item in items:
+        name = str(item).strip() if isinstance(item, str) else item
+        if not isinstance(name, str):
+            raise ConfigError(f"{key}: expected a list of column names, got {value!r}")
+        try:
+            validate_name(name, "column")
+        except InvalidNameError as exc:
+            raise ConfigError(f"{key}: {exc.detail}") from None
+        names.append(name)
+    if len({n.lower() for n in names}) != len(names):
+        raise ConfigError(f"{key}: a column is listed twice")
+    return tuple(names)
+
+
+def _delta_options(raw: Mapping[str, Any], key: str) -> DeltaOptions:
+    _check_keys(raw, _DELTA_OPTION_KEYS, f"{key}.")
+    base = DeltaOptions()
+    compression, level = base.compression, base.compression_level
+    if raw.get("compression") is not None:
+        value = raw["compression"]
+        if isinstance(value, str):  # "zstd", "zstd:3"
+            name, _, given = value.partition(":")
+            value = {"algorithm": name, "level": given or None}
+        spec = _mapping(value, f"{key}.compression")
+        _check_keys(spec, {"algorithm", "level"}, f"{key}.compression.")
+        compression = _choice(
+            spec.get("algorithm", "snappy"), f"{key}.compression.algorithm", PARQUET_COMPRESSIONS
+        )
+        level = None
+        if spec.get("level") is not None:
+            if compression not in PARQUET_LEVELS:
+                raise ConfigError(
+                    f"{key}.compression.level: {compression} takes no level "
+                    f"(only {', '.join(PARQUET_LEVELS)} do)"
+                )
+            low, high = PARQUET_LEVELS[compression]
+            level = _int(spec["level"], f"{key}.compression.level", minimum=low, maximum=high)
+    partition_by = _names(raw.get("partition_by"), f"{key}.partition_by")
+    z_order_by = _names(raw.get("z_order_by"), f"{key}.z_order_by")
+    overlap = {c.lower() for c in partition_by} & {c.lower() for c in z_order_by}
+    if overlap:
+        raise ConfigError(
+            f"{key}.z_order_by: {', '.join(sorted(overlap))} is a partition column; "
+            "z-order only orders data within a partition"
+        )
+    size = parse_size(raw.get("target_file_size", base.target_file_size), f"{key}.target_file_size")
+    if size < 1024**2:
+        raise ConfigError(f"{key}.target_file_size: must be at least 1MiB, got {size}")
+    return DeltaOptions(
+        partition_by=partition_by,
+        z_order_by=z_order_by,
+        target_file_size=size,
+        compression=compression,
+        compression_level=level,
+        schema_mode=_choice(
+            raw.get("schema_mode", base.schema_mode), f"{key}.schema_mode", SCHEMA_MODES
+        ),
+    )
+
+
+def _delta_config(raw: Mapping[str, Any], key: str) -> DeltaConfig:
+    _check_keys(raw, set(DeltaConfig.__dataclass_fields__), f"{key}.")
+    base = DeltaConfig()
+    return DeltaConfig(
+        table_path=_str(raw.get("table_path", base.table_path), f"{key}.table_path"),
+        version_retention_hours=_float(
+            raw.get("version_retention_hours", base.version_retention_hours),
+            f"{key}.version_retention_hours",
+        ),
+        checkpoint_interval=_int(
+            raw.get("checkpoint_interval", base.checkpoint_interval),
+            f"{key}.checkpoint_interval",
+            minimum=1,
+        ),
+        enable_cdc=_bool(raw.get("enable_cdc", base.enable_cdc), f"{key}.enable_cdc"),
+        compact_every=_int(
+            raw.get("compact_every", base.compact_every), f"{key}.compact_every", minimum=0
+        ),
+    )
 
 
 def _stream(name: str, value: object) -> StreamConfig:
@@ -339,8 +480,9 @@ def _stream(name: str, value: object) -> StreamConfig:
     except InvalidNameError as exc:
         raise ConfigError(f"{key}.target_table: {exc.detail}") from None
     backend = raw.get("storage_backend")
-    delta_options = _mapping(raw.get("delta_options"), f"{key}.delta_options")
-    _check_keys(delta_options, _DELTA_OPTION_KEYS, f"{key}.delta_options.")
+    delta_options = _delta_options(
+        _mapping(raw.get("delta_options"), f"{key}.delta_options"), f"{key}.delta_options"
+    )
     return StreamConfig(
         name=name,
         target_table=table,
@@ -354,7 +496,7 @@ def _stream(name: str, value: object) -> StreamConfig:
             else _compression(raw["compression"], f"{key}.compression")
         ),
         commit=_choice(raw.get("commit", "request"), f"{key}.commit", COMMIT_MODES),
-        delta_options=dict(delta_options),
+        delta_options=delta_options,
     )
 
 
@@ -405,9 +547,9 @@ def parse_config(raw: Mapping[str, Any], source: str | None = None) -> Config:
         )
     values["duckdb_extensions"] = tuple(extensions)
     values["duckdb"] = _duckdb(_mapping(raw.get("duckdb"), "duckdb"), "duckdb")
-    delta = _mapping(raw.get("delta_config"), "delta_config")
-    _check_keys(delta, _DELTA_CONFIG_KEYS, "delta_config.")
-    values["delta_config"] = dict(delta)
+    values["delta_config"] = _delta_config(
+        _mapping(raw.get("delta_config"), "delta_config"), "delta_config"
+    )
     values["limits"] = _limits(_mapping(raw.get("limits"), "limits"), "limits")
     flight = _mapping(raw.get("flight"), "flight")
     _check_keys(flight, set(FlightSettings.__dataclass_fields__), "flight.")
@@ -454,8 +596,18 @@ def load_config(
     for var, key in ENV_OVERRIDES.items():
         value = env.get(var)
         if value:
-            raw[key] = value
+            _set(raw, key, value)
     for key, value in (overrides or {}).items():
         if value is not None:
-            raw[key] = value
+            _set(raw, key, value)
     return parse_config(raw, source=None if path is None else str(path))
+
+
+def _set(raw: dict[str, Any], key: str, value: object) -> None:
+    """Set ``key`` (dotted for a nested mapping: ``delta_config.table_path``)."""
+    head, _, rest = key.partition(".")
+    if not rest:
+        raw[head] = value
+        return
+    inner = raw.get(head)
+    raw[head] = {**(inner if isinstance(inner, Mapping) else {}), rest: value}

@@ -40,3 +40,24 @@ def validate_name(name: str, kind: str = "stream") -> str:
 def quote_identifier(name: str) -> str:
     """Quote ``name`` as a SQL identifier (DuckDB and ANSI rules)."""
     return '"' + name.replace('"', '""') + '"'
+
+
+MAX_IDEMPOTENCY_KEY_LENGTH = 256
+_KEY = re.compile(r"[\x21-\x7e]+\Z")  # printable ASCII, no spaces
+
+
+class InvalidIdempotencyKeyError(ArrowportError):
+    error = "invalid_idempotency_key"
+    http_status = 400
+    grpc_status = GrpcStatus.INVALID_ARGUMENT
+
+
+def validate_idempotency_key(key: str) -> str:
+    """Return ``key`` if it is 1-256 printable ASCII characters without spaces."""
+    if not key or len(key) > MAX_IDEMPOTENCY_KEY_LENGTH or not _KEY.match(key):
+        raise InvalidIdempotencyKeyError(
+            "an idempotency key must be 1 to "
+            f"{MAX_IDEMPOTENCY_KEY_LENGTH} printable ASCII characters without spaces "
+            "(a UUID is a good key)"
+        )
+    return key

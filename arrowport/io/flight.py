@@ -28,6 +28,7 @@ import pyarrow as pa
 import trio
 
 from .. import __version__
+from ..names import validate_idempotency_key
 from ..protocol import NEED_DATA, ArrowportError, GrpcStatus
 from ..protocol.flight import DescriptorReceived, FlightDataDecoder
 from ..protocol.flight_pb import (
@@ -51,6 +52,7 @@ from .flight_messages import (
     action_table,
     bad_request,
     descriptor_name,
+    descriptor_target,
     not_grpc,
     parse_ticket,
     send_flight_data,
@@ -217,7 +219,10 @@ class FlightService:
         try:
             with trio.fail_after(config.limits.body_idle_timeout or math.inf):
                 descriptor = await _first_descriptor(decoder, chunks)
-            route = config.route(descriptor_name(descriptor))
+            name, key = descriptor_target(descriptor)
+            route = config.route(name)
+            if key is not None:
+                validate_idempotency_key(key)
         except trio.TooSlowError:
             stats.refused("bad_input")
             raise ArrowportError(
@@ -267,6 +272,7 @@ class FlightService:
                 limiter=self.state.write_limiter,
                 decoder=decoder,
                 on_commit=acknowledge,
+                idempotency_key=key,
             )
         except ArrowportError as exc:
             stats.finished(route.stream, ok=False)

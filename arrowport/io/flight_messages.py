@@ -25,19 +25,30 @@ def bad_request(detail: str, error: str = "invalid_request") -> ArrowportError:
 
 def descriptor_name(descriptor: FlightDescriptor) -> str:
     """The stream or table a descriptor names: its one path element, or its cmd."""
+    return descriptor_target(descriptor)[0]
+
+
+def descriptor_target(descriptor: FlightDescriptor) -> tuple[str, str | None]:
+    """The stream a descriptor names, and its idempotency key if it has one.
+
+    The key comes from a JSON cmd: ``{"stream": …, "idempotency_key": …}``.
+    """
     if descriptor.path:
         if len(descriptor.path) != 1:
             raise bad_request(
                 f"the descriptor path {list(descriptor.path)!r} has {len(descriptor.path)} "
                 "elements; name one stream or table"
             )
-        return descriptor.path[0]
+        return descriptor.path[0], None
     if descriptor.cmd:
         cmd = descriptor.cmd
         if cmd.lstrip().startswith(b"{"):
-            value = _json_object(cmd, "descriptor cmd").get("stream") or ""
-            return str(value)
-        return _text(cmd, "descriptor cmd")
+            spec = _json_object(cmd, "descriptor cmd")
+            key = spec.get("idempotency_key")
+            if key is not None and not isinstance(key, str):
+                raise bad_request('"idempotency_key" in the descriptor cmd must be a string')
+            return str(spec.get("stream") or ""), key
+        return _text(cmd, "descriptor cmd"), None
     raise bad_request("the descriptor names no stream: set its path or its cmd")
 
 
@@ -81,6 +92,10 @@ def ack_json(route: Any, commit: Commit) -> bytes:
         "committed_rows": commit.rows,
         "committed_batches": commit.batches,
     }
+    if commit.version is not None:
+        body["version"] = commit.version
+    if commit.replayed:
+        body["replayed"] = True
     if commit.app_metadata:
         body["app_metadata"] = [_echo(m) for m in commit.app_metadata]
     return json.dumps(body).encode()

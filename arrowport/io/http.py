@@ -1,13 +1,16 @@
 """HTTP routes on quart-trio: a thin adapter around the ingest pipeline.
 
-Routes: ``POST /ingest/{stream}`` (alias ``/stream/{stream}``), ``GET /health``,
-``GET /streams``. Errors are JSON ``{error, detail}`` with a specific status.
+Routes: ``POST /ingest/{stream}`` (alias ``/stream/{stream}``), ``POST
+/delta/{table}`` (the Delta backend, whatever the config routes), ``GET
+/health``, ``GET /streams``, and the Delta read routes (``delta_http``).
+Errors are JSON ``{error, detail}`` with a specific status.
 """
 
 from __future__ import annotations
 
 import logging
 import time
+from collections.abc import Callable
 from typing import Any
 
 import trio
@@ -16,8 +19,11 @@ from quart_trio import QuartTrio
 from werkzeug.exceptions import HTTPException, RequestEntityTooLarge
 
 from .. import __version__
+from ..config import Config, Route
+from ..names import validate_idempotency_key
 from ..protocol import ArrowportError
 from .body import StreamingASGIHTTPConnection, StreamingRequest
+from .delta_http import add_delta_read_routes
 from .ingest import Progress, ingest, refusal_reason
 from .state import ServerState
 
@@ -69,10 +75,19 @@ def create_app(state: ServerState) -> QuartTrio:
         return jsonify(state.streams_report())
 
     async def ingest_route(stream: str) -> Response:
+        return await _ingest(lambda config: config.route(stream))
+
+    async def delta_route(table: str) -> Response:
+        return await _ingest(lambda config: config.delta_route(table))
+
+    async def _ingest(resolve: Callable[[Config], Route]) -> Response:
         started = time.monotonic()
         config = state.config  # one snapshot for the whole request
         try:
-            route = config.route(stream)
+            route = resolve(config)
+            key = request.headers.get("Idempotency-Key")
+            if key is not None:
+                validate_idempotency_key(key)
         except ArrowportError as exc:
             state.stats.refused("bad_input")
             await _drain_body()
@@ -128,6 +143,7 @@ def create_app(state: ServerState) -> QuartTrio:
                 stats=state.stats,
                 progress=progress,
                 limiter=state.write_limiter,
+                idempotency_key=key,
             )
         except ArrowportError as exc:
             state.stats.finished(stream, ok=False)
@@ -166,18 +182,22 @@ def create_app(state: ServerState) -> QuartTrio:
             state.stats.in_flight -= 1
         state.stats.finished(stream, ok=True)
         log.info(
-            "ingest %s -> %s: %d rows, %d batches, %d bytes in %.1f ms",
+            "ingest %s -> %s (%s): %d rows, %d batches, %d bytes in %.1f ms%s",
             stream,
             result.table,
+            result.backend,
             result.rows,
             result.batches,
             result.bytes,
             (time.monotonic() - started) * 1000,
+            " (replayed: nothing written)" if result.replayed else "",
         )
         return jsonify(result.to_json())
 
     app.add_url_rule("/ingest/<stream>", "ingest", ingest_route, methods=["POST"])
     app.add_url_rule("/stream/<stream>", "stream", ingest_route, methods=["POST"])
+    app.add_url_rule("/delta/<table>", "delta_ingest", delta_route, methods=["POST"])
+    add_delta_read_routes(app, state.delta_store)
 
     @app.errorhandler(HTTPException)
     async def http_error(exc: HTTPException) -> Response:

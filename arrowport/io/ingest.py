@@ -74,7 +74,15 @@ class Decoder(Protocol):
 class Store(Protocol):
     backend: str
 
-    def open_write(self, table: str, schema: pa.Schema, *, commit: str = ...) -> Write: ...
+    def open_write(
+        self,
+        table: str,
+        schema: pa.Schema,
+        *,
+        commit: str = ...,
+        options: Any = ...,
+        idempotency_key: str | None = ...,
+    ) -> Write: ...
 
 
 @dataclass(frozen=True, slots=True)
@@ -88,9 +96,12 @@ class IngestResult:
     decoded_bytes: int
     duration_ms: float
     commit: str
+    version: int | None = None
+    idempotency_key: str | None = None
+    replayed: bool = False
 
     def to_json(self) -> dict[str, object]:
-        return {
+        body: dict[str, object] = {
             "stream": self.stream,
             "table": self.table,
             "backend": self.backend,
@@ -101,6 +112,12 @@ class IngestResult:
             "duration_ms": round(self.duration_ms, 3),
             "commit": self.commit,
         }
+        if self.version is not None:
+            body["version"] = self.version
+        if self.idempotency_key is not None:
+            body["idempotency_key"] = self.idempotency_key
+            body["replayed"] = self.replayed
+        return body
 
 
 @dataclass(slots=True)
@@ -119,6 +136,8 @@ class Commit:
     rows: int  # committed by this request so far
     batches: int
     app_metadata: list[bytes] = field(default_factory=list)  # the client's, in order
+    version: int | None = None  # Delta: the version committed
+    replayed: bool = False  # an idempotency key committed before: nothing was written
 
 
 OnCommit = Callable[[Commit], Awaitable[None]]
@@ -194,12 +213,16 @@ async def ingest(
     limiter: trio.CapacityLimiter | None = None,
     decoder: Decoder | None = None,
     on_commit: OnCommit | None = None,
+    idempotency_key: str | None = None,
 ) -> IngestResult:
     """Stream ``chunks`` into ``route.table``; return after commit.
 
     ``chunks`` is an Arrow IPC stream unless ``decoder`` says otherwise (Flight
     passes a ``FlightDataDecoder`` that may already hold decoded events).
     ``on_commit`` is awaited after each commit, before the next one starts.
+    With an ``idempotency_key`` already committed to the table, the body is
+    read and validated but nothing is written, and the result is the
+    original one, flagged ``replayed``.
     """
     started = trio.current_time()
     progress = progress if progress is not None else Progress()
@@ -234,7 +257,13 @@ async def ingest(
     async def writer(schema: pa.Schema, *, task_status: Any = trio.TASK_STATUS_IGNORED) -> None:
         async with locks(route.table):
             write = await in_thread(
-                lambda: store.open_write(route.table, schema, commit=route.commit)
+                lambda: store.open_write(
+                    route.table,
+                    schema,
+                    commit=route.commit,
+                    options=route.delta,
+                    idempotency_key=idempotency_key,
+                )
             )
             task_status.started()
             try:
@@ -318,15 +347,18 @@ async def ingest(
             result.batches,
             decoder.wire_bytes,
         )
-        stats.committed(
-            route.stream,
-            rows=result.rows,
-            batches=result.batches,
-            wire=decoder.wire_bytes,
-            decoded=decoder.decoded_bytes,
-        )
+        if not result.replayed:
+            stats.committed(
+                route.stream,
+                rows=result.rows,
+                batches=result.batches,
+                wire=decoder.wire_bytes,
+                decoded=decoder.decoded_bytes,
+            )
     if on_commit is not None and route.commit != "batch":  # acked after the table is free
-        await on_commit(Commit(result.rows, result.batches, metadata))
+        await on_commit(
+            Commit(result.rows, result.batches, metadata, result.version, result.replayed)
+        )
     return IngestResult(
         stream=route.stream,
         table=route.table,
@@ -337,6 +369,9 @@ async def ingest(
         decoded_bytes=decoder.decoded_bytes,
         duration_ms=(trio.current_time() - started) * 1000,
         commit=route.commit,
+        version=result.version,
+        idempotency_key=idempotency_key,
+        replayed=result.replayed,
     )
 
 

@@ -20,7 +20,7 @@ import trio
 from hypercorn.config import Config as HypercornConfig
 
 from ..config import Config, ConfigError, load_config
-from ..storage import DuckDBStore
+from ..storage import DeltaStore, DuckDBStore
 from . import listener
 from .flight import FlightService
 from .http import create_app
@@ -47,7 +47,10 @@ def open_stores(config: Config) -> dict[str, Any]:
         checkpoint_threshold=duck.checkpoint_threshold,
     )
     store.open()
-    return {"duckdb": store}
+    delta = DeltaStore.from_config(config)
+    if config.uses("delta"):  # else the root appears with the first POST /delta/{table}
+        delta.open()
+    return {"duckdb": store, "delta": delta}
 
 
 def hypercorn_config(config: Config) -> HypercornConfig:
@@ -121,10 +124,34 @@ RESTART_ONLY = (
     "port",
     "db_path",
     "storage_backend",
+    "delta_config",
     "duckdb_extensions",
     "duckdb",
     "reload_interval",
 )
+
+
+COMPACTION_POLL = 1.0
+
+
+async def compaction_loop(store: DeltaStore, interval: float = COMPACTION_POLL) -> None:
+    """Compact the Delta tables that are due, one at a time, beside ingest."""
+    while True:
+        await trio.sleep(interval)
+        while store.compactions_due:
+            table = next(iter(store.compactions_due))
+            options = store.compactions_due.pop(table)
+            try:
+                metrics = await trio.to_thread.run_sync(store.compact, table, options)
+            except Exception:
+                log.exception("background compaction of %s failed", table)
+                continue
+            log.info(
+                "compacted %s: %s files removed, %s added",
+                table,
+                metrics.get("numFilesRemoved"),
+                metrics.get("numFilesAdded"),
+            )
 
 
 async def checkpoint_loop(store: DuckDBStore, interval: float) -> None:
@@ -154,6 +181,8 @@ async def serve(
                 nursery.start_soon(watch_config, state, reload, config.source)
             if config.duckdb.checkpoint_interval > 0:
                 nursery.start_soon(checkpoint_loop, duck, config.duckdb.checkpoint_interval)
+            if config.delta_config.compact_every > 0:
+                nursery.start_soon(compaction_loop, stores["delta"])
 
             async def run_http(task_status: trio.TaskStatus[list[str]]) -> None:
                 await listener.serve(
@@ -166,7 +195,12 @@ async def serve(
                 nursery.cancel_scope.cancel()  # stop the helpers too
 
             binds = await nursery.start(run_http)
-            log.info("serving on %s; writing %s", ", ".join(binds), config.db_path)
+            log.info(
+                "serving on %s; writing %s (duckdb) and %s (delta)",
+                ", ".join(binds),
+                config.db_path,
+                stores["delta"].root,
+            )
             task_status.started(binds)
     finally:
         with trio.CancelScope(shield=True):

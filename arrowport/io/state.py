@@ -8,6 +8,7 @@ import trio
 
 from ..config import Config
 from ..stats import Stats
+from ..storage import DeltaStore
 from .ingest import Store, TableLocks
 
 DEFAULT_WRITERS = 64
@@ -27,6 +28,11 @@ class ServerState:
 
     def store_for(self, backend: str) -> Store | None:
         return self.stores.get(backend)
+
+    def delta_store(self) -> DeltaStore:
+        store = self.stores["delta"]
+        assert isinstance(store, DeltaStore)
+        return store
 
     def streams_report(self) -> dict[str, object]:
         """The configured and seen streams with their counters (``GET /streams``)."""

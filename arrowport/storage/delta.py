@@ -3,43 +3,74 @@
 Invariants:
 
 * Memory stays bounded: batches are written to Parquet data files in the
-  table's directory as they arrive (``part-<uuid>.<codec>.parquet``), rolling
-  to a new file at about ``target_file_size``; delta-rs never sees a whole
-  request (delta-rs #2968 may collect a RecordBatchReader into memory).
+  table's directory as they arrive, rolling to a new file at about the
+  stream's ``target_file_size``; delta-rs never sees a whole request
+  (delta-rs #2968 may collect a RecordBatchReader into memory).
 * Request mode makes exactly one Delta commit, in ``finish()``, adding every
   file the request wrote. Until then no file is in the log, so nothing is
   visible; ``rollback()`` deletes the files, leaving no commit and no file.
+  (One exception, documented: with ``schema_mode: merge`` new columns are
+  added by a metadata commit just before the data commit.)
 * Batch mode commits the files of each ``insert`` at once.
 * A table name is an identifier and its directory resolves under the root.
 * Every data file is written with the table's Arrow schema: incoming columns
   are matched by name (case-insensitively), cast safely, and table columns the
-  stream omits are filled with nulls. A stream with columns the table lacks is
-  refused with ``SchemaMismatchError``; evolving the table with new nullable
-  columns (``schema_mode="merge"``) is left for later.
+  stream omits are filled with nulls. Partition columns live in the log
+  (``partitionValues``), not in the files.
+* Idempotency keys (request mode): the key is a Delta ``txn`` action
+  (``appId = arrowport:<key>``) in the data commit, checked before the write
+  and again before every commit attempt, so a retry of a committed request
+  writes nothing and answers the original result (delta-rs #2580: delta-rs
+  does not reject a repeated app transaction by itself).
+* Commit conflicts with other writers are retried with backoff.
 """
 
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import json
+import logging
 import os
+import random
+import re
 import time
 import uuid
+from collections import OrderedDict
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import pyarrow as pa
+import pyarrow.compute as pc
 import pyarrow.parquet as pq
-from deltalake import DeltaTable, Schema
+from deltalake import DeltaTable, Field, Schema
 from deltalake.exceptions import CommitFailedError, DeltaError
-from deltalake.transaction import AddAction, create_table_with_add_actions
+from deltalake.transaction import (
+    AddAction,
+    CommitProperties,
+    Transaction,
+    create_table_with_add_actions,
+)
 
-from ..names import InvalidNameError, validate_name
+from ..config import DeltaOptions
+from ..names import InvalidNameError, validate_idempotency_key, validate_name
 from .errors import SchemaMismatchError, StorageError, WriteRejectedError
 from .schema import Column, check_subset, duplicate_names
 from .table_write import WriteResult
 
-COMPRESSIONS = ("zstd", "snappy", "lz4", "gzip", "none")
+if TYPE_CHECKING:
+    from ..config import Config
+
+log = logging.getLogger("arrowport.delta")
+
+KEY_PREFIX = "arrowport:"  # txn appId of an idempotency key
+META_KEY = "arrowport.idempotency_key"  # commitInfo: the key, rows and batches
+META_ROWS = "arrowport.rows"
+META_BATCHES = "arrowport.batches"
+META_COMMIT = "arrowport.commit"  # commitInfo: a unique id, to find the version committed
+MAX_OPEN_PARTITIONS = 64  # open Parquet writers per request; the oldest is closed first
+HISTORY_SCAN = 10_000  # commits searched for the original result of a replayed key
 
 # Delta primitive type -> the DuckDB name the shared widening rules use
 _DUCKDB_NAMES = {
@@ -50,13 +81,15 @@ _DUCKDB_NAMES = {
     "float": "FLOAT",
     "double": "DOUBLE",
 }
+_SAFE_VALUE = re.compile(r"[A-Za-z0-9_.\-]{1,64}\Z")
+NULL_PARTITION = "__HIVE_DEFAULT_PARTITION__"
 
 
 def _delta_columns(schema: Schema) -> list[Column]:
     columns = []
-    for field in schema.fields:
-        kind = str(getattr(field.type, "type", field.type))
-        columns.append(Column(field.name, _DUCKDB_NAMES.get(kind, kind.upper()), field.nullable))
+    for f in schema.fields:
+        kind = str(getattr(f.type, "type", f.type))
+        columns.append(Column(f.name, _DUCKDB_NAMES.get(kind, kind.upper()), f.nullable))
     return columns
 
 
@@ -67,11 +100,51 @@ def _delta_schema(schema: pa.Schema) -> Schema:
         raise SchemaMismatchError(f"stream schema has no Delta equivalent: {exc}") from None
 
 
+def _partition_type_ok(t: pa.DataType) -> bool:
+    return bool(
+        pa.types.is_string(t)
+        or pa.types.is_large_string(t)
+        or pa.types.is_string_view(t)
+        or pa.types.is_signed_integer(t)
+        or pa.types.is_boolean(t)
+        or pa.types.is_date32(t)
+    )
+
+
+def _partition_string(value: Any) -> str | None:
+    """A partition value as the Delta protocol writes it."""
+    if value is None:
+        return None
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    return str(value)  # ints as decimals, dates as YYYY-MM-DD, strings as is
+
+
+def _partition_dir(column: str, value: str | None) -> str:
+    """A directory name for a partition value (readers use the log, not the path)."""
+    if value is None:
+        return f"{column}={NULL_PARTITION}"
+    if _SAFE_VALUE.match(value):
+        return f"{column}={value}"
+    return f"{column}=h{hashlib.sha256(value.encode()).hexdigest()[:16]}"
+
+
+@dataclass(slots=True)
+class _Replay:
+    """The original result of an idempotency key already committed."""
+
+    rows: int
+    batches: int
+    version: int | None
+
+
 class DeltaStore:
     """Delta tables, one directory each under ``root``.
 
     ``open_write`` returns a ``DeltaWrite`` (the same session protocol as
     ``TableWrite``). Methods are synchronous and meant for worker threads.
+    Tables due for compaction (``compact_every`` commits since the last) are
+    listed in ``compactions_due`` for the server to run in the background.
     """
 
     backend = "delta"
@@ -80,21 +153,38 @@ class DeltaStore:
         self,
         root: str | os.PathLike[str],
         *,
-        target_file_size: int = 128 * 1024 * 1024,
-        compression: str = "zstd",
-        commit_retries: int = 5,
+        version_retention_hours: float = 168.0,
+        checkpoint_interval: int = 100,
+        enable_cdc: bool = False,
+        compact_every: int = 0,
+        commit_retries: int = 8,
+        defaults: DeltaOptions | None = None,
     ) -> None:
-        if compression not in COMPRESSIONS:
-            raise ValueError(f"compression must be one of {', '.join(COMPRESSIONS)}")
-        if target_file_size <= 0:
-            raise ValueError("target_file_size must be positive")
         self.root = Path(root).resolve()
-        self.target_file_size = target_file_size
-        self.compression = compression
+        self.version_retention_hours = version_retention_hours
+        self.checkpoint_interval = checkpoint_interval
+        self.enable_cdc = enable_cdc
+        self.compact_every = compact_every
         self.commit_retries = commit_retries
+        self.defaults = defaults or DeltaOptions()
         self.commits = 0
         self.rollbacks = 0
         self.files_written = 0
+        self.conflicts_retried = 0
+        self.replays = 0
+        self._since_compaction: dict[str, int] = {}
+        self.compactions_due: dict[str, DeltaOptions] = {}
+
+    @classmethod
+    def from_config(cls, config: Config) -> DeltaStore:
+        delta = config.delta_config
+        return cls(
+            delta.table_path,
+            version_retention_hours=delta.version_retention_hours,
+            checkpoint_interval=delta.checkpoint_interval,
+            enable_cdc=delta.enable_cdc,
+            compact_every=delta.compact_every,
+        )
 
     def open(self) -> None:
         try:
@@ -106,7 +196,13 @@ class DeltaStore:
         """Nothing is held open between writes."""
 
     def statistics(self) -> dict[str, int]:
-        return {"commits": self.commits, "rollbacks": self.rollbacks, "files": self.files_written}
+        return {
+            "commits": self.commits,
+            "rollbacks": self.rollbacks,
+            "files": self.files_written,
+            "conflicts_retried": self.conflicts_retried,
+            "replays": self.replays,
+        }
 
     def table_path(self, table: str) -> Path:
         """The directory of ``table``; refuses names that would leave the root."""
@@ -118,20 +214,53 @@ class DeltaStore:
 
     def open_table(self, table: str) -> DeltaTable | None:
         path = self.table_path(table)
-        if not DeltaTable.is_deltatable(str(path)):
-            return None
-        return DeltaTable(str(path))
+        try:
+            if not DeltaTable.is_deltatable(str(path)):
+                return None
+            return DeltaTable(str(path))
+        except DeltaError as exc:
+            raise StorageError(f"cannot open Delta table {table!r}: {exc}") from None
 
-    def open_write(self, table: str, schema: pa.Schema, *, commit: str = "request") -> DeltaWrite:
+    def table_properties(self, partition_by: tuple[str, ...] = ()) -> dict[str, str]:
+        """The configuration a new table is created with."""
+        hours = f"interval {self.version_retention_hours:g} hours"
+        props = {
+            "delta.checkpointInterval": str(self.checkpoint_interval),
+            "delta.logRetentionDuration": hours,
+            "delta.deletedFileRetentionDuration": hours,
+        }
+        if self.enable_cdc:
+            props["delta.enableChangeDataFeed"] = "true"
+        return props
+
+    def open_write(
+        self,
+        table: str,
+        schema: pa.Schema,
+        *,
+        commit: str = "request",
+        options: DeltaOptions | None = None,
+        idempotency_key: str | None = None,
+    ) -> DeltaWrite:
         """Start one request's write into ``table`` (request or batch commit mode).
 
-        Checks the schema against an existing table (422 on a mismatch)
-        before any data is read. The returned ``DeltaWrite`` must end with
-        ``finish()`` or ``rollback()``.
+        Checks the schema against an existing table (422 on a mismatch) and
+        the idempotency key against its log before any data is read. The
+        returned ``DeltaWrite`` must end with ``finish()`` or ``rollback()``.
         """
         if commit not in ("request", "batch"):
             raise ValueError(f"unknown commit mode {commit!r}")
+        options = options or self.defaults
         path = self.table_path(table)
+        if idempotency_key is not None:
+            validate_idempotency_key(idempotency_key)
+            if commit != "request":
+                raise WriteRejectedError(
+                    "idempotency keys need commit: request; in batch mode each commit is "
+                    "acknowledged as it happens, so resend only unacknowledged batches",
+                    error="idempotency_unsupported",
+                    http_status=400,
+                )
         dupes = duplicate_names(schema.names)
         if dupes:
             raise SchemaMismatchError(
@@ -139,10 +268,71 @@ class DeltaStore:
             )
         incoming = _delta_schema(schema)
         existing = self.open_table(table)
-        target = incoming if existing is None else existing.schema()
-        if existing is not None:
-            check_subset(table, _delta_columns(incoming), _delta_columns(target))
-        return DeltaWrite(self, table, path, schema, target, commit, created=existing is None)
+        replay = None
+        if existing is None:
+            target, partition_by = incoming, _check_partitions(table, schema, options)
+        else:
+            target = _evolve(table, incoming, existing.schema(), options.schema_mode)
+            partition_by = tuple(existing.metadata().partition_columns)
+            if idempotency_key is not None:
+                replay = self.find_replay(existing, idempotency_key)
+        return DeltaWrite(
+            self,
+            table,
+            path,
+            target,
+            commit,
+            options,
+            partition_by,
+            created=existing is None,
+            key=idempotency_key,
+            replay=replay,
+        )
+
+    def find_replay(self, dt: DeltaTable, key: str) -> _Replay | None:
+        """The original result if ``key`` is committed in ``dt``, else None."""
+        if dt.transaction_version(KEY_PREFIX + key) is None:
+            return None
+        for commit in dt.history(HISTORY_SCAN):
+            if commit.get(META_KEY) == key:
+                return _Replay(
+                    int(commit.get(META_ROWS, 0)),
+                    int(commit.get(META_BATCHES, 0)),
+                    commit.get("version"),
+                )
+        return _Replay(0, 0, None)  # committed, but its commit info is gone (log cleanup)
+
+    def committed(self, table: str, options: DeltaOptions) -> None:
+        """Count a commit towards background compaction."""
+        self.commits += 1
+        if self.compact_every <= 0:
+            return
+        key = table.lower()
+        count = self._since_compaction.get(key, 0) + 1
+        if count >= self.compact_every:
+            self.compactions_due[table] = options
+            count = 0
+        self._since_compaction[key] = count
+
+    def compact(self, table: str, options: DeltaOptions) -> dict[str, Any]:
+        """Compact small files (z-order where configured): one optimize commit.
+
+        Runs beside ingest: the optimize commit only removes and re-adds
+        files, so appends committed meanwhile do not conflict with it.
+        """
+        dt = self.open_table(table)
+        if dt is None:
+            return {}
+        try:
+            if options.z_order_by:
+                metrics = dt.optimize.z_order(
+                    list(options.z_order_by), target_size=options.target_file_size
+                )
+            else:
+                metrics = dt.optimize.compact(target_size=options.target_file_size)
+        except DeltaError as exc:
+            raise StorageError(f"compaction of {table!r} failed: {exc}") from None
+        return dict(metrics)
 
     @staticmethod
     def translate(exc: BaseException) -> BaseException:
@@ -152,6 +342,68 @@ class DeltaStore:
         if isinstance(exc, DeltaError | OSError | pa.ArrowException):
             return StorageError(f"Delta write failed: {exc}")
         return exc
+
+
+def _check_partitions(table: str, schema: pa.Schema, options: DeltaOptions) -> tuple[str, ...]:
+    """The partition columns of a new table, as the stream spells them."""
+    by_name = {f.name.lower(): f for f in schema}
+    columns = []
+    for name in options.partition_by:
+        f = by_name.get(name.lower())
+        if f is None:
+            raise SchemaMismatchError(
+                f"table {table!r} is partitioned by {name!r}, which the stream does not have",
+                missing=(name,),
+            )
+        if not _partition_type_ok(f.type):
+            raise SchemaMismatchError(
+                f"partition column {f.name!r} has type {f.type}; partition by a string, "
+                "integer, boolean or date column"
+            )
+        columns.append(f.name)
+    if columns and len(columns) == len(schema):
+        raise SchemaMismatchError(
+            f"table {table!r}: every column is a partition column; keep at least one data column"
+        )
+    return tuple(columns)
+
+
+def _evolve(table: str, incoming: Schema, existing: Schema, mode: str) -> Schema:
+    """The table schema after this stream: the same, or with new nullable columns."""
+    have = {f.name.lower() for f in existing.fields}
+    new = [f for f in incoming.fields if f.name.lower() not in have]
+    if mode == "strict" or not new:
+        try:
+            check_subset(table, _delta_columns(incoming), _delta_columns(existing))
+        except SchemaMismatchError as exc:
+            if mode == "strict" and exc.extra:
+                exc.detail += " (schema_mode: strict; merge would add them)"
+                exc.args = (exc.detail,)
+            raise
+        return existing
+    known = Schema([f for f in incoming.fields if f.name.lower() in have])
+    check_subset(table, _delta_columns(known), _delta_columns(existing))
+    added = [Field(f.name, f.type, nullable=True) for f in new]
+    return Schema([*existing.fields, *added])
+
+
+@dataclass(slots=True)
+class _OpenFile:
+    path: Path
+    relative: str
+    partition: dict[str, str | None]
+    sink: pa.NativeFile
+    writer: pq.ParquetWriter
+    rows: int = 0
+
+
+@dataclass(slots=True)
+class _Files:
+    """The data files of one write: open ones, and closed ones not yet committed."""
+
+    open: OrderedDict[tuple[str | None, ...], _OpenFile] = field(default_factory=OrderedDict)
+    pending: list[AddAction] = field(default_factory=list)
+    made: list[Path] = field(default_factory=list)  # every file made and not committed
 
 
 class DeltaWrite:
@@ -166,26 +418,30 @@ class DeltaWrite:
         store: DeltaStore,
         table: str,
         path: Path,
-        schema: pa.Schema,
         target: Schema,
         mode: str,
+        options: DeltaOptions,
+        partition_by: tuple[str, ...],
         *,
         created: bool,
+        key: str | None = None,
+        replay: _Replay | None = None,
     ) -> None:
         self.store, self.table, self.path, self.mode = store, table, path, mode
-        self.stream_schema = schema
+        self.options = options
         self.delta_schema = target
         self.arrow_schema = pa.schema(target.to_arrow())
+        self.partition_by = partition_by
+        parts = {p.lower() for p in partition_by}
+        self.data_schema = pa.schema([f for f in self.arrow_schema if f.name.lower() not in parts])
         self.created = created
+        self.key = key
+        self.replay = replay
+        self.version: int | None = None
         self.rows = 0
         self.batches = 0
-        self._pending: list[AddAction] = []  # written, not yet committed
-        self._files: list[Path] = []  # every file this write made and has not committed
-        self._made_dir = False
-        self._sink: pa.NativeFile | None = None
-        self._writer: pq.ParquetWriter | None = None
-        self._file: Path | None = None
-        self._file_rows = 0
+        self._files = _Files()
+        self._made_dirs: list[Path] = []
         self._done = False
 
     def group_full(self, rows: int, size: int, count: int) -> bool:
@@ -199,13 +455,13 @@ class DeltaWrite:
         self._run(self._insert, group)
 
     def _insert(self, group: list[pa.RecordBatch]) -> None:
-        rows = 0
-        for batch in group:
-            self._write_batch(self._conform(batch))
-            rows += batch.num_rows
-        if self.mode == "batch":
-            self._close_file()
-            self._commit()
+        rows = sum(batch.num_rows for batch in group)
+        if self.replay is None:  # a replayed key writes nothing
+            for batch in group:
+                self._write_batch(self._conform(batch))
+            if self.mode == "batch":
+                self._close_all()
+                self._commit(len(group), rows)
         self.rows += rows
         self.batches += len(group)
 
@@ -214,29 +470,53 @@ class DeltaWrite:
         if self._done:
             raise RuntimeError("this write has already ended")
         self._run(self._finish)
-        return WriteResult(self.table, self.rows, self.batches, self.created)
+        if self.replay is not None:
+            self.store.replays += 1
+            return WriteResult(
+                self.table,
+                self.replay.rows,
+                self.replay.batches,
+                False,
+                version=self.replay.version,
+                replayed=True,
+            )
+        return WriteResult(self.table, self.rows, self.batches, self.created, version=self.version)
 
     def _finish(self) -> None:
-        self._close_file()
-        if self._pending or self.store.open_table(self.table) is None:
-            self._commit()  # a new table appears even with no rows
+        self._close_all()
+        if self.replay is None and (
+            self.mode == "request"
+            or self._files.pending
+            or self.store.open_table(self.table) is None
+        ):
+            self._commit(self.batches, self.rows)  # a new table appears even with no rows
         self._done = True
+        if self.replay is not None:
+            self._discard()
 
     def rollback(self) -> None:
         """Delete the files not yet committed (safe at any time, and twice)."""
         if self._done:
             return
         self._done = True
-        self._abort_file()
-        for file in self._files:
-            file.unlink(missing_ok=True)
-        if self._files:
+        if self._discard():
             self.store.rollbacks += 1
-        self._files.clear()
-        self._pending.clear()
-        if self._made_dir:
-            with contextlib.suppress(OSError):  # only if still empty
-                self.path.rmdir()
+
+    def _discard(self) -> bool:
+        for f in self._files.open.values():
+            for closeable in (f.writer, f.sink):
+                with contextlib.suppress(Exception):
+                    closeable.close()
+        self._files.open.clear()
+        had = bool(self._files.made)
+        for file in self._files.made:
+            file.unlink(missing_ok=True)
+        self._files.made.clear()
+        self._files.pending.clear()
+        for directory in reversed(self._made_dirs):  # only if still empty
+            with contextlib.suppress(OSError):
+                directory.rmdir()
+        return had
 
     # ---- data files -------------------------------------------------------
 
@@ -244,108 +524,228 @@ class DeltaWrite:
         """``batch`` in the table's column order and types (nulls for omitted columns)."""
         by_name = {name.lower(): i for i, name in enumerate(batch.schema.names)}
         arrays = []
-        for field in self.arrow_schema:
-            i = by_name.get(field.name.lower())
+        for f in self.arrow_schema:
+            i = by_name.get(f.name.lower())
             if i is None:
-                arrays.append(pa.nulls(batch.num_rows, field.type))
+                arrays.append(pa.nulls(batch.num_rows, f.type))
             else:
-                arrays.append(batch.column(i).cast(field.type, safe=True))
+                arrays.append(batch.column(i).cast(f.type, safe=True))
         return pa.RecordBatch.from_arrays(arrays, schema=self.arrow_schema)
 
     def _write_batch(self, batch: pa.RecordBatch) -> None:
         if batch.num_rows == 0:
             return
-        if self._writer is None:
-            self._open_file()
-        assert self._writer is not None and self._sink is not None
-        self._writer.write_batch(batch)
-        self._file_rows += batch.num_rows
-        if self._sink.tell() >= self.store.target_file_size:
-            self._close_file()
+        if not self.partition_by:
+            self._write_part((), {}, batch)
+            return
+        for values, part in self._split(batch):
+            partition = dict(zip(self.partition_by, values, strict=True))
+            self._write_part(values, partition, part)
 
-    def _open_file(self) -> None:
-        if not self.path.exists():
-            self.path.mkdir(parents=True)
-            self._made_dir = True
-        codec = self.store.compression
-        file = self.path / f"part-{uuid.uuid4()}.{codec}.parquet"
-        self._files.append(file)  # before creating it, so rollback finds it
-        self._sink = pa.OSFile(str(file), "wb")
-        self._file = file
-        self._file_rows = 0
-        self._writer = pq.ParquetWriter(
-            self._sink,
-            self.arrow_schema,
+    def _split(self, batch: pa.RecordBatch) -> list[tuple[tuple[str | None, ...], pa.RecordBatch]]:
+        """``batch`` cut by partition values (each part without the partition columns)."""
+        keys = batch.select(list(self.partition_by))
+        distinct = pa.Table.from_batches([keys]).group_by(list(self.partition_by)).aggregate([])
+        data = batch.select(self.data_schema.names)
+        parts = []
+        for row in distinct.to_pylist():
+            mask = None
+            for name in self.partition_by:
+                column, value = keys.column(name), row[name]
+                test = (
+                    pc.is_null(column)
+                    if value is None
+                    else pc.equal(column, pa.scalar(value, column.type))
+                )
+                mask = test if mask is None else pc.and_(mask, test)
+            values = tuple(_partition_string(row[name]) for name in self.partition_by)
+            parts.append((values, data.filter(mask)))
+        return parts
+
+    def _write_part(
+        self, key: tuple[str | None, ...], partition: dict[str, str | None], batch: pa.RecordBatch
+    ) -> None:
+        files = self._files
+        f = files.open.get(key)
+        if f is None:
+            if len(files.open) >= MAX_OPEN_PARTITIONS:
+                self._close(next(iter(files.open)))
+            f = files.open[key] = self._open_file(partition)
+        else:
+            files.open.move_to_end(key)
+        f.writer.write_batch(batch)
+        f.rows += batch.num_rows
+        if f.sink.tell() >= self.options.target_file_size:
+            self._close(key)
+
+    def _open_file(self, partition: dict[str, str | None]) -> _OpenFile:
+        directory = self.path
+        parts = [_partition_dir(c, v) for c, v in partition.items()]
+        for part in ["", *parts]:
+            directory = directory / part if part else directory
+            if not directory.exists():
+                directory.mkdir(parents=True)
+                self._made_dirs.append(directory)
+        codec = self.options.compression
+        name = f"part-{uuid.uuid4()}.{codec}.parquet"
+        file = directory / name
+        self._files.made.append(file)  # before creating it, so rollback finds it
+        sink = pa.OSFile(str(file), "wb")
+        writer = pq.ParquetWriter(
+            sink,
+            self.data_schema,
             compression=None if codec == "none" else codec,
+            compression_level=self.options.compression_level,
         )
         self.store.files_written += 1
+        relative = "/".join([*parts, name])
+        return _OpenFile(file, relative, partition, sink, writer)
 
-    def _close_file(self) -> None:
-        writer, sink, file = self._writer, self._sink, self._file
-        if writer is None or sink is None or file is None:
-            return
-        self._writer = self._sink = self._file = None
-        writer.close()
-        sink.close()
-        self._pending.append(
+    def _close(self, key: tuple[str | None, ...]) -> None:
+        f = self._files.open.pop(key)
+        f.writer.close()
+        f.sink.close()
+        self._files.pending.append(
             AddAction(
-                path=file.name,
-                size=file.stat().st_size,
-                partition_values={},
+                path=f.relative,
+                size=f.path.stat().st_size,
+                partition_values=f.partition,
                 modification_time=int(time.time() * 1000),
                 data_change=True,
-                stats=json.dumps({"numRecords": self._file_rows}),
+                stats=json.dumps({"numRecords": f.rows}),
             )
         )
 
-    def _abort_file(self) -> None:
-        writer, sink = self._writer, self._sink
-        self._writer = self._sink = self._file = None
-        for closeable in (writer, sink):
-            if closeable is not None:
-                with contextlib.suppress(Exception):
-                    closeable.close()
+    def _close_all(self) -> None:
+        while self._files.open:
+            self._close(next(iter(self._files.open)))
 
     # ---- commits ----------------------------------------------------------
 
-    def _commit(self) -> None:
+    def _commit(self, batches: int, rows: int) -> None:
         """Add the pending files to the log in one commit, retrying conflicts."""
         attempt = 0
         while True:
             try:
-                self._commit_once()
+                self._commit_once(batches, rows)
                 break
-            except CommitFailedError:
+            except CommitFailedError as exc:
                 attempt += 1
                 if attempt > self.store.commit_retries:
-                    raise
-                time.sleep(min(0.05 * 2**attempt, 1.0))
-        self.store.commits += 1
-        committed = {self.path / action.path for action in self._pending}
-        self._files = [f for f in self._files if f not in committed]
-        self._pending = []
+                    raise StorageError(
+                        f"Delta commit to {self.table!r} still conflicted after "
+                        f"{attempt} attempts: {exc}"
+                    ) from None
+                self.store.conflicts_retried += 1
+                delay = min(0.05 * 2**attempt, 2.0)
+                time.sleep(delay * (0.5 + random.random()))
+        if self.replay is not None:  # another request with our key committed first
+            return
+        self.store.committed(self.table, self.options)
+        self._files.made = []  # every file is in the log now
+        self._files.pending = []
+        self._made_dirs = []
+        self._checkpoint()
 
-    def _commit_once(self) -> None:
+    def _properties(self, batches: int, rows: int, commit_id: str) -> CommitProperties:
+        meta: dict[str, Any] = {META_COMMIT: commit_id, META_ROWS: rows, META_BATCHES: batches}
+        if self.key is None:
+            return CommitProperties(custom_metadata=meta)
+        return CommitProperties(
+            custom_metadata={**meta, META_KEY: self.key},
+            app_transactions=[Transaction(KEY_PREFIX + self.key, 1)],
+        )
+
+    def _committed_version(self, read_version: int, commit_id: str) -> int | None:
+        """The version our commit landed at (later than read + 1 if others won races)."""
+        dt = self.store.open_table(self.table)
+        if dt is None:
+            return None
+        for commit in dt.history(max(dt.version() - read_version, 1)):
+            if commit.get(META_COMMIT) == commit_id:
+                version = commit.get("version")
+                return int(version) if version is not None else None
+        return None
+
+    def _commit_once(self, batches: int, rows: int) -> None:
+        commit_id = uuid.uuid4().hex
+        props = self._properties(batches, rows, commit_id)
         existing = self.store.open_table(self.table)
         if existing is None:
             try:
                 create_table_with_add_actions(
-                    str(self.path), self.delta_schema, list(self._pending), mode="error"
+                    str(self.path),
+                    self.delta_schema,
+                    list(self._files.pending),
+                    mode="error",
+                    partition_by=list(self.partition_by) or None,
+                    configuration=self.store.table_properties(self.partition_by),
+                    commit_properties=props,
                 )
+                self.version = 0
                 return
             except DeltaError:
                 existing = self.store.open_table(self.table)
                 if existing is None:
                     raise
                 # another writer created it first: append instead, if schemas agree
-        schema = existing.schema()
-        incoming = _delta_columns(self.delta_schema)
-        check_subset(self.table, incoming, _delta_columns(schema))
-        if _delta_columns(schema) != incoming:  # another writer made it first
+        if self.key is not None:
+            self.replay = self.store.find_replay(existing, self.key)
+            if self.replay is not None:
+                return
+        schema = self._table_schema(existing)
+        read_version = existing.version()
+        if list(existing.metadata().partition_columns) != list(self.partition_by):
             raise SchemaMismatchError(
-                f"table {self.table!r} was created concurrently with another schema"
+                f"table {self.table!r} was created concurrently with other partition columns"
             )
-        existing.create_write_transaction(list(self._pending), mode="append", schema=schema)
+        existing.create_write_transaction(
+            list(self._files.pending),
+            mode="append",
+            schema=schema,
+            partition_by=list(self.partition_by) or None,
+            commit_properties=props,
+        )
+        self.version = self._committed_version(read_version, commit_id)
+
+    def _table_schema(self, existing: DeltaTable) -> Schema:
+        """The table's schema, with this write's new columns added first (merge mode)."""
+        schema = existing.schema()
+        have = {f.name.lower() for f in schema.fields}
+        new = [f for f in self.delta_schema.fields if f.name.lower() not in have]
+        check_subset(
+            self.table,
+            [c for c in _delta_columns(self.delta_schema) if c.name.lower() in have],
+            _delta_columns(schema),
+        )
+        if new:
+            if self.options.schema_mode == "strict":
+                raise SchemaMismatchError(
+                    f"table {self.table!r} no longer has columns "
+                    f"{', '.join(f.name for f in new)} (it changed while this request was "
+                    "written; schema_mode: strict)"
+                )
+            existing.alter.add_columns(new)
+            existing.update_incremental()
+            schema = existing.schema()
+        return schema
+
+    def _checkpoint(self) -> None:
+        """A checkpoint every ``checkpoint_interval`` versions, for tables whose
+        own ``delta.checkpointInterval`` (which delta-rs obeys) differs."""
+        interval = self.store.checkpoint_interval
+        version = self.version
+        if version is None or version == 0 or version % interval:
+            return
+        dt = self.store.open_table(self.table)
+        if dt is None or dt.metadata().configuration.get("delta.checkpointInterval") == str(
+            interval
+        ):
+            return
+        try:
+            dt.create_checkpoint()
+        except DeltaError as exc:  # the commit stands; a later checkpoint covers it
+            log.warning("checkpoint of %s at version %d failed: %s", self.table, version, exc)
 
     def _run(self, fn: Any, *args: Any) -> None:
         if self._done:

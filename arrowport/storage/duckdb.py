@@ -266,13 +266,29 @@ class DuckDBStore:
 
     # -- writing ------------------------------------------------------------
 
-    def open_write(self, table: str, schema: pa.Schema, *, commit: str = "request") -> TableWrite:
+    def open_write(
+        self,
+        table: str,
+        schema: pa.Schema,
+        *,
+        commit: str = "request",
+        options: object = None,
+        idempotency_key: str | None = None,
+    ) -> TableWrite:
         """Start one request's write into ``table`` (request or batch commit mode).
 
         Checks the schema against the table (422 on a mismatch) before any
         data is read. The returned ``TableWrite`` is used from one thread at
-        a time and must end with ``finish()`` or ``rollback()``.
+        a time and must end with ``finish()`` or ``rollback()``. ``options``
+        (Delta's) do not apply; idempotency keys are not supported yet.
         """
+        if idempotency_key is not None:
+            raise WriteRejectedError(
+                "idempotency keys are supported by the delta backend only in this release; "
+                "send this stream to Delta (POST /delta/{table}) or drop the key",
+                error="idempotency_unsupported",
+                http_status=400,
+            )
         dupes = duplicate_names(schema.names)
         if dupes:
             self.schema_mismatches += 1

@@ -24,6 +24,8 @@ class WriteResult:
     rows: int
     batches: int
     created: bool
+    version: int | None = None  # Delta: the table version this write committed
+    replayed: bool = False  # an idempotency key already committed: nothing was written
 
 
 class TableWrite:

@@ -8,6 +8,7 @@ import pyarrow as pa
 import pytest
 from deltalake import DeltaTable
 
+from arrowport.config import DeltaOptions
 from arrowport.names import InvalidNameError
 from arrowport.storage import DeltaStore, SchemaMismatchError, WriteRejectedError
 
@@ -76,7 +77,7 @@ def test_rollback_leaves_no_version_and_no_files(store: DeltaStore, tmp_path: Pa
     path = tmp_path / "lake" / "t"
     _write(store, "t", _batches(1))
     before = _data_files(path)
-    w = DeltaStore(tmp_path / "lake", target_file_size=1).open_write("t", _batches(1)[0].schema)
+    w = DeltaStore(tmp_path / "lake", defaults=DeltaOptions(target_file_size=1)).open_write("t", _batches(1)[0].schema)
     w.insert(_batches(3))
     assert len(_data_files(path)) == len(before) + 3  # the files really were written
     w.rollback()
@@ -107,7 +108,9 @@ def test_rollback_after_finish_is_a_no_op(store: DeltaStore, tmp_path: Path) -> 
 
 def test_large_write_rolls_files_and_commits_once(tmp_path: Path) -> None:
     """Files roll at target_file_size and all land in one version."""
-    store = DeltaStore(tmp_path / "lake", target_file_size=64 * 1024, compression="none")
+    store = DeltaStore(
+        tmp_path / "lake", defaults=DeltaOptions(target_file_size=64 * 1024, compression="none")
+    )
     store.open()
     batches = _batches(40, rows=5_000)
     _write(store, "big", batches)
@@ -160,11 +163,11 @@ def test_symlinked_table_leaving_the_root_is_refused(store: DeltaStore, tmp_path
 
 
 def test_schema_conflict_names_the_column(store: DeltaStore, tmp_path: Path) -> None:
-    """An extra or retyped column is refused, named, and nothing is committed."""
+    """strict: an extra or retyped column is refused, named, and nothing is committed."""
     _write(store, "t", _batches(1))
     extra = pa.schema([("a", pa.int64()), ("zz", pa.string())])
-    with pytest.raises(SchemaMismatchError, match="zz") as info:
-        store.open_write("t", extra)
+    with pytest.raises(SchemaMismatchError, match="zz.*schema_mode: strict") as info:
+        store.open_write("t", extra, options=DeltaOptions(schema_mode="strict"))
     assert info.value.extra == ("zz",)
     retyped = pa.schema([("a", pa.string())])
     with pytest.raises(SchemaMismatchError, match="a"):
