@@ -32,6 +32,7 @@ from ..names import validate_idempotency_key
 from ..protocol import NEED_DATA, ArrowportError, GrpcStatus
 from ..protocol.flight import DescriptorReceived, FlightDataDecoder
 from ..protocol.flight_pb import (
+    DESCRIPTOR_CMD,
     DESCRIPTOR_PATH,
     Action,
     ActionType,
@@ -51,6 +52,7 @@ from .flight_messages import (
     ack_json,
     action_table,
     bad_request,
+    descriptor_backend,
     descriptor_name,
     descriptor_target,
     not_grpc,
@@ -126,10 +128,10 @@ class FlightService:
             return
         await call.finish(GrpcStatus.OK)
 
-    def store(self) -> Any:
-        return (
-            self.state.store_for(self.state.config.storage_backend) or self.state.stores["duckdb"]
-        )
+    def store(self, backend: str | None = None) -> Any:
+        """The store of ``backend``; by default, of the config's default backend."""
+        name = backend or self.state.config.storage_backend
+        return self.state.store_for(name) or self.state.stores["duckdb"]
 
     async def _thread(self, fn: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
         return await trio.to_thread.run_sync(lambda: fn(*args, **kwargs))
@@ -144,50 +146,72 @@ class FlightService:
 
     # -- metadata -----------------------------------------------------------
 
-    def _flight_info(self, info: Any) -> FlightInfo:
+    def _flight_info(self, info: Any, backend: str) -> FlightInfo:
+        """A table of the default backend is named by its path and a plain
+        ticket; one of the other backend by JSON naming the backend."""
         name = info.name
+        if backend == self.state.config.storage_backend:
+            descriptor = FlightDescriptor(type=DESCRIPTOR_PATH, path=(name,))
+            ticket = name.encode()
+        else:
+            spec = json.dumps({"table": name, "backend": backend}).encode()
+            descriptor = FlightDescriptor(type=DESCRIPTOR_CMD, cmd=spec)
+            ticket = spec
         return FlightInfo(
             schema=info.schema.serialize().to_pybytes(),
-            flight_descriptor=FlightDescriptor(type=DESCRIPTOR_PATH, path=(name,)),
-            endpoint=(FlightEndpoint(ticket=Ticket(ticket=name.encode())),),
+            flight_descriptor=descriptor,
+            endpoint=(FlightEndpoint(ticket=Ticket(ticket=ticket)),),
             total_records=info.rows,
             total_bytes=info.bytes,
         )
 
     async def list_flights(self, call: GrpcCall) -> None:
+        """Every table: DuckDB's, then the Delta tables under the Delta root."""
         Criteria.decode(await call.unary_request("Criteria"))  # no filtering: every table
-        for info in await self._thread(self.store().list_tables):
-            await call.send_message(self._flight_info(info).encode())
+        for backend in ("duckdb", "delta"):
+            for info in await self._thread(self.store(backend).list_tables):
+                await call.send_message(self._flight_info(info, backend).encode())
 
-    async def _described_table(self, call: GrpcCall) -> Any:
+    async def _described_table(self, call: GrpcCall) -> tuple[Any, str]:
         descriptor = FlightDescriptor.decode(await call.unary_request("FlightDescriptor"))
+        table, backend = descriptor_backend(descriptor)
+        if table is not None and backend is not None:
+            return await self._thread(self.store(backend).table_info, table), backend
         name = descriptor_name(descriptor)
+        backend = self.state.config.storage_backend
         store = self.store()
         try:
-            return await self._thread(store.table_info, name)
+            return await self._thread(store.table_info, name), backend
         except ArrowportError as exc:
             if exc.grpc_status is not GrpcStatus.NOT_FOUND:
                 raise
             route = self.state.config.route(name)  # a stream name: look up its table
-            if route.table.lower() == name.lower():
+            if route.table.lower() == name.lower() and route.backend == backend:
                 raise
-            return await self._thread(store.table_info, route.table)
+            store = self.store(route.backend)
+            return await self._thread(store.table_info, route.table), route.backend
 
     async def get_flight_info(self, call: GrpcCall) -> None:
-        info = await self._described_table(call)
-        await call.send_message(self._flight_info(info).encode())
+        info, backend = await self._described_table(call)
+        await call.send_message(self._flight_info(info, backend).encode())
 
     async def get_schema(self, call: GrpcCall) -> None:
-        info = await self._described_table(call)
+        info, _ = await self._described_table(call)
         await call.send_message(SchemaResult(schema=info.schema.serialize().to_pybytes()).encode())
 
     # -- DoGet --------------------------------------------------------------
 
     async def do_get(self, call: GrpcCall) -> None:
         ticket = Ticket.decode(await call.unary_request("Ticket"))
-        table, columns, limit = parse_ticket(ticket.ticket)
+        spec = parse_ticket(ticket.ticket)
+        extra = {} if spec.version is None else {"version": spec.version}
         reader = await self._thread(
-            self.store().scan, table, columns=columns, limit=limit, batch_rows=DOGET_BATCH_ROWS
+            self.store(spec.backend).scan,
+            spec.table,
+            columns=spec.columns,
+            limit=spec.limit,
+            batch_rows=DOGET_BATCH_ROWS,
+            **extra,
         )
         sink = MessageSink()
         try:

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import base64
 import json
+from dataclasses import dataclass
 from typing import Any
 
 import pyarrow as pa
@@ -52,15 +53,33 @@ def descriptor_target(descriptor: FlightDescriptor) -> tuple[str, str | None]:
     raise bad_request("the descriptor names no stream: set its path or its cmd")
 
 
-def parse_ticket(raw: bytes) -> tuple[str, list[str] | None, int | None]:
-    """A table name, or JSON ``{"table": …, "columns": […], "limit": …}``."""
+@dataclass(frozen=True, slots=True)
+class TicketSpec:
+    """What a DoGet ticket asks for."""
+
+    table: str
+    columns: list[str] | None = None
+    limit: int | None = None
+    backend: str | None = None  # None: the server's default backend
+    version: int | None = None  # Delta time travel
+
+
+TICKET_KEYS = ("table", "columns", "limit", "backend", "version")
+
+
+def parse_ticket(raw: bytes) -> TicketSpec:
+    """A table name, or JSON ``{"table", "columns", "limit", "backend", "version"}``.
+
+    ``version`` reads that version of a Delta table (time travel) and implies
+    ``"backend": "delta"``.
+    """
     if not raw.lstrip().startswith(b"{"):
-        return _text(raw, "ticket"), None, None
+        return TicketSpec(_text(raw, "ticket"))
     spec = _json_object(raw, "ticket")
-    unknown = set(spec) - {"table", "columns", "limit"}
+    unknown = set(spec) - set(TICKET_KEYS)
     if unknown:
         raise bad_request(
-            f"unknown ticket keys {sorted(unknown)}; a JSON ticket has table, columns, limit"
+            f"unknown ticket keys {sorted(unknown)}; a JSON ticket has {', '.join(TICKET_KEYS)}"
         )
     table = spec.get("table")
     if not isinstance(table, str):
@@ -70,10 +89,39 @@ def parse_ticket(raw: bytes) -> tuple[str, list[str] | None, int | None]:
         not isinstance(columns, list) or not all(isinstance(c, str) for c in columns)
     ):
         raise bad_request('ticket "columns" must be a list of column names')
-    limit = spec.get("limit")
-    if limit is not None and (isinstance(limit, bool) or not isinstance(limit, int) or limit < 0):
-        raise bad_request('ticket "limit" must be a non-negative integer')
-    return table, columns, limit
+    limit = _natural(spec.get("limit"), "limit")
+    version = _natural(spec.get("version"), "version")
+    backend = spec.get("backend")
+    if backend is not None and backend not in ("duckdb", "delta"):
+        raise bad_request('ticket "backend" must be "duckdb" or "delta"')
+    if version is not None:
+        if backend == "duckdb":
+            raise bad_request('ticket "version" applies to Delta tables only')
+        backend = "delta"
+    return TicketSpec(table, columns, limit, backend, version)
+
+
+def _natural(value: object, key: str) -> int | None:
+    if value is not None and (isinstance(value, bool) or not isinstance(value, int) or value < 0):
+        raise bad_request(f'ticket "{key}" must be a non-negative integer')
+    return value
+
+
+def descriptor_backend(descriptor: FlightDescriptor) -> tuple[str | None, str | None]:
+    """A JSON cmd's ``{"table": …, "backend": …}`` (as ListFlights describes
+    Delta tables), else ``(None, None)``."""
+    cmd = descriptor.cmd
+    if descriptor.path or not cmd or not cmd.lstrip().startswith(b"{"):
+        return None, None
+    spec = _json_object(cmd, "descriptor cmd")
+    backend, table = spec.get("backend"), spec.get("table")
+    if backend is None:
+        return None, None
+    if backend not in ("duckdb", "delta") or not isinstance(table, str):
+        raise bad_request(
+            'a descriptor cmd with "backend" ("duckdb" or "delta") needs "table": a table name'
+        )
+    return table, backend
 
 
 def action_table(body: bytes) -> str:

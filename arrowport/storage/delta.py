@@ -37,6 +37,7 @@ import re
 import time
 import uuid
 from collections import OrderedDict
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -58,6 +59,7 @@ from ..names import InvalidNameError, validate_idempotency_key, validate_name
 from .errors import SchemaMismatchError, StorageError, WriteRejectedError
 from .schema import Column, check_subset, duplicate_names
 from .table_write import WriteResult
+from .tables import TableInfo
 
 if TYPE_CHECKING:
     from ..config import Config
@@ -205,9 +207,17 @@ class DeltaStore:
         }
 
     def table_path(self, table: str) -> Path:
-        """The directory of ``table``; refuses names that would leave the root."""
+        """The directory of ``table``; refuses names that would leave the root.
+
+        Names are case-insensitive, as in DuckDB: an existing directory
+        spelled differently is the table's.
+        """
         validate_name(table, "table")
-        path = (self.root / table).resolve()
+        path = self.root / table
+        if not path.exists() and self.root.is_dir():
+            key = table.lower()
+            path = next((p for p in self.root.iterdir() if p.name.lower() == key), path)
+        path = path.resolve()
         if path.parent != self.root:
             raise InvalidNameError(f"table name {table!r} resolves outside the Delta root")
         return path
@@ -220,6 +230,33 @@ class DeltaStore:
             return DeltaTable(str(path))
         except DeltaError as exc:
             raise StorageError(f"cannot open Delta table {table!r}: {exc}") from None
+
+    # -- the read side, as DuckDBStore's (Flight): see ``delta_tables``
+
+    def list_tables(self) -> list[TableInfo]:
+        from . import delta_tables
+
+        return delta_tables.list_tables(self)
+
+    def table_info(self, name: str) -> TableInfo:
+        from . import delta_tables
+
+        return delta_tables.table_info(self, name)
+
+    def scan(
+        self,
+        table: str,
+        *,
+        columns: Sequence[str] | None = None,
+        limit: int | None = None,
+        batch_rows: int = 122_880,
+        version: int | None = None,
+    ) -> pa.RecordBatchReader:
+        from . import delta_tables
+
+        return delta_tables.scan(
+            self, table, version=version, columns=columns, limit=limit, batch_rows=batch_rows
+        )
 
     def table_properties(self, partition_by: tuple[str, ...] = ()) -> dict[str, str]:
         """The configuration a new table is created with."""

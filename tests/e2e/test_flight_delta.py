@@ -1,0 +1,133 @@
+"""Arrow Flight against the Delta backend: a real server, a stock pyarrow FlightClient,
+real Delta tables on disk."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pyarrow as pa
+import pyarrow.flight as fl
+import pytest
+from deltalake import DeltaTable
+from flight_helpers import assert_healthy, flight_client, get, ids, put_table
+from support import Server
+
+CONFIG = """
+delta_config: {table_path: ./lake}
+streams:
+  events: {storage_backend: delta}
+  plain: {}
+"""
+
+
+@pytest.fixture
+def server(server_factory: type[Server], tmp_path: Path) -> Server:
+    config = tmp_path / "arrowport.yaml"
+    config.write_text(CONFIG)
+    return server_factory(tmp_path, config=config).start()
+
+
+def _cmd(spec: dict[str, object]) -> fl.FlightDescriptor:
+    return fl.FlightDescriptor.for_command(json.dumps(spec).encode())
+
+
+def test_doput_to_a_delta_stream_commits_a_version_per_call(server: Server, tmp_path: Path) -> None:
+    """DoPut to a stream routed to Delta: one Delta version per call, acked with that version."""
+    client = flight_client(server)
+    first = put_table(client, "events", ids(0, 1000), max_chunksize=250)
+    second = put_table(client, "events", ids(1000, 500))
+    assert first == [
+        {
+            "stream": "events",
+            "table": "events",
+            "committed_rows": 1000,
+            "committed_batches": 4,
+            "version": 0,
+        }
+    ]
+    assert second[0]["version"] == 1 and second[0]["committed_rows"] == 500
+    dt = DeltaTable(str(tmp_path / "lake" / "events"))
+    assert dt.version() == 1
+    got = dt.to_pyarrow_table().column("id").to_pylist()
+    assert sorted(got) == list(range(1500))
+
+
+def test_doput_idempotency_key_in_the_descriptor_cmd_writes_once(
+    server: Server, tmp_path: Path
+) -> None:
+    """A retried DoPut with the same key is acked as a replay and writes nothing."""
+    client = flight_client(server)
+    target = _cmd({"stream": "events", "idempotency_key": "batch-0001"})
+    first = put_table(client, target, ids(0, 300))
+    again = put_table(client, target, ids(0, 300))
+    assert "replayed" not in first[0] and first[0]["committed_rows"] == 300
+    assert again[0]["replayed"] is True
+    assert again[0]["committed_rows"] == 300 and again[0]["version"] == first[0]["version"]
+    dt = DeltaTable(str(tmp_path / "lake" / "events"))
+    assert dt.version() == 0
+    assert dt.to_pyarrow_table().num_rows == 300
+    assert dt.transaction_version("arrowport:batch-0001") == 1
+
+
+def test_bad_idempotency_keys_are_refused_before_anything_is_written(
+    server: Server, tmp_path: Path
+) -> None:
+    """A malformed key (INVALID_ARGUMENT) or a key on a DuckDB stream writes nothing."""
+    client = flight_client(server)
+    with pytest.raises(pa.ArrowInvalid, match="idempotency key must be"):
+        put_table(client, _cmd({"stream": "events", "idempotency_key": "has space"}), ids(0, 5))
+    with pytest.raises(pa.ArrowInvalid, match="delta backend only"):
+        put_table(client, _cmd({"stream": "plain", "idempotency_key": "k"}), ids(0, 5))
+    with pytest.raises(pa.ArrowInvalid, match="must be a string"):
+        put_table(client, _cmd({"stream": "events", "idempotency_key": 7}), ids(0, 5))
+    assert not (tmp_path / "lake" / "events").exists()
+    assert_healthy(client)
+
+
+def test_doget_time_travel_and_listing(server: Server, tmp_path: Path) -> None:
+    """ListFlights lists Delta tables with a ticket that reads them; version tickets time-travel."""
+    client = flight_client(server)
+    put_table(client, "events", ids(0, 100))
+    put_table(client, "events", ids(100, 50))
+    put_table(client, "plain", ids(0, 7))  # DuckDB
+    infos = list(client.list_flights())
+    delta = [i for i in infos if not i.descriptor.path]
+    duck = [i for i in infos if i.descriptor.path]
+    assert [i.descriptor.path[0].decode() for i in duck] == ["plain"]
+    assert len(delta) == 1
+    spec = json.loads(delta[0].descriptor.command)
+    assert spec == {"table": "events", "backend": "delta"}
+    assert delta[0].total_records == 150
+    assert delta[0].schema.names == ["id"]
+    latest = client.do_get(delta[0].endpoints[0].ticket).read_all()
+    assert sorted(latest.column("id").to_pylist()) == list(range(150))
+
+    v0 = get(client, {"table": "events", "version": 0})
+    assert sorted(v0.column("id").to_pylist()) == list(range(100))
+    limited = get(client, {"table": "events", "version": 1, "limit": 10, "columns": ["id"]})
+    assert limited.num_rows == 10 and limited.schema.names == ["id"]
+
+    info = client.get_flight_info(_cmd({"table": "events", "backend": "delta"}))
+    assert info.total_records == 150
+    schema = client.get_schema(_cmd({"table": "events", "backend": "delta"})).schema
+    assert schema == pa.schema([("id", pa.int64())])
+    # a stream name routed to Delta describes its Delta table
+    assert client.get_flight_info(fl.FlightDescriptor.for_path("events")).total_records == 150
+
+
+def test_doget_errors_for_delta_tickets(server: Server) -> None:
+    """Bad Delta tickets get specific errors, and the server keeps serving."""
+    client = flight_client(server)
+    put_table(client, "events", ids(0, 10))
+    with pytest.raises(pa.ArrowInvalid, match="version 5 of table 'events' does not exist"):
+        get(client, {"table": "events", "version": 5})
+    with pytest.raises(KeyError, match="does not exist"):
+        get(client, {"table": "nothere", "backend": "delta"})
+    with pytest.raises(pa.ArrowInvalid, match="Delta tables only"):
+        get(client, {"table": "events", "backend": "duckdb", "version": 0})
+    with pytest.raises(pa.ArrowInvalid, match='"backend" must be'):
+        get(client, {"table": "events", "backend": "parquet"})
+    with pytest.raises(pa.ArrowInvalid, match="non-negative integer"):
+        get(client, {"table": "events", "version": -1})
+    assert_healthy(client)
