@@ -444,8 +444,11 @@ def _delta_options(raw: Mapping[str, Any], key: str) -> DeltaOptions:
     )
 
 
+_DELTA_CONFIG_KEYS = set(DeltaConfig.__dataclass_fields__)
+
+
 def _delta_config(raw: Mapping[str, Any], key: str) -> DeltaConfig:
-    _check_keys(raw, set(DeltaConfig.__dataclass_fields__), f"{key}.")
+    _check_keys(raw, _DELTA_CONFIG_KEYS, f"{key}.")
     base = DeltaConfig()
     return DeltaConfig(
         table_path=_str(raw.get("table_path", base.table_path), f"{key}.table_path"),

@@ -70,6 +70,41 @@ def test_precedence_file_env_flags(tmp_path: Path) -> None:
         ({"limits": {"max_body_size": "lots"}}, "limits.max_body_size"),
         ({"limtis": {}}, "limtis"),
         ({"delta_config": {"table_pth": "x"}}, "delta_config.table_pth"),
+        ({"delta_config": {"checkpoint_interval": 0}}, "delta_config.checkpoint_interval"),
+        ({"delta_config": {"compact_every": -1}}, "delta_config.compact_every"),
+        ({"delta_config": {"enable_cdc": "maybe"}}, "delta_config.enable_cdc"),
+        (
+            {"streams": {"s": {"delta_options": {"schema_mode": "loose"}}}},
+            "streams.s.delta_options.schema_mode",
+        ),
+        (
+            {"streams": {"s": {"delta_options": {"compression": "brotli"}}}},
+            "streams.s.delta_options.compression.algorithm",
+        ),
+        (
+            {"streams": {"s": {"delta_options": {"compression": "snappy:3"}}}},
+            "streams.s.delta_options.compression.level",
+        ),
+        (
+            {"streams": {"s": {"delta_options": {"compression": "zstd:40"}}}},
+            "streams.s.delta_options.compression.level",
+        ),
+        (
+            {"streams": {"s": {"delta_options": {"target_file_size": "10KB"}}}},
+            "streams.s.delta_options.target_file_size",
+        ),
+        (
+            {"streams": {"s": {"delta_options": {"partition_by": ["a-b"]}}}},
+            "streams.s.delta_options.partition_by",
+        ),
+        (
+            {"streams": {"s": {"delta_options": {"partition_by": ["a", "A"]}}}},
+            "streams.s.delta_options.partition_by",
+        ),
+        (
+            {"streams": {"s": {"delta_options": {"partition_by": "d", "z_order_by": "d"}}}},
+            "streams.s.delta_options.z_order_by",
+        ),
     ],
 )
 def test_errors_name_the_key(raw: dict[str, object], key: str) -> None:
@@ -164,3 +199,59 @@ def test_stream_routing_is_case_insensitive() -> None:
         "batch",
         True,
     )
+
+
+def test_delta_settings_parse_into_typed_options() -> None:
+    """delta_config and delta_options become typed settings; the defaults are documented ones."""
+    config = parse_config(
+        {
+            "delta_config": {"table_path": "lake", "enable_cdc": "yes", "compact_every": 5},
+            "streams": {
+                "ev": {
+                    "storage_backend": "delta",
+                    "delta_options": {
+                        "partition_by": "day, region",
+                        "z_order_by": ["id"],
+                        "target_file_size": "64MiB",
+                        "compression": "zstd:9",
+                        "schema_mode": "strict",
+                    },
+                }
+            },
+        }
+    )
+    delta = config.delta_config
+    assert (delta.table_path, delta.enable_cdc, delta.compact_every) == ("lake", True, 5)
+    assert (delta.version_retention_hours, delta.checkpoint_interval) == (168.0, 100)
+    route = config.route("ev")
+    assert route.backend == "delta"
+    assert route.delta.partition_by == ("day", "region")
+    assert route.delta.z_order_by == ("id",)
+    assert route.delta.target_file_size == 64 * 1024**2
+    assert (route.delta.compression, route.delta.compression_level) == ("zstd", 9)
+    assert route.delta.schema_mode == "strict"
+    plain = config.route("other").delta
+    assert (plain.compression, plain.schema_mode, plain.partition_by) == ("snappy", "merge", ())
+
+
+def test_delta_route_takes_the_options_of_the_stream_writing_that_table() -> None:
+    """POST /delta/{table} writes Delta with the options of the stream targeting the table."""
+    config = parse_config(
+        {"streams": {"ev": {"target_table": "Events", "delta_options": {"partition_by": ["d"]}}}}
+    )
+    route = config.delta_route("events")
+    assert (route.table, route.backend, route.commit) == ("events", "delta", "request")
+    assert route.delta.partition_by == ("d",)
+    assert config.delta_route("other").delta.partition_by == ()
+
+
+def test_delta_path_from_the_environment_and_flags(tmp_path: Path) -> None:
+    """ARROWPORT_DELTA_PATH overrides the file's table_path; a flag override wins over both."""
+    path = tmp_path / "c.yaml"
+    path.write_text("delta_config: {table_path: from_file, enable_cdc: true}\n")
+    env = {"ARROWPORT_DELTA_PATH": "from_env"}
+    config = load_config(path, env=env)
+    assert config.delta_config.table_path == "from_env"
+    assert config.delta_config.enable_cdc is True  # the rest of the file's section stays
+    flagged = load_config(path, env=env, overrides={"delta_config.table_path": "from_flag"})
+    assert flagged.delta_config.table_path == "from_flag"
