@@ -149,12 +149,15 @@ class Server:
         raise AssertionError(f"{text!r} not logged:\n" + "".join(self.log))
 
 
-def start_upload(url: str, stream: str, total: int, body: bytes = b"") -> socket.socket:
-    """Open a raw HTTP/1.1 upload with ``Content-Length: total`` and send ``body`` of it."""
+def start_upload(
+    url: str, stream: str, total: int, body: bytes = b"", *, path: str | None = None
+) -> socket.socket:
+    """Open a raw HTTP/1.1 upload with ``Content-Length: total`` and send ``body`` of it
+    (to ``/ingest/{stream}``, or ``path``)."""
     u = httpx.URL(url)
     sock = socket.create_connection((u.host, u.port))
     sock.sendall(
-        f"POST /ingest/{stream} HTTP/1.1\r\nHost: x\r\nContent-Type: {ARROW}\r\n"
+        f"POST {path or f'/ingest/{stream}'} HTTP/1.1\r\nHost: x\r\nContent-Type: {ARROW}\r\n"
         f"Content-Length: {total}\r\n\r\n".encode()
         + body
     )

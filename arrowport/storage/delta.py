@@ -522,11 +522,11 @@ class DeltaWrite:
     def _finish(self) -> None:
         self._close_all()
         if self.replay is None and (
-            self.mode == "request"
-            or self._files.pending
-            or self.store.open_table(self.table) is None
+            self._files.pending
+            or (self.key is not None and self.mode == "request")  # the key is recorded
+            or self.store.open_table(self.table) is None  # a new table appears with no rows
         ):
-            self._commit(self.batches, self.rows)  # a new table appears even with no rows
+            self._commit(self.batches, self.rows)
         self._done = True
         if self.replay is not None:
             self._discard()

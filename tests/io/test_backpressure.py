@@ -90,3 +90,34 @@ def test_large_upload_memory_does_not_scale_with_request(
     print(f"idle {idle:.0f} MB, peak {peak:.0f} MB, body {len(data) / 2**20:.0f} MB")
     assert peak - idle < 256, f"RSS grew {peak - idle:.0f} MB for a {len(data) >> 20} MB body"
     assert server.query("SELECT count(*) FROM big") == [(20_000_000,)]
+
+
+def test_large_delta_upload_memory_does_not_scale_with_request(
+    server_factory: type[Server], tmp_path: Path
+) -> None:
+    """A 640 MB upload into Delta is written file by file: RSS grows by far less than the body
+    (delta-rs's own writer may collect a whole reader in memory, delta-rs #2968)."""
+    from deltalake import DeltaTable
+
+    config = tmp_path / "arrowport.yaml"
+    config.write_text(
+        "delta_config: {table_path: lake}\nlimits: {queue_depth: 2}\n"
+        "streams:\n  big: {delta_options: {target_file_size: 64MiB}}\n"
+    )
+    server = server_factory(tmp_path, config=config).start()
+    assert server.proc is not None
+    pid = server.proc.pid
+    data, _ = _big_stream(80, rows=250_000)  # 80 batches of 8 MB
+    idle = _rss_mb(pid)
+    sock = start_upload(server.url, "big", len(data), path="/delta/big")
+    sock.sendall(data)
+    status = read_response(sock).split(b"\r\n")[0]
+    sock.close()
+    peak = _rss_mb(pid, "VmHWM")
+    assert b" 200 " in status
+    print(f"delta: idle {idle:.0f} MB, peak {peak:.0f} MB, body {len(data) / 2**20:.0f} MB")
+    assert peak - idle < 256, f"RSS grew {peak - idle:.0f} MB for a {len(data) >> 20} MB body"
+    table = DeltaTable(str(tmp_path / "lake" / "big"))
+    assert table.version() == 0
+    assert table.count() == 20_000_000
+    assert len(table.file_uris()) >= 2  # rolled over at target_file_size
