@@ -267,19 +267,6 @@ def test_port_in_use_fails_with_a_clear_message(server: Server, tmp_path: Path) 
     server.assert_serving()
 
 
-def test_delta_backend_is_refused_honestly(tmp_path: Path) -> None:
-    """--backend delta says it is not available in this release instead of failing later."""
-    out = subprocess.run(
-        [sys.executable, "-m", "arrowport", "serve", "--backend", "delta"],
-        capture_output=True,
-        text=True,
-        timeout=60,
-        cwd=tmp_path,
-    )
-    assert out.returncode == 2 and "delta backend is not available" in out.stderr
-    assert not (tmp_path / "arrowport.duckdb").exists()
-
-
 def test_stream_names_are_case_insensitive_in_routing_and_counts(
     server_factory: type[Server], tmp_path: Path
 ) -> None:

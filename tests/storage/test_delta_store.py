@@ -77,7 +77,9 @@ def test_rollback_leaves_no_version_and_no_files(store: DeltaStore, tmp_path: Pa
     path = tmp_path / "lake" / "t"
     _write(store, "t", _batches(1))
     before = _data_files(path)
-    w = DeltaStore(tmp_path / "lake", defaults=DeltaOptions(target_file_size=1)).open_write("t", _batches(1)[0].schema)
+    w = DeltaStore(tmp_path / "lake", defaults=DeltaOptions(target_file_size=1)).open_write(
+        "t", _batches(1)[0].schema
+    )
     w.insert(_batches(3))
     assert len(_data_files(path)) == len(before) + 3  # the files really were written
     w.rollback()
@@ -166,7 +168,7 @@ def test_schema_conflict_names_the_column(store: DeltaStore, tmp_path: Path) -> 
     """strict: an extra or retyped column is refused, named, and nothing is committed."""
     _write(store, "t", _batches(1))
     extra = pa.schema([("a", pa.int64()), ("zz", pa.string())])
-    with pytest.raises(SchemaMismatchError, match="zz.*schema_mode: strict") as info:
+    with pytest.raises(SchemaMismatchError, match=r"zz.*schema_mode: strict") as info:
         store.open_write("t", extra, options=DeltaOptions(schema_mode="strict"))
     assert info.value.extra == ("zz",)
     retyped = pa.schema([("a", pa.string())])

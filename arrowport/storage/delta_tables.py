@@ -1,0 +1,682 @@
+"""Reading and maintaining the Delta tables of a ``DeltaStore``.
+
+Invariants:
+
+* Plain synchronous functions for worker threads (and the CLI); each takes
+  the store first, opens the table afresh (no state is cached between
+  calls), and reads one version of it.
+* A table is a directory under the store's root whose name is a valid
+  Arrowport identifier and which holds a Delta log. Names resolve like
+  DuckDB's: the exact spelling first, then ignoring case; ``_arrowport*``
+  directories are Arrowport's own and do not exist for readers.
+* Every argument is checked before any row is read or anything is changed:
+  ``InvalidNameError``/``InvalidReadError``/``ColumnNotFoundError`` (400),
+  ``TableNotFoundError`` (404). A delta-rs, Arrow or OS failure is a
+  ``StorageError`` naming the table and the operation.
+* Readers (``scan``, ``changes``) stream: memory is bounded by the scanner's
+  read-ahead, never by the size of the table.
+* Results meant for humans or JSON (``describe``, ``history``, ``restore``,
+  ``optimize``) hold only JSON types.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import logging
+import math
+import os
+from collections.abc import Iterator, Sequence
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+from urllib.parse import unquote, urlparse
+
+import pyarrow as pa
+import pyarrow.compute as pc
+import pyarrow.dataset as ds
+from deltalake import DeltaTable
+from deltalake.exceptions import DeltaError
+from deltalake.exceptions import TableNotFoundError as DeltaTableNotFound
+
+from ..names import InvalidNameError
+from .errors import (
+    ColumnNotFoundError,
+    InvalidReadError,
+    StorageError,
+    TableNotFoundError,
+)
+from .tables import TableInfo, is_internal, valid_table_name
+
+if TYPE_CHECKING:
+    from .delta import DeltaStore
+
+log = logging.getLogger("arrowport.storage")
+
+CDF_PROPERTY = "delta.enableChangeDataFeed"
+CDF_COLUMNS = ("_change_type", "_commit_version", "_commit_timestamp")
+# Scanner read-ahead: what bounds a scan's memory (files x batches in flight).
+FRAGMENT_READAHEAD = 2
+BATCH_READAHEAD = 4
+
+# -- names -------------------------------------------------------------------
+
+
+def _is_table(path: Path) -> bool:
+    return (path / "_delta_log").is_dir() and DeltaTable.is_deltatable(str(path))
+
+
+def table_names(store: DeltaStore) -> list[str]:
+    """The Delta tables under the root, sorted by name ignoring case."""
+    try:
+        entries = list(os.scandir(store.root))
+    except FileNotFoundError:
+        return []
+    except OSError as exc:
+        raise StorageError(f"cannot list the Delta root {str(store.root)!r}: {exc}") from None
+    names = []
+    for entry in entries:
+        if not entry.is_dir(follow_symlinks=False) or is_internal(entry.name):
+            continue
+        try:
+            valid_table_name(entry.name)
+        except InvalidNameError:
+            continue
+        if _is_table(Path(entry.path)):
+            names.append(entry.name)
+    return sorted(names, key=lambda name: (name.lower(), name))
+
+
+def resolve(store: DeltaStore, name: str) -> str:
+    """The stored spelling of table ``name``; ``TableNotFoundError`` if none."""
+    table = valid_table_name(name)
+    if not is_internal(table):
+        path = store.table_path(table)  # may already match another case
+        if _is_table(path):
+            return path.name
+        for found in table_names(store):
+            if found.lower() == table.lower():
+                return found
+    raise TableNotFoundError.named(table, table_names(store))
+
+
+def _load(store: DeltaStore, table: str, version: int | None = None) -> DeltaTable:
+    """The Delta table ``table`` (already resolved), at ``version`` or the latest."""
+    path = str(store.table_path(table))
+    try:
+        return DeltaTable(path, version=version)
+    except DeltaTableNotFound:
+        raise TableNotFoundError.named(table, table_names(store)) from None
+    except (DeltaError, OSError) as exc:
+        if version is not None:
+            raise InvalidReadError(
+                f"version {version} of table {table!r} cannot be loaded "
+                f"(its log entries may have expired): {_first_line(exc)}"
+            ) from None
+        raise _storage_error(table, "loading", exc) from None
+
+
+def _open(store: DeltaStore, name: str) -> tuple[str, DeltaTable]:
+    table = resolve(store, name)
+    return table, _load(store, table)
+
+
+# -- errors and JSON -----------------------------------------------------------
+
+
+def _first_line(exc: BaseException) -> str:
+    text = str(exc).strip()
+    return text.splitlines()[0] if text else type(exc).__name__
+
+
+def _storage_error(table: str, action: str, exc: BaseException) -> StorageError:
+    return StorageError(f"Delta table {table!r}: {action} failed: {_first_line(exc)}")
+
+
+def _iso(millis: object) -> str | None:
+    if isinstance(millis, bool) or not isinstance(millis, int | float):
+        return None
+    return datetime.fromtimestamp(millis / 1000, tz=UTC).isoformat()
+
+
+def _json_safe(value: Any) -> Any:
+    """``value`` with nested JSON text (as in optimize metrics) decoded."""
+    if isinstance(value, dict):
+        return {str(k): _json_safe(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [_json_safe(v) for v in value]
+    if isinstance(value, str) and value[:1] in "{[":
+        with contextlib.suppress(ValueError):
+            return json.loads(value)
+    if value is None or isinstance(value, bool | int | float | str):
+        return value
+    return str(value)
+
+
+def _latest(dt: DeltaTable) -> int:
+    return int(dt.version())
+
+
+def _check_version(table: str, version: object, latest: int, *, what: str = "version") -> int:
+    if isinstance(version, bool) or not isinstance(version, int):
+        raise InvalidReadError(f"{what} must be an integer, not {version!r}")
+    if version < 0 or version > latest:
+        raise InvalidReadError(
+            f"{what} {version} of table {table!r} does not exist; "
+            f"versions run from 0 to {latest} (the latest)"
+        )
+    return version
+
+
+def _check_limit(limit: object, what: str = "limit") -> int | None:
+    if limit is None:
+        return None
+    if isinstance(limit, bool) or not isinstance(limit, int) or limit < 0:
+        raise InvalidReadError(f"{what} must be a non-negative integer, not {limit!r}")
+    return limit
+
+
+def _columns(table: str, existing: Sequence[str], columns: Sequence[str] | None) -> list[str]:
+    """The stored spelling of ``columns`` (all of them for ``None``), matched ignoring case."""
+    if columns is None:
+        return list(existing)
+    if isinstance(columns, str):
+        raise InvalidReadError("columns must be a sequence of column names, not a string")
+    if not columns:
+        raise InvalidReadError("columns is empty: name at least one column, or omit it")
+    by_lower: dict[str, str] = {}
+    for name in existing:
+        by_lower.setdefault(name.lower(), name)
+    missing = [name for name in columns if name.lower() not in by_lower]
+    if missing:
+        raise ColumnNotFoundError.named(table, missing, list(existing))
+    chosen = [by_lower[name.lower()] for name in columns]
+    if len(set(chosen)) != len(chosen):
+        raise InvalidReadError("a column is requested more than once")
+    return chosen
+
+
+# -- describing --------------------------------------------------------------
+
+
+def _arrow_schema(dt: DeltaTable) -> pa.Schema:
+    """The schema a ``scan`` returns (the pyarrow dataset's, not the view types)."""
+    return dt.to_pyarrow_dataset().schema
+
+
+def _file_stats(dt: DeltaTable) -> tuple[int, int | None, int]:
+    """(files, rows from ``numRecords`` stats or None if a file lacks them, bytes)."""
+    actions = pa.table(dt.get_add_actions(flatten=True))
+    files = actions.num_rows
+    size = int(pc.sum(actions.column("size_bytes")).as_py() or 0) if files else 0
+    rows: int | None = 0
+    if files:
+        if "num_records" not in actions.column_names:
+            return files, None, size
+        counts = actions.column("num_records")
+        rows = None if counts.null_count else int(pc.sum(counts).as_py() or 0)
+    return files, rows, size
+
+
+def _info(table: str, dt: DeltaTable) -> tuple[TableInfo, int]:
+    files, rows, size = _file_stats(dt)
+    dataset = dt.to_pyarrow_dataset()
+    if rows is None:  # a file without stats: Parquet footers have exact counts
+        rows = dataset.count_rows()
+    return TableInfo(name=table, schema=dataset.schema, rows=rows, bytes=size), files
+
+
+def table_info(store: DeltaStore, name: str) -> TableInfo:
+    """``TableInfo`` of the latest version of ``name``.
+
+    ``rows`` is exact: the sum of the ``numRecords`` statistics of the data
+    files (Parquet footers when a file has none). ``bytes`` is the size of
+    the data files on disk (compressed Parquet), not the Arrow size a scan
+    yields: Delta keeps the former, and estimating the latter means reading.
+    """
+    table, dt = _open(store, name)
+    try:
+        return _info(table, dt)[0]
+    except (DeltaError, OSError, pa.ArrowException) as exc:
+        raise _storage_error(table, "reading the file list", exc) from None
+
+
+def list_tables(store: DeltaStore) -> list[TableInfo]:
+    """``TableInfo`` of every Delta table under the root, sorted by name.
+
+    A table that cannot be read (removed meanwhile, or a broken log) is
+    left out with a warning rather than failing the whole listing.
+    """
+    infos = []
+    for name in table_names(store):
+        try:
+            infos.append(table_info(store, name))
+        except (TableNotFoundError, StorageError) as exc:
+            log.warning("not listing Delta table %s: %s", name, exc.detail)
+    return infos
+
+
+def _delta_type(kind: Any) -> Any:
+    primitive = getattr(kind, "type", None)
+    if isinstance(primitive, str) and type(kind).__name__ == "PrimitiveType":
+        return primitive
+    with contextlib.suppress(Exception):
+        return json.loads(kind.to_json())
+    return str(kind)
+
+
+def cdc_enabled(dt: DeltaTable) -> bool:
+    """Whether the table's latest metadata turns on the change data feed."""
+    value = dt.metadata().configuration.get(CDF_PROPERTY)
+    return str(value).lower() == "true"
+
+
+def describe(store: DeltaStore, name: str) -> dict[str, Any]:
+    """A JSON-safe description of the latest version of ``name``.
+
+    Keys: table, path, version, files, size_bytes, rows, schema (name, type
+    as Arrow, delta_type, nullable), partition_by, properties, created,
+    last_modified (ISO 8601, UTC), cdc_enabled, protocol.
+    """
+    table, dt = _open(store, name)
+    try:
+        info, files = _info(table, dt)
+        metadata = dt.metadata()
+        protocol = dt.protocol()
+        last = dt.history(1)
+        fields = {f.name: f for f in dt.schema().fields}
+    except (DeltaError, OSError, pa.ArrowException) as exc:
+        raise _storage_error(table, "describing", exc) from None
+    return {
+        "table": table,
+        "path": str(store.table_path(table)),
+        "version": _latest(dt),
+        "files": files,
+        "size_bytes": info.bytes,
+        "rows": info.rows,
+        "schema": [
+            {
+                "name": field.name,
+                "type": str(field.type),
+                "delta_type": _delta_type(fields[field.name].type)
+                if field.name in fields
+                else None,
+                "nullable": field.nullable,
+            }
+            for field in info.schema
+        ],
+        "partition_by": list(metadata.partition_columns),
+        "properties": {str(k): _json_safe(v) for k, v in metadata.configuration.items()},
+        "created": _iso(metadata.created_time),
+        "last_modified": _iso(last[0].get("timestamp")) if last else None,
+        "cdc_enabled": cdc_enabled(dt),
+        "protocol": {
+            "min_reader_version": protocol.min_reader_version,
+            "min_writer_version": protocol.min_writer_version,
+            "reader_features": list(protocol.reader_features or []),
+            "writer_features": list(protocol.writer_features or []),
+        },
+    }
+
+
+# -- reading rows ------------------------------------------------------------
+
+
+def _local_path(uri: str) -> str | None:
+    parsed = urlparse(uri)
+    if parsed.scheme in ("", "file"):
+        return unquote(parsed.path) if parsed.scheme else uri
+    if len(parsed.scheme) == 1:  # a Windows drive letter
+        return uri
+    return None
+
+
+def _check_files(table: str, dt: DeltaTable) -> None:
+    """``StorageError`` if a data file of this version is gone (vacuumed)."""
+    missing = []
+    for uri in dt.file_uris():
+        path = _local_path(uri)
+        if path is not None and not os.path.exists(path):
+            missing.append(os.path.basename(path))
+    if missing:
+        raise StorageError(
+            f"version {dt.version()} of Delta table {table!r} can no longer be read: "
+            f"{len(missing)} of its data files are gone (removed by vacuum?), "
+            f"e.g. {missing[0]}"
+        )
+
+
+def _limited(
+    table: str, batches: Iterator[pa.RecordBatch], limit: int | None
+) -> Iterator[pa.RecordBatch]:
+    """``batches`` up to ``limit`` rows; Arrow and OS errors become ``StorageError``."""
+    left = limit
+    try:
+        for batch in batches:
+            if left is not None:
+                if left <= 0:
+                    return
+                if batch.num_rows > left:
+                    batch = batch.slice(0, left)
+                left -= batch.num_rows
+            yield batch
+    except (DeltaError, OSError, pa.ArrowException) as exc:
+        raise _storage_error(table, "reading", exc) from None
+
+
+def scan(
+    store: DeltaStore,
+    name: str,
+    *,
+    version: int | None = None,
+    columns: Sequence[str] | None = None,
+    limit: int | None = None,
+    batch_rows: int = 122_880,
+) -> pa.RecordBatchReader:
+    """Stream ``name`` at ``version`` (default: the latest), some ``columns`` of it.
+
+    The reader pulls batches of up to ``batch_rows`` rows from the Parquet
+    files as it is read (memory bounded by the scanner's read-ahead) and stops
+    after ``limit`` rows. It reads the one version resolved here, whatever is
+    committed meanwhile. Every argument error is raised before any row is read,
+    as is a ``StorageError`` if the version's files were vacuumed.
+    """
+    limit = _check_limit(limit)
+    if isinstance(batch_rows, bool) or not isinstance(batch_rows, int) or batch_rows < 1:
+        raise InvalidReadError(f"batch_rows must be a positive integer, not {batch_rows!r}")
+    table, dt = _open(store, name)
+    if version is not None:
+        _check_version(table, version, _latest(dt))
+        dt = _load(store, table, version)
+    try:
+        dataset = dt.to_pyarrow_dataset()
+    except (DeltaError, OSError, pa.ArrowException) as exc:
+        raise _storage_error(table, "opening a scan", exc) from None
+    selected = _columns(table, dataset.schema.names, columns)
+    _check_files(table, dt)
+    scanner = dataset.scanner(
+        columns=selected,
+        batch_size=batch_rows,
+        batch_readahead=BATCH_READAHEAD,
+        fragment_readahead=FRAGMENT_READAHEAD,
+    )
+    schema = scanner.projected_schema
+    if limit == 0:
+        return pa.RecordBatchReader.from_batches(schema, iter(()))
+    return pa.RecordBatchReader.from_batches(schema, _limited(table, _lazy(scanner), limit))
+
+
+def _lazy(scanner: ds.Scanner) -> Iterator[pa.RecordBatch]:
+    """The scanner's batches, starting the scan only when the first is asked for."""
+    yield from scanner.to_batches()
+
+
+_VIEW_TYPES = {pa.string_view(): pa.string(), pa.binary_view(): pa.binary()}
+
+
+def _feed_schema(raw: pa.Schema, names: Sequence[str]) -> pa.Schema:
+    """``raw``'s fields ``names`` in that order, view types made plain."""
+    fields = [raw.field(name) for name in names]
+    return pa.schema([f.with_type(_VIEW_TYPES.get(f.type, f.type)) for f in fields])
+
+
+def _conformed(
+    table: str, reader: pa.RecordBatchReader, schema: pa.Schema
+) -> Iterator[pa.RecordBatch]:
+    for batch in _limited(table, iter(reader), None):
+        batch = batch.select(schema.names)
+        yield batch if batch.schema == schema else batch.cast(schema)
+
+
+def changes(
+    store: DeltaStore,
+    name: str,
+    *,
+    from_version: int = 0,
+    to_version: int | None = None,
+    columns: Sequence[str] | None = None,
+) -> pa.RecordBatchReader:
+    """The change data feed of ``name`` for versions ``from_version..to_version``.
+
+    Each row carries ``_change_type`` (``insert``, ``delete``,
+    ``update_preimage``, ``update_postimage``), ``_commit_version`` and
+    ``_commit_timestamp``; those three are always included, after
+    ``columns``. Appends (add actions only, as Arrowport commits) read as
+    ``insert`` rows, and a restore's removals as ``delete`` rows. Rows are
+    not ordered by version. Columns come in the table's order (delta-rs puts
+    partition columns last) and view types (``string_view``) as their plain
+    equivalents. ``InvalidReadError`` (400) if the table does not
+    have ``delta.enableChangeDataFeed=true`` or a version is out of range.
+    """
+    table, dt = _open(store, name)
+    latest = _latest(dt)
+    if not cdc_enabled(dt):
+        raise InvalidReadError(
+            f"table {table!r} has no change data feed: its property "
+            f"{CDF_PROPERTY} is not true (set delta_config.enable_cdc before writing)"
+        )
+    start = _check_version(table, from_version, latest, what="from_version")
+    end = (
+        latest
+        if to_version is None
+        else _check_version(table, to_version, latest, what="to_version")
+    )
+    if start > end:
+        raise InvalidReadError(f"from_version {start} is after to_version {end}")
+    existing = [n for n in _arrow_schema(dt).names if n not in CDF_COLUMNS]
+    names = [*_columns(table, existing, columns), *CDF_COLUMNS]
+    selected = None if columns is None else names
+    try:
+        raw = pa.RecordBatchReader.from_stream(
+            dt.load_cdf(starting_version=start, ending_version=end, columns=selected)
+        )
+    except DeltaError as exc:
+        if "change data" in str(exc):  # CDF was turned on after from_version
+            raise InvalidReadError(
+                f"table {table!r} has no change data for some of versions {start}..{end}: "
+                f"{_first_line(exc)}"
+            ) from None
+        raise _storage_error(table, "reading changes", exc) from None
+    schema = _feed_schema(raw.schema, names)
+    return pa.RecordBatchReader.from_batches(schema, _conformed(table, raw, schema))
+
+
+def history(store: DeltaStore, name: str, limit: int | None = None) -> list[dict[str, Any]]:
+    """The commits of ``name``, newest first (at most ``limit``), JSON-safe.
+
+    Each entry: version, timestamp (ISO 8601, UTC), operation, parameters,
+    metrics, read_version, engine, and ``metadata``: the commit's custom
+    metadata (any other commitInfo keys), if any.
+    """
+    limit = _check_limit(limit)
+    table, dt = _open(store, name)
+    if limit == 0:
+        return []
+    try:
+        commits = dt.history(limit)
+    except (DeltaError, OSError) as exc:
+        raise _storage_error(table, "reading the history", exc) from None
+    return [_commit_entry(commit) for commit in commits]
+
+
+_KNOWN_COMMIT_KEYS = {
+    "version",
+    "timestamp",
+    "operation",
+    "operationParameters",
+    "operationMetrics",
+    "readVersion",
+    "engineInfo",
+    "clientVersion",
+    "isBlindAppend",
+    "isolationLevel",
+}
+
+
+def _commit_entry(commit: dict[str, Any]) -> dict[str, Any]:
+    entry: dict[str, Any] = {
+        "version": commit.get("version"),
+        "timestamp": _iso(commit.get("timestamp")),
+        "operation": commit.get("operation"),
+        "parameters": _json_safe(commit.get("operationParameters") or {}),
+        "metrics": _json_safe(commit.get("operationMetrics") or {}),
+        "read_version": commit.get("readVersion"),
+        "engine": commit.get("engineInfo") or commit.get("clientVersion"),
+    }
+    custom = {k: _json_safe(v) for k, v in commit.items() if k not in _KNOWN_COMMIT_KEYS}
+    if custom:
+        entry["metadata"] = custom
+    return entry
+
+
+# -- maintenance -------------------------------------------------------------
+
+
+def _retention(store: DeltaStore, retention_hours: float | None) -> tuple[int, bool]:
+    """(whole hours to keep, whether delta-rs should enforce the table's minimum)."""
+    explicit = retention_hours is not None
+    hours = store.version_retention_hours if retention_hours is None else retention_hours
+    if isinstance(hours, bool) or not isinstance(hours, int | float) or not math.isfinite(hours):
+        raise InvalidReadError(f"retention_hours must be a number of hours, not {hours!r}")
+    if hours < 0:
+        raise InvalidReadError(f"retention_hours must not be negative, got {hours!r}")
+    return math.ceil(hours), not explicit
+
+
+def vacuum(
+    store: DeltaStore,
+    name: str,
+    *,
+    retention_hours: float | None = None,
+    dry_run: bool = True,
+) -> list[str]:
+    """Data files of ``name`` no longer in any version younger than the retention.
+
+    Dry run (the default) only lists them; otherwise they are deleted and
+    returned, and then the log entries older than the table's
+    ``delta.logRetentionDuration`` (default 30 days) are expired as well
+    (``cleanup_metadata``: delta-rs does the same after each checkpoint).
+    Versions whose files are deleted can no longer be read or restored.
+
+    The retention defaults to the store's ``version_retention_hours`` and
+    must then respect the table's ``delta.deletedFileRetentionDuration``
+    (default 168 hours), else ``InvalidReadError``. A ``retention_hours``
+    given explicitly is the caller's decision and is not checked against that
+    minimum (``enforce_retention_duration=False``): 0 removes every file the
+    latest version does not use. Fractions of an hour round up (delta-rs
+    takes whole hours), so at least the asked-for time is kept. A real
+    vacuum adds two commits (VACUUM START and VACUUM END).
+    """
+    hours, enforce = _retention(store, retention_hours)
+    table, dt = _open(store, name)
+    try:
+        removed = dt.vacuum(
+            retention_hours=hours, dry_run=dry_run, enforce_retention_duration=enforce
+        )
+        if not dry_run:
+            _load(store, table).cleanup_metadata()
+    except DeltaError as exc:
+        if "retention period" in str(exc):
+            raise InvalidReadError(
+                f"table {table!r}: {_first_line(exc)}; pass retention_hours explicitly "
+                "to vacuum with a shorter retention"
+            ) from None
+        raise _storage_error(table, "vacuum", exc) from None
+    except OSError as exc:
+        raise _storage_error(table, "vacuum", exc) from None
+    return sorted(str(path) for path in removed)
+
+
+def restore(store: DeltaStore, name: str, version: int) -> dict[str, Any]:
+    """Make ``version`` of ``name`` the latest again, in a new commit.
+
+    Returns ``{table, restored_version, version (the new one), metrics}``.
+    Versions before the latest only (``InvalidReadError`` otherwise); a
+    version whose files were vacuumed cannot be restored (``StorageError``).
+    """
+    table, dt = _open(store, name)
+    latest = _latest(dt)
+    _check_version(table, version, latest)
+    if version == latest:
+        raise InvalidReadError(f"table {table!r} is already at version {latest}")
+    try:
+        metrics = dt.restore(version)
+    except DeltaError as exc:
+        if "missing file" in str(exc).lower():
+            raise StorageError(
+                f"cannot restore table {table!r} to version {version}: its data files "
+                f"were removed by vacuum ({_first_line(exc)})"
+            ) from None
+        raise _storage_error(table, "restore", exc) from None
+    except OSError as exc:
+        raise _storage_error(table, "restore", exc) from None
+    return {
+        "table": table,
+        "restored_version": version,
+        "version": _latest(_load(store, table)),
+        "metrics": _json_safe(metrics),
+    }
+
+
+def optimize(
+    store: DeltaStore,
+    name: str,
+    *,
+    z_order: Sequence[str] | None = None,
+    target_size: int | None = None,
+) -> dict[str, Any]:
+    """Compact the small files of ``name``, or z-order it by ``z_order`` columns.
+
+    Rewrites files in one commit that changes no data (``dataChange=false``:
+    the change data feed shows nothing). Returns ``{table, mode, version,
+    metrics}``; without anything to compact no commit is made. Columns are
+    matched ignoring case (``ColumnNotFoundError``); partition columns cannot
+    be z-ordered. ``target_size`` is in bytes (delta-rs default: the table's
+    ``delta.targetFileSize`` or 100 MiB).
+    """
+    if target_size is not None and (
+        isinstance(target_size, bool) or not isinstance(target_size, int) or target_size < 1
+    ):
+        raise InvalidReadError(
+            f"target_size must be a positive number of bytes, not {target_size!r}"
+        )
+    table, dt = _open(store, name)
+    columns: list[str] = []
+    if z_order is not None:
+        columns = _columns(table, _arrow_schema(dt).names, z_order)
+        partitions = {c.lower() for c in dt.metadata().partition_columns}
+        clash = [c for c in columns if c.lower() in partitions]
+        if clash:
+            raise InvalidReadError(
+                f"table {table!r} is partitioned by {', '.join(clash)}: "
+                "z-order orders data within partitions, so name other columns"
+            )
+    try:
+        if columns:
+            metrics = dt.optimize.z_order(columns, target_size=target_size)
+        else:
+            metrics = dt.optimize.compact(target_size=target_size)
+    except (DeltaError, OSError, pa.ArrowException) as exc:
+        raise _storage_error(table, "optimize", exc) from None
+    return {
+        "table": table,
+        "mode": "z_order" if columns else "compact",
+        "z_order": columns,
+        "version": _latest(_load(store, table)),
+        "metrics": _json_safe(metrics),
+    }
+
+
+def checkpoint(store: DeltaStore, name: str) -> int:
+    """Write a checkpoint of the latest version of ``name``; returns that version.
+
+    Readers then load the table from the checkpoint instead of replaying
+    every JSON commit (delta-rs also writes one every ``checkpoint_interval``
+    commits on its own).
+    """
+    table, dt = _open(store, name)
+    try:
+        dt.create_checkpoint()
+    except (DeltaError, OSError) as exc:
+        raise _storage_error(table, "checkpoint", exc) from None
+    return _latest(dt)
