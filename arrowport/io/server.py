@@ -139,8 +139,8 @@ async def compaction_loop(store: DeltaStore, interval: float = COMPACTION_POLL) 
     while True:
         await trio.sleep(interval)
         while store.compactions_due:
-            table = next(iter(store.compactions_due))
-            options = store.compactions_due.pop(table)
+            # popitem is atomic: writer threads add to the dict meanwhile
+            table, options = store.compactions_due.popitem()
             try:
                 metrics = await trio.to_thread.run_sync(store.compact, table, options)
             except Exception:
