@@ -1,4 +1,4 @@
-"""Reading and maintaining the Delta tables of a ``DeltaStore``.
+"""Reading the Delta tables of a ``DeltaStore``.
 
 Invariants:
 
@@ -9,14 +9,18 @@ Invariants:
   Arrowport identifier and which holds a Delta log. Names resolve like
   DuckDB's: the exact spelling first, then ignoring case; ``_arrowport*``
   directories are Arrowport's own and do not exist for readers.
-* Every argument is checked before any row is read or anything is changed:
+* Every argument is checked before any row is read:
   ``InvalidNameError``/``InvalidReadError``/``ColumnNotFoundError`` (400),
   ``TableNotFoundError`` (404). A delta-rs, Arrow or OS failure is a
   ``StorageError`` naming the table and the operation.
 * Readers (``scan``, ``changes``) stream: memory is bounded by the scanner's
   read-ahead, never by the size of the table.
-* Results meant for humans or JSON (``describe``, ``history``, ``restore``,
-  ``optimize``) hold only JSON types.
+* Results meant for humans or JSON (``describe``, ``history``) hold only
+  JSON types.
+* The helpers that open tables, check arguments and shape errors and JSON
+  (``open_table``, ``load_table``, ``check_version``, ``match_columns``,
+  ``storage_error``, ``json_safe``, ...) are shared with
+  ``delta_maintenance``, which imports them from here (never the reverse).
 """
 
 from __future__ import annotations
@@ -24,7 +28,6 @@ from __future__ import annotations
 import contextlib
 import json
 import logging
-import math
 import os
 from collections.abc import Iterator, Sequence
 from datetime import UTC, datetime
@@ -100,7 +103,7 @@ def resolve(store: DeltaStore, name: str) -> str:
     raise TableNotFoundError.named(table, table_names(store))
 
 
-def _load(store: DeltaStore, table: str, version: int | None = None) -> DeltaTable:
+def load_table(store: DeltaStore, table: str, version: int | None = None) -> DeltaTable:
     """The Delta table ``table`` (already resolved), at ``version`` or the latest."""
     path = str(store.table_path(table))
     try:
@@ -111,26 +114,27 @@ def _load(store: DeltaStore, table: str, version: int | None = None) -> DeltaTab
         if version is not None:
             raise InvalidReadError(
                 f"version {version} of table {table!r} cannot be loaded "
-                f"(its log entries may have expired): {_first_line(exc)}"
+                f"(its log entries may have expired): {first_line(exc)}"
             ) from None
-        raise _storage_error(table, "loading", exc) from None
+        raise storage_error(table, "loading", exc) from None
 
 
-def _open(store: DeltaStore, name: str) -> tuple[str, DeltaTable]:
+def open_table(store: DeltaStore, name: str) -> tuple[str, DeltaTable]:
+    """(the stored spelling of ``name``, the latest version of that table)."""
     table = resolve(store, name)
-    return table, _load(store, table)
+    return table, load_table(store, table)
 
 
 # -- errors and JSON -----------------------------------------------------------
 
 
-def _first_line(exc: BaseException) -> str:
+def first_line(exc: BaseException) -> str:
     text = str(exc).strip()
     return text.splitlines()[0] if text else type(exc).__name__
 
 
-def _storage_error(table: str, action: str, exc: BaseException) -> StorageError:
-    return StorageError(f"Delta table {table!r}: {action} failed: {_first_line(exc)}")
+def storage_error(table: str, action: str, exc: BaseException) -> StorageError:
+    return StorageError(f"Delta table {table!r}: {action} failed: {first_line(exc)}")
 
 
 def _iso(millis: object) -> str | None:
@@ -139,12 +143,12 @@ def _iso(millis: object) -> str | None:
     return datetime.fromtimestamp(millis / 1000, tz=UTC).isoformat()
 
 
-def _json_safe(value: Any) -> Any:
+def json_safe(value: Any) -> Any:
     """``value`` with nested JSON text (as in optimize metrics) decoded."""
     if isinstance(value, dict):
-        return {str(k): _json_safe(v) for k, v in value.items()}
+        return {str(k): json_safe(v) for k, v in value.items()}
     if isinstance(value, list | tuple):
-        return [_json_safe(v) for v in value]
+        return [json_safe(v) for v in value]
     if isinstance(value, str) and value[:1] in "{[":
         with contextlib.suppress(ValueError):
             return json.loads(value)
@@ -153,11 +157,11 @@ def _json_safe(value: Any) -> Any:
     return str(value)
 
 
-def _latest(dt: DeltaTable) -> int:
+def latest_version(dt: DeltaTable) -> int:
     return int(dt.version())
 
 
-def _check_version(table: str, version: object, latest: int, *, what: str = "version") -> int:
+def check_version(table: str, version: object, latest: int, *, what: str = "version") -> int:
     if isinstance(version, bool) or not isinstance(version, int):
         raise InvalidReadError(f"{what} must be an integer, not {version!r}")
     if version < 0 or version > latest:
@@ -176,7 +180,7 @@ def _check_limit(limit: object, what: str = "limit") -> int | None:
     return limit
 
 
-def _columns(table: str, existing: Sequence[str], columns: Sequence[str] | None) -> list[str]:
+def match_columns(table: str, existing: Sequence[str], columns: Sequence[str] | None) -> list[str]:
     """The stored spelling of ``columns`` (all of them for ``None``), matched ignoring case."""
     if columns is None:
         return list(existing)
@@ -199,7 +203,7 @@ def _columns(table: str, existing: Sequence[str], columns: Sequence[str] | None)
 # -- describing --------------------------------------------------------------
 
 
-def _arrow_schema(dt: DeltaTable) -> pa.Schema:
+def arrow_schema(dt: DeltaTable) -> pa.Schema:
     """The schema a ``scan`` returns (the pyarrow dataset's, not the view types)."""
     return dt.to_pyarrow_dataset().schema
 
@@ -234,11 +238,11 @@ def table_info(store: DeltaStore, name: str) -> TableInfo:
     the data files on disk (compressed Parquet), not the Arrow size a scan
     yields: Delta keeps the former, and estimating the latter means reading.
     """
-    table, dt = _open(store, name)
+    table, dt = open_table(store, name)
     try:
         return _info(table, dt)[0]
     except (DeltaError, OSError, pa.ArrowException) as exc:
-        raise _storage_error(table, "reading the file list", exc) from None
+        raise storage_error(table, "reading the file list", exc) from None
 
 
 def list_tables(store: DeltaStore) -> list[TableInfo]:
@@ -278,7 +282,7 @@ def describe(store: DeltaStore, name: str) -> dict[str, Any]:
     as Arrow, delta_type, nullable), partition_by, properties, created,
     last_modified (ISO 8601, UTC), cdc_enabled, protocol.
     """
-    table, dt = _open(store, name)
+    table, dt = open_table(store, name)
     try:
         info, files = _info(table, dt)
         metadata = dt.metadata()
@@ -286,11 +290,11 @@ def describe(store: DeltaStore, name: str) -> dict[str, Any]:
         last = dt.history(1)
         fields = {f.name: f for f in dt.schema().fields}
     except (DeltaError, OSError, pa.ArrowException) as exc:
-        raise _storage_error(table, "describing", exc) from None
+        raise storage_error(table, "describing", exc) from None
     return {
         "table": table,
         "path": str(store.table_path(table)),
-        "version": _latest(dt),
+        "version": latest_version(dt),
         "files": files,
         "size_bytes": info.bytes,
         "rows": info.rows,
@@ -306,7 +310,7 @@ def describe(store: DeltaStore, name: str) -> dict[str, Any]:
             for field in info.schema
         ],
         "partition_by": list(metadata.partition_columns),
-        "properties": {str(k): _json_safe(v) for k, v in metadata.configuration.items()},
+        "properties": {str(k): json_safe(v) for k, v in metadata.configuration.items()},
         "created": _iso(metadata.created_time),
         "last_modified": _iso(last[0].get("timestamp")) if last else None,
         "cdc_enabled": cdc_enabled(dt),
@@ -361,7 +365,7 @@ def _limited(
                 left -= batch.num_rows
             yield batch
     except (DeltaError, OSError, pa.ArrowException) as exc:
-        raise _storage_error(table, "reading", exc) from None
+        raise storage_error(table, "reading", exc) from None
 
 
 def scan(
@@ -384,15 +388,15 @@ def scan(
     limit = _check_limit(limit)
     if isinstance(batch_rows, bool) or not isinstance(batch_rows, int) or batch_rows < 1:
         raise InvalidReadError(f"batch_rows must be a positive integer, not {batch_rows!r}")
-    table, dt = _open(store, name)
+    table, dt = open_table(store, name)
     if version is not None:
-        _check_version(table, version, _latest(dt))
-        dt = _load(store, table, version)
+        check_version(table, version, latest_version(dt))
+        dt = load_table(store, table, version)
     try:
         dataset = dt.to_pyarrow_dataset()
     except (DeltaError, OSError, pa.ArrowException) as exc:
-        raise _storage_error(table, "opening a scan", exc) from None
-    selected = _columns(table, dataset.schema.names, columns)
+        raise storage_error(table, "opening a scan", exc) from None
+    selected = match_columns(table, dataset.schema.names, columns)
     _check_files(table, dt)
     scanner = dataset.scanner(
         columns=selected,
@@ -448,23 +452,23 @@ def changes(
     equivalents. ``InvalidReadError`` (400) if the table does not
     have ``delta.enableChangeDataFeed=true`` or a version is out of range.
     """
-    table, dt = _open(store, name)
-    latest = _latest(dt)
+    table, dt = open_table(store, name)
+    latest = latest_version(dt)
     if not cdc_enabled(dt):
         raise InvalidReadError(
             f"table {table!r} has no change data feed: its property "
             f"{CDF_PROPERTY} is not true (set delta_config.enable_cdc before writing)"
         )
-    start = _check_version(table, from_version, latest, what="from_version")
+    start = check_version(table, from_version, latest, what="from_version")
     end = (
         latest
         if to_version is None
-        else _check_version(table, to_version, latest, what="to_version")
+        else check_version(table, to_version, latest, what="to_version")
     )
     if start > end:
         raise InvalidReadError(f"from_version {start} is after to_version {end}")
-    existing = [n for n in _arrow_schema(dt).names if n not in CDF_COLUMNS]
-    names = [*_columns(table, existing, columns), *CDF_COLUMNS]
+    existing = [n for n in arrow_schema(dt).names if n not in CDF_COLUMNS]
+    names = [*match_columns(table, existing, columns), *CDF_COLUMNS]
     selected = None if columns is None else names
     try:
         raw = pa.RecordBatchReader.from_stream(
@@ -474,9 +478,9 @@ def changes(
         if "change data" in str(exc):  # CDF was turned on after from_version
             raise InvalidReadError(
                 f"table {table!r} has no change data for some of versions {start}..{end}: "
-                f"{_first_line(exc)}"
+                f"{first_line(exc)}"
             ) from None
-        raise _storage_error(table, "reading changes", exc) from None
+        raise storage_error(table, "reading changes", exc) from None
     schema = _feed_schema(raw.schema, names)
     return pa.RecordBatchReader.from_batches(schema, _conformed(table, raw, schema))
 
@@ -489,13 +493,13 @@ def history(store: DeltaStore, name: str, limit: int | None = None) -> list[dict
     metadata (any other commitInfo keys), if any.
     """
     limit = _check_limit(limit)
-    table, dt = _open(store, name)
+    table, dt = open_table(store, name)
     if limit == 0:
         return []
     try:
         commits = dt.history(limit)
     except (DeltaError, OSError) as exc:
-        raise _storage_error(table, "reading the history", exc) from None
+        raise storage_error(table, "reading the history", exc) from None
     return [_commit_entry(commit) for commit in commits]
 
 
@@ -518,165 +522,12 @@ def _commit_entry(commit: dict[str, Any]) -> dict[str, Any]:
         "version": commit.get("version"),
         "timestamp": _iso(commit.get("timestamp")),
         "operation": commit.get("operation"),
-        "parameters": _json_safe(commit.get("operationParameters") or {}),
-        "metrics": _json_safe(commit.get("operationMetrics") or {}),
+        "parameters": json_safe(commit.get("operationParameters") or {}),
+        "metrics": json_safe(commit.get("operationMetrics") or {}),
         "read_version": commit.get("readVersion"),
         "engine": commit.get("engineInfo") or commit.get("clientVersion"),
     }
-    custom = {k: _json_safe(v) for k, v in commit.items() if k not in _KNOWN_COMMIT_KEYS}
+    custom = {k: json_safe(v) for k, v in commit.items() if k not in _KNOWN_COMMIT_KEYS}
     if custom:
         entry["metadata"] = custom
     return entry
-
-
-# -- maintenance -------------------------------------------------------------
-
-
-def _retention(store: DeltaStore, retention_hours: float | None) -> tuple[int, bool]:
-    """(whole hours to keep, whether delta-rs should enforce the table's minimum)."""
-    explicit = retention_hours is not None
-    hours = store.version_retention_hours if retention_hours is None else retention_hours
-    if isinstance(hours, bool) or not isinstance(hours, int | float) or not math.isfinite(hours):
-        raise InvalidReadError(f"retention_hours must be a number of hours, not {hours!r}")
-    if hours < 0:
-        raise InvalidReadError(f"retention_hours must not be negative, got {hours!r}")
-    return math.ceil(hours), not explicit
-
-
-def vacuum(
-    store: DeltaStore,
-    name: str,
-    *,
-    retention_hours: float | None = None,
-    dry_run: bool = True,
-) -> list[str]:
-    """Data files of ``name`` no longer in any version younger than the retention.
-
-    Dry run (the default) only lists them; otherwise they are deleted and
-    returned, and then the log entries older than the table's
-    ``delta.logRetentionDuration`` (default 30 days) are expired as well
-    (``cleanup_metadata``: delta-rs does the same after each checkpoint).
-    Versions whose files are deleted can no longer be read or restored.
-
-    The retention defaults to the store's ``version_retention_hours`` and
-    must then respect the table's ``delta.deletedFileRetentionDuration``
-    (default 168 hours), else ``InvalidReadError``. A ``retention_hours``
-    given explicitly is the caller's decision and is not checked against that
-    minimum (``enforce_retention_duration=False``): 0 removes every file the
-    latest version does not use. Fractions of an hour round up (delta-rs
-    takes whole hours), so at least the asked-for time is kept. A real
-    vacuum adds two commits (VACUUM START and VACUUM END).
-    """
-    hours, enforce = _retention(store, retention_hours)
-    table, dt = _open(store, name)
-    try:
-        removed = dt.vacuum(
-            retention_hours=hours, dry_run=dry_run, enforce_retention_duration=enforce
-        )
-        if not dry_run:
-            _load(store, table).cleanup_metadata()
-    except DeltaError as exc:
-        if "retention period" in str(exc):
-            raise InvalidReadError(
-                f"table {table!r}: {_first_line(exc)}; pass retention_hours explicitly "
-                "to vacuum with a shorter retention"
-            ) from None
-        raise _storage_error(table, "vacuum", exc) from None
-    except OSError as exc:
-        raise _storage_error(table, "vacuum", exc) from None
-    return sorted(str(path) for path in removed)
-
-
-def restore(store: DeltaStore, name: str, version: int) -> dict[str, Any]:
-    """Make ``version`` of ``name`` the latest again, in a new commit.
-
-    Returns ``{table, restored_version, version (the new one), metrics}``.
-    Versions before the latest only (``InvalidReadError`` otherwise); a
-    version whose files were vacuumed cannot be restored (``StorageError``).
-    """
-    table, dt = _open(store, name)
-    latest = _latest(dt)
-    _check_version(table, version, latest)
-    if version == latest:
-        raise InvalidReadError(f"table {table!r} is already at version {latest}")
-    try:
-        metrics = dt.restore(version)
-    except DeltaError as exc:
-        if "missing file" in str(exc).lower():
-            raise StorageError(
-                f"cannot restore table {table!r} to version {version}: its data files "
-                f"were removed by vacuum ({_first_line(exc)})"
-            ) from None
-        raise _storage_error(table, "restore", exc) from None
-    except OSError as exc:
-        raise _storage_error(table, "restore", exc) from None
-    return {
-        "table": table,
-        "restored_version": version,
-        "version": _latest(_load(store, table)),
-        "metrics": _json_safe(metrics),
-    }
-
-
-def optimize(
-    store: DeltaStore,
-    name: str,
-    *,
-    z_order: Sequence[str] | None = None,
-    target_size: int | None = None,
-) -> dict[str, Any]:
-    """Compact the small files of ``name``, or z-order it by ``z_order`` columns.
-
-    Rewrites files in one commit that changes no data (``dataChange=false``:
-    the change data feed shows nothing). Returns ``{table, mode, version,
-    metrics}``; without anything to compact no commit is made. Columns are
-    matched ignoring case (``ColumnNotFoundError``); partition columns cannot
-    be z-ordered. ``target_size`` is in bytes (delta-rs default: the table's
-    ``delta.targetFileSize`` or 100 MiB).
-    """
-    if target_size is not None and (
-        isinstance(target_size, bool) or not isinstance(target_size, int) or target_size < 1
-    ):
-        raise InvalidReadError(
-            f"target_size must be a positive number of bytes, not {target_size!r}"
-        )
-    table, dt = _open(store, name)
-    columns: list[str] = []
-    if z_order is not None:
-        columns = _columns(table, _arrow_schema(dt).names, z_order)
-        partitions = {c.lower() for c in dt.metadata().partition_columns}
-        clash = [c for c in columns if c.lower() in partitions]
-        if clash:
-            raise InvalidReadError(
-                f"table {table!r} is partitioned by {', '.join(clash)}: "
-                "z-order orders data within partitions, so name other columns"
-            )
-    try:
-        if columns:
-            metrics = dt.optimize.z_order(columns, target_size=target_size)
-        else:
-            metrics = dt.optimize.compact(target_size=target_size)
-    except (DeltaError, OSError, pa.ArrowException) as exc:
-        raise _storage_error(table, "optimize", exc) from None
-    return {
-        "table": table,
-        "mode": "z_order" if columns else "compact",
-        "z_order": columns,
-        "version": _latest(_load(store, table)),
-        "metrics": _json_safe(metrics),
-    }
-
-
-def checkpoint(store: DeltaStore, name: str) -> int:
-    """Write a checkpoint of the latest version of ``name``; returns that version.
-
-    Readers then load the table from the checkpoint instead of replaying
-    every JSON commit (delta-rs also writes one every ``checkpoint_interval``
-    commits on its own).
-    """
-    table, dt = _open(store, name)
-    try:
-        dt.create_checkpoint()
-    except (DeltaError, OSError) as exc:
-        raise _storage_error(table, "checkpoint", exc) from None
-    return _latest(dt)

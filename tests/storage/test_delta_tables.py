@@ -19,6 +19,7 @@ from arrowport.storage import (
     StorageError,
     TableNotFoundError,
 )
+from arrowport.storage import delta_maintenance as dtm
 from arrowport.storage import delta_tables as dtb
 
 SCHEMA = pa.schema([("id", pa.int64()), ("name", pa.string()), ("score", pa.float64())])
@@ -220,8 +221,8 @@ def test_scan_of_unknown_columns(three: DeltaStore) -> None:
 
 def test_scan_of_a_vacuumed_version_is_a_storage_error(three: DeltaStore) -> None:
     """After a restore and a vacuum, the old version fails up front, naming vacuum."""
-    dtb.restore(three, "events", 0)
-    assert len(dtb.vacuum(three, "events", retention_hours=0, dry_run=False)) == 2
+    dtm.restore(three, "events", 0)
+    assert len(dtm.vacuum(three, "events", retention_hours=0, dry_run=False)) == 2
     with pytest.raises(StorageError, match="removed by vacuum"):
         dtb.scan(three, "events", version=2)
     assert _ids(dtb.scan(three, "events", version=0)) == list(range(10))
@@ -276,7 +277,7 @@ def test_changes_show_a_restore_as_deletes(tmp_path: Path) -> None:
     store.open()
     _append(store, "feed", 0, 2)
     _append(store, "feed", 10, 2)
-    dtb.restore(store, "feed", 0)
+    dtm.restore(store, "feed", 0)
     rows = dtb.changes(store, "feed", from_version=2).read_all()
     assert sorted(zip(rows["_change_type"].to_pylist(), rows["id"].to_pylist(), strict=True)) == [
         ("delete", 10),
@@ -340,7 +341,7 @@ def test_changes_version_range(tmp_path: Path, start: int, end: int | None, frag
 
 def test_restore_then_history(three: DeltaStore) -> None:
     """A restore is a new version with the old rows, recorded in the history."""
-    result = dtb.restore(three, "events", 1)
+    result = dtm.restore(three, "events", 1)
     assert (result["restored_version"], result["version"]) == (1, 3)
     assert result["metrics"]["numRemovedFile"] == 1
     assert _ids(dtb.scan(three, "events")) == [*range(10), *range(100, 105)]
@@ -353,7 +354,7 @@ def test_restore_then_history(three: DeltaStore) -> None:
 def test_restore_to_the_latest_or_a_missing_version(three: DeltaStore, version: int) -> None:
     """Only versions before the latest can be restored."""
     with pytest.raises(InvalidReadError):
-        dtb.restore(three, "events", version)
+        dtm.restore(three, "events", version)
     assert DeltaTable(str(three.root / "events")).version() == 2
 
 
@@ -361,34 +362,34 @@ def test_vacuum_dry_run_lists_and_real_run_deletes(three: DeltaStore) -> None:
     """Files dropped by a restore are listed by a dry run and deleted by a real one."""
     path = three.root / "events"
     before = _files_on_disk(path)
-    dtb.restore(three, "events", 0)
+    dtm.restore(three, "events", 0)
     kept = {Path(uri).name for uri in DeltaTable(str(path)).file_uris()}
-    assert dtb.vacuum(three, "events") == []  # within the default 168 hours
-    listed = dtb.vacuum(three, "events", retention_hours=0)
+    assert dtm.vacuum(three, "events") == []  # within the default 168 hours
+    listed = dtm.vacuum(three, "events", retention_hours=0)
     assert set(listed) == before - kept and len(listed) == 2
     assert _files_on_disk(path) == before  # a dry run deletes nothing
-    deleted = dtb.vacuum(three, "events", retention_hours=0, dry_run=False)
+    deleted = dtm.vacuum(three, "events", retention_hours=0, dry_run=False)
     assert deleted == listed
     assert _files_on_disk(path) == kept
     assert _ids(dtb.scan(three, "events")) == list(range(10))
     with pytest.raises(StorageError, match="removed by vacuum"):
-        dtb.restore(three, "events", 2)
+        dtm.restore(three, "events", 2)
 
 
 def test_vacuum_default_retention_respects_the_table_minimum(three: DeltaStore) -> None:
     """A store default below the table's minimum retention is refused, not forced."""
     short = DeltaStore(three.root, version_retention_hours=1)
     with pytest.raises(InvalidReadError, match="retention"):
-        dtb.vacuum(short, "events")
+        dtm.vacuum(short, "events")
     with pytest.raises(InvalidReadError, match="negative"):
-        dtb.vacuum(three, "events", retention_hours=-1)
+        dtm.vacuum(three, "events", retention_hours=-1)
 
 
 def test_optimize_compacts_files(three: DeltaStore) -> None:
     """Compaction leaves one file with the same rows, in a new version."""
     path = str(three.root / "events")
     assert len(DeltaTable(path).file_uris()) == 3
-    result = dtb.optimize(three, "events")
+    result = dtm.optimize(three, "events")
     assert result["mode"] == "compact"
     assert (result["metrics"]["numFilesRemoved"], result["metrics"]["numFilesAdded"]) == (3, 1)
     assert result["metrics"]["filesAdded"]["totalFiles"] == 1  # decoded from delta-rs's JSON
@@ -399,7 +400,7 @@ def test_optimize_compacts_files(three: DeltaStore) -> None:
 
 def test_optimize_z_order(three: DeltaStore) -> None:
     """Z-ordering rewrites the data ordered by the given columns (matched ignoring case)."""
-    result = dtb.optimize(three, "events", z_order=["SCORE"], target_size=1024**2)
+    result = dtm.optimize(three, "events", z_order=["SCORE"], target_size=1024**2)
     assert (result["mode"], result["z_order"]) == ("z_order", ["score"])
     assert result["metrics"]["numFilesAdded"] == 1
     assert _ids(dtb.scan(three, "events")) == _ids(dtb.scan(three, "events", version=2))
@@ -410,19 +411,19 @@ def test_optimize_z_order(three: DeltaStore) -> None:
 def test_optimize_argument_errors(three: DeltaStore, store: DeltaStore) -> None:
     """Unknown or partition columns and a bad target size are 400s."""
     with pytest.raises(ColumnNotFoundError, match="nope"):
-        dtb.optimize(three, "events", z_order=["nope"])
+        dtm.optimize(three, "events", z_order=["nope"])
     with pytest.raises(InvalidReadError, match="target_size"):
-        dtb.optimize(three, "events", target_size=0)
+        dtm.optimize(three, "events", target_size=0)
     write_deltalake(
         str(store.root / "parts"), pa.table({"day": ["a"], "v": [1]}), partition_by=["day"]
     )
     with pytest.raises(InvalidReadError, match="partitioned by day"):
-        dtb.optimize(store, "parts", z_order=["day"])
+        dtm.optimize(store, "parts", z_order=["day"])
 
 
 def test_checkpoint_writes_a_checkpoint_file(three: DeltaStore) -> None:
     """checkpoint() writes <version>.checkpoint.parquet and returns the version."""
-    assert dtb.checkpoint(three, "events") == 2
+    assert dtm.checkpoint(three, "events") == 2
     log = os.listdir(three.root / "events" / "_delta_log")
     assert "00000000000000000002.checkpoint.parquet" in log
     assert "_last_checkpoint" in log
@@ -435,10 +436,10 @@ def test_checkpoint_writes_a_checkpoint_file(three: DeltaStore) -> None:
         lambda s: dtb.history(s, "nope"),
         lambda s: dtb.scan(s, "nope"),
         lambda s: dtb.changes(s, "nope"),
-        lambda s: dtb.vacuum(s, "nope"),
-        lambda s: dtb.restore(s, "nope", 0),
-        lambda s: dtb.optimize(s, "nope"),
-        lambda s: dtb.checkpoint(s, "nope"),
+        lambda s: dtm.vacuum(s, "nope"),
+        lambda s: dtm.restore(s, "nope", 0),
+        lambda s: dtm.optimize(s, "nope"),
+        lambda s: dtm.checkpoint(s, "nope"),
         lambda s: dtb.describe(s, "nope"),
     ],
 )
