@@ -41,6 +41,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
+from urllib.parse import unquote, urlparse
 
 import pyarrow as pa
 import pyarrow.compute as pc
@@ -103,6 +104,8 @@ def _delta_schema(schema: pa.Schema) -> Schema:
 
 
 def _partition_type_ok(t: pa.DataType) -> bool:
+    if pa.types.is_dictionary(t):  # a categorical is stored as its values
+        t = t.value_type
     return bool(
         pa.types.is_string(t)
         or pa.types.is_large_string(t)
@@ -120,6 +123,31 @@ def _partition_string(value: Any) -> str | None:
     if isinstance(value, bool):
         return "true" if value else "false"
     return str(value)  # ints as decimals, dates as YYYY-MM-DD, strings as is
+
+
+def _commit_info(table: Path, version: int) -> dict[str, Any] | None:
+    """The ``commitInfo`` of ``version`` read from its log file, or None if there is none.
+
+    Read from the file, not ``DeltaTable.history()``: deltalake 1.6.6 labels
+    commits newer than the loaded version with wrong version numbers.
+    """
+    try:
+        with open(table / "_delta_log" / f"{version:020d}.json", encoding="utf-8") as log_file:
+            for line in log_file:
+                if '"commitInfo"' in line:
+                    info = json.loads(line).get("commitInfo")
+                    return info if isinstance(info, dict) else {}
+    except FileNotFoundError:
+        return None
+    return {}
+
+
+def _latest_version(table: Path, known: int) -> int:
+    """The newest version in the log, at least ``known``."""
+    version = known
+    while (table / "_delta_log" / f"{version + 1:020d}.json").exists():
+        version += 1
+    return version
 
 
 def _partition_dir(column: str, value: str | None) -> str:
@@ -330,13 +358,14 @@ class DeltaStore:
         """The original result if ``key`` is committed in ``dt``, else None."""
         if dt.transaction_version(KEY_PREFIX + key) is None:
             return None
-        for commit in dt.history(HISTORY_SCAN):
-            if commit.get(META_KEY) == key:
-                return _Replay(
-                    int(commit.get(META_ROWS, 0)),
-                    int(commit.get(META_BATCHES, 0)),
-                    commit.get("version"),
-                )
+        path = Path(unquote(urlparse(dt.table_uri).path))
+        latest = _latest_version(path, dt.version())
+        for version in range(latest, max(latest - HISTORY_SCAN, -1), -1):
+            info = _commit_info(path, version)
+            if info is None:
+                break  # removed by log cleanup
+            if info.get(META_KEY) == key:
+                return _Replay(int(info.get(META_ROWS, 0)), int(info.get(META_BATCHES, 0)), version)
         return _Replay(0, 0, None)  # committed, but its commit info is gone (log cleanup)
 
     def committed(self, table: str, options: DeltaOptions) -> None:
@@ -616,18 +645,19 @@ class DeltaWrite:
             self._close(key)
 
     def _open_file(self, partition: dict[str, str | None]) -> _OpenFile:
-        directory = self.path
         parts = [_partition_dir(c, v) for c, v in partition.items()]
-        for part in ["", *parts]:
-            directory = directory / part if part else directory
-            if not directory.exists():
-                directory.mkdir(parents=True)
-                self._made_dirs.append(directory)
         codec = self.options.compression
         name = f"part-{uuid.uuid4()}.{codec}.parquet"
-        file = directory / name
+        file = self.path.joinpath(*parts, name)
         self._files.made.append(file)  # before creating it, so rollback finds it
-        sink = pa.OSFile(str(file), "wb")
+        for attempt in range(3):
+            self._make_dirs(parts)
+            try:
+                sink = pa.OSFile(str(file), "wb")
+                break
+            except FileNotFoundError:  # another writer's rollback removed an empty directory
+                if attempt == 2:
+                    raise
         writer = pq.ParquetWriter(
             sink,
             self.data_schema,
@@ -637,6 +667,19 @@ class DeltaWrite:
         self.store.files_written += 1
         relative = "/".join([*parts, name])
         return _OpenFile(file, relative, partition, sink, writer)
+
+    def _make_dirs(self, parts: list[str]) -> None:
+        """Create the table's and partitions' directories; concurrent writers may too."""
+        directory = self.path
+        for part in ["", *parts]:
+            directory = directory / part if part else directory
+            try:
+                directory.mkdir()
+            except FileExistsError:
+                continue
+            except FileNotFoundError:  # the root went missing: recreate it
+                directory.mkdir(parents=True, exist_ok=True)
+            self._made_dirs.append(directory)
 
     def _close(self, key: tuple[str | None, ...]) -> None:
         f = self._files.open.pop(key)
@@ -695,13 +738,11 @@ class DeltaWrite:
 
     def _committed_version(self, read_version: int, commit_id: str) -> int | None:
         """The version our commit landed at (later than read + 1 if others won races)."""
-        dt = self.store.open_table(self.table)
-        if dt is None:
-            return None
-        for commit in dt.history(max(dt.version() - read_version, 1)):
-            if commit.get(META_COMMIT) == commit_id:
-                version = commit.get("version")
-                return int(version) if version is not None else None
+        version = read_version + 1
+        while (info := _commit_info(self.path, version)) is not None:
+            if info.get(META_COMMIT) == commit_id:
+                return version
+            version += 1
         return None
 
     def _commit_once(self, batches: int, rows: int) -> None:
@@ -726,6 +767,7 @@ class DeltaWrite:
                 if existing is None:
                     raise
                 # another writer created it first: append instead, if schemas agree
+        self.created = False  # appending: another writer created the table first
         if self.key is not None:
             self.replay = self.store.find_replay(existing, self.key)
             if self.replay is not None:
