@@ -57,7 +57,7 @@ from deltalake.transaction import (
 
 from ..config import DeltaOptions
 from ..names import InvalidNameError, validate_idempotency_key, validate_name
-from .errors import SchemaMismatchError, StorageError, WriteRejectedError
+from .errors import SchemaMismatchError, StorageError, UnsupportedTypeError, WriteRejectedError
 from .schema import Column, check_subset, duplicate_names
 from .table_write import WriteResult
 from .tables import TableInfo
@@ -96,11 +96,46 @@ def _delta_columns(schema: Schema) -> list[Column]:
     return columns
 
 
+def _microseconds(t: pa.DataType) -> pa.DataType:
+    """``t`` with every timestamp in microseconds, the unit Delta stores.
+
+    (delta-rs would make ``timestamp[ns]`` a ``timestampNanos`` table that
+    deltalake itself cannot read, and refuses ``timestamp[s]``.) Values are
+    cast safely later, so sub-microsecond precision is refused, not cut.
+    """
+    if pa.types.is_timestamp(t):
+        return pa.timestamp("us", t.tz)
+    if pa.types.is_list(t) or pa.types.is_large_list(t):
+        item = t.value_field
+        inner = item.with_type(_microseconds(item.type))
+        return pa.list_(inner) if pa.types.is_list(t) else pa.large_list(inner)
+    if pa.types.is_struct(t):
+        return pa.struct([f.with_type(_microseconds(f.type)) for f in t])
+    return t
+
+
+def _first_line(exc: BaseException) -> str:
+    return (str(exc).strip().splitlines() or [type(exc).__name__])[0]
+
+
 def _delta_schema(schema: pa.Schema) -> Schema:
+    schema = pa.schema([f.with_type(_microseconds(f.type)) for f in schema])
     try:
         return Schema.from_arrow(schema)
-    except Exception as exc:  # delta-rs raises several kinds here
-        raise SchemaMismatchError(f"stream schema has no Delta equivalent: {exc}") from None
+    except Exception as exc:  # delta-rs raises several kinds here, with a backtrace
+        bad = []
+        for f in schema:
+            try:
+                Schema.from_arrow(pa.schema([f]))
+            except Exception as field_exc:
+                bad.append(f"{f.name} ({f.type}: {_first_line(field_exc)})")
+        if not bad:
+            raise SchemaMismatchError(
+                f"stream schema has no Delta equivalent: {_first_line(exc)}"
+            ) from None
+        raise UnsupportedTypeError(
+            "Delta cannot store these columns' Arrow types: " + "; ".join(bad)
+        ) from None
 
 
 def _partition_type_ok(t: pa.DataType) -> bool:
