@@ -57,7 +57,13 @@ from deltalake.transaction import (
 
 from ..config import DeltaOptions
 from ..names import InvalidNameError, validate_idempotency_key, validate_name
-from .errors import SchemaMismatchError, StorageError, UnsupportedTypeError, WriteRejectedError
+from .errors import (
+    SchemaMismatchError,
+    StorageError,
+    UnsupportedTypeError,
+    WriteRejectedError,
+    first_line,
+)
 from .schema import Column, check_subset, duplicate_names
 from .table_write import WriteResult
 from .tables import TableInfo
@@ -114,10 +120,6 @@ def _microseconds(t: pa.DataType) -> pa.DataType:
     return t
 
 
-def _first_line(exc: BaseException) -> str:
-    return (str(exc).strip().splitlines() or [type(exc).__name__])[0]
-
-
 def _delta_schema(schema: pa.Schema) -> Schema:
     schema = pa.schema([f.with_type(_microseconds(f.type)) for f in schema])
     try:
@@ -128,10 +130,10 @@ def _delta_schema(schema: pa.Schema) -> Schema:
             try:
                 Schema.from_arrow(pa.schema([f]))
             except Exception as field_exc:
-                bad.append(f"{f.name} ({f.type}: {_first_line(field_exc)})")
+                bad.append(f"{f.name} ({f.type}: {first_line(field_exc)})")
         if not bad:
             raise SchemaMismatchError(
-                f"stream schema has no Delta equivalent: {_first_line(exc)}"
+                f"stream schema has no Delta equivalent: {first_line(exc)}"
             ) from None
         raise UnsupportedTypeError(
             "Delta cannot store these columns' Arrow types: " + "; ".join(bad)

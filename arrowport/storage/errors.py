@@ -153,3 +153,9 @@ def close_matches(name: str, candidates: Iterable[str], n: int = 3) -> tuple[str
 def _alternatives(names: tuple[str, ...]) -> str:
     quoted = [repr(name) for name in names]
     return quoted[0] if len(quoted) == 1 else ", ".join(quoted[:-1]) + " or " + quoted[-1]
+
+
+def first_line(exc: BaseException) -> str:
+    """The first line of ``exc``'s message: delta-rs appends Rust backtraces and paths."""
+    text = str(exc).strip()
+    return text.splitlines()[0] if text else type(exc).__name__
