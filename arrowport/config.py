@@ -452,9 +452,11 @@ def _delta_config(raw: Mapping[str, Any], key: str) -> DeltaConfig:
     base = DeltaConfig()
     return DeltaConfig(
         table_path=_str(raw.get("table_path", base.table_path), f"{key}.table_path"),
-        version_retention_hours=_float(
-            raw.get("version_retention_hours", base.version_retention_hours),
-            f"{key}.version_retention_hours",
+        version_retention_hours=float(  # whole hours: Delta's interval and vacuum take no less
+            _int(
+                raw.get("version_retention_hours", int(base.version_retention_hours)),
+                f"{key}.version_retention_hours",
+            )
         ),
         checkpoint_interval=_int(
             raw.get("checkpoint_interval", base.checkpoint_interval),

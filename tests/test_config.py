@@ -72,6 +72,10 @@ def test_precedence_file_env_flags(tmp_path: Path) -> None:
         ({"delta_config": {"table_pth": "x"}}, "delta_config.table_pth"),
         ({"delta_config": {"checkpoint_interval": 0}}, "delta_config.checkpoint_interval"),
         ({"delta_config": {"compact_every": -1}}, "delta_config.compact_every"),
+        (
+            {"delta_config": {"version_retention_hours": 0.5}},
+            "delta_config.version_retention_hours",
+        ),  # noqa: E501
         ({"delta_config": {"enable_cdc": "maybe"}}, "delta_config.enable_cdc"),
         (
             {"streams": {"s": {"delta_options": {"schema_mode": "loose"}}}},

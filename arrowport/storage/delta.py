@@ -21,7 +21,8 @@ Invariants:
   (``appId = arrowport:<key>``) in the data commit, checked before the write
   and again before every commit attempt, so a retry of a committed request
   writes nothing and answers the original result (delta-rs #2580: delta-rs
-  does not reject a repeated app transaction by itself).
+  does not reject an app transaction repeated later; one committed
+  concurrently is a conflict, retried, and then found by the check).
 * Commit conflicts with other writers are retried with backoff.
 """
 
@@ -66,7 +67,7 @@ from .errors import (
 )
 from .schema import Column, check_subset, duplicate_names
 from .table_write import WriteResult
-from .tables import TableInfo
+from .tables import INTERNAL_PREFIX, TableInfo
 
 if TYPE_CHECKING:
     from ..config import Config
@@ -92,6 +93,8 @@ _DUCKDB_NAMES = {
 }
 _SAFE_VALUE = re.compile(r"[A-Za-z0-9_.\-]{1,64}\Z")
 NULL_PARTITION = "__HIVE_DEFAULT_PARTITION__"
+# config name -> pyarrow's: lz4 is the standard LZ4_RAW codec, not the legacy Hadoop framing
+_PARQUET_CODECS: dict[str, str | None] = {"none": None, "lz4": "lz4_raw"}
 
 
 def _delta_columns(schema: Schema) -> list[Column]:
@@ -278,6 +281,8 @@ class DeltaStore:
         spelled differently is the table's.
         """
         validate_name(table, "table")
+        if table.lower().startswith(INTERNAL_PREFIX):
+            raise InvalidNameError(f"table names starting with {INTERNAL_PREFIX!r} are reserved")
         path = self.root / table
         if not path.exists() and self.root.is_dir():
             key = table.lower()
@@ -293,8 +298,8 @@ class DeltaStore:
             if not DeltaTable.is_deltatable(str(path)):
                 return None
             return DeltaTable(str(path))
-        except DeltaError as exc:
-            raise StorageError(f"cannot open Delta table {table!r}: {exc}") from None
+        except (DeltaError, OSError) as exc:
+            raise StorageError(f"cannot open Delta table {table!r}: {first_line(exc)}") from None
 
     # -- the read side, as DuckDBStore's (Flight): see ``delta_tables``
 
@@ -413,7 +418,7 @@ class DeltaStore:
         key = table.lower()
         count = self._since_compaction.get(key, 0) + 1
         if count >= self.compact_every:
-            self.compactions_due[table] = options
+            self.compactions_due[key] = options  # names are case-insensitive
             count = 0
         self._since_compaction[key] = count
 
@@ -441,9 +446,9 @@ class DeltaStore:
     def translate(exc: BaseException) -> BaseException:
         """Map a delta-rs, Arrow or OS exception to the error a client is shown."""
         if isinstance(exc, pa.ArrowInvalid | pa.ArrowNotImplementedError):
-            return WriteRejectedError(f"Delta write refused the rows: {exc}")
+            return WriteRejectedError(f"Delta write refused the rows: {first_line(exc)}")
         if isinstance(exc, DeltaError | OSError | pa.ArrowException):
-            return StorageError(f"Delta write failed: {exc}")
+            return StorageError(f"Delta write failed: {first_line(exc)}")
         return exc
 
 
@@ -541,6 +546,7 @@ class DeltaWrite:
         self.key = key
         self.replay = replay
         self.version: int | None = None
+        self._attempt: tuple[str, int] | None = None  # the commit being tried: (id, read version)
         self.rows = 0
         self.batches = 0
         self._files = _Files()
@@ -698,7 +704,7 @@ class DeltaWrite:
         writer = pq.ParquetWriter(
             sink,
             self.data_schema,
-            compression=None if codec == "none" else codec,
+            compression=_PARQUET_CODECS.get(codec, codec),
             compression_level=self.options.compression_level,
         )
         self.store.files_written += 1
@@ -740,9 +746,15 @@ class DeltaWrite:
     # ---- commits ----------------------------------------------------------
 
     def _commit(self, batches: int, rows: int) -> None:
-        """Add the pending files to the log in one commit, retrying conflicts."""
+        """Add the pending files to the log in one commit, retrying conflicts.
+
+        If anything fails once the commit may have reached the log (delta-rs
+        runs checkpoints and log cleanup after committing), the log is
+        asked: a commit that landed keeps its files, whatever went wrong.
+        """
         attempt = 0
         while True:
+            self._attempt = None
             try:
                 self._commit_once(batches, rows)
                 break
@@ -751,18 +763,42 @@ class DeltaWrite:
                 if attempt > self.store.commit_retries:
                     raise StorageError(
                         f"Delta commit to {self.table!r} still conflicted after "
-                        f"{attempt} attempts: {exc}"
+                        f"{attempt} attempts: {first_line(exc)}"
                     ) from None
                 self.store.conflicts_retried += 1
                 delay = min(0.05 * 2**attempt, 2.0)
                 time.sleep(delay * (0.5 + random.random()))
+            except BaseException as exc:
+                if not self._landed():
+                    raise
+                self._committed()
+                if not isinstance(exc, Exception):  # KeyboardInterrupt: the data stays
+                    raise
+                log.warning(
+                    "commit %s of %s landed, but a step after it failed: %s",
+                    self.version,
+                    self.table,
+                    first_line(exc),
+                )
+                return
         if self.replay is not None:  # another request with our key committed first
             return
+        self._committed()
+        self._checkpoint()
+
+    def _landed(self) -> bool:
+        """Whether the commit being attempted is in the log (then ``version`` is set)."""
+        if self._attempt is None:
+            return False
+        commit_id, read_version = self._attempt
+        self.version = self._committed_version(read_version, commit_id)
+        return self.version is not None
+
+    def _committed(self) -> None:
         self.store.committed(self.table, self.options)
         self._files.made = []  # every file is in the log now
         self._files.pending = []
         self._made_dirs = []
-        self._checkpoint()
 
     def _properties(self, batches: int, rows: int, commit_id: str) -> CommitProperties:
         meta: dict[str, Any] = {META_COMMIT: commit_id, META_ROWS: rows, META_BATCHES: batches}
@@ -787,6 +823,7 @@ class DeltaWrite:
         props = self._properties(batches, rows, commit_id)
         existing = self.store.open_table(self.table)
         if existing is None:
+            self._attempt = (commit_id, -1)
             try:
                 create_table_with_add_actions(
                     str(self.path),
@@ -800,6 +837,8 @@ class DeltaWrite:
                 self.version = 0
                 return
             except DeltaError:
+                if self._landed():  # created, but a step after the commit failed
+                    raise
                 existing = self.store.open_table(self.table)
                 if existing is None:
                     raise
@@ -815,6 +854,7 @@ class DeltaWrite:
             raise SchemaMismatchError(
                 f"table {self.table!r} was created concurrently with other partition columns"
             )
+        self._attempt = (commit_id, read_version)
         existing.create_write_transaction(
             list(self._files.pending),
             mode="append",

@@ -198,3 +198,32 @@ def test_a_lossy_cast_is_rejected_and_rolled_back(store: DeltaStore, tmp_path: P
     path = tmp_path / "lake" / "t"
     assert DeltaTable(str(path)).version() == 0
     assert len(_data_files(path)) == 1
+
+
+def test_a_failure_after_the_commit_landed_keeps_the_commit_and_its_files(
+    tmp_path: Path,
+) -> None:
+    """delta-rs checkpoints after committing; if that step fails, the commit is in the log, so
+    the write reports success with its version and deletes none of the files it references."""
+    store = DeltaStore(tmp_path / "lake", checkpoint_interval=2)
+    for i in range(3):  # versions 0-2; delta-rs checkpoints at version 1
+        _write(store, "t", _batches(1, start=100 * i))
+    log = tmp_path / "lake" / "t" / "_delta_log"
+    (log / f"{3:020d}.checkpoint.parquet").mkdir()  # the checkpoint at version 3 must fail
+    w = store.open_write("t", _batches(1)[0].schema)
+    w.insert(_batches(2, start=1000))
+    result = w.finish()
+    assert (result.version, result.rows, result.replayed) == (3, 20, False)
+    dt = DeltaTable(str(tmp_path / "lake" / "t"))
+    assert dt.version() == 3
+    ids = sorted(dt.to_pyarrow_table().column("a").to_pylist())  # every file still exists
+    assert ids == [*range(10), *range(100, 110), *range(200, 210), *range(1000, 1020)]
+    assert store.rollbacks == 0
+
+
+def test_internal_table_names_are_reserved(store: DeltaStore) -> None:
+    """_arrowport* names are Arrowport's own: refused for writes (readers never list them)."""
+    with pytest.raises(InvalidNameError, match="reserved"):
+        store.open_write("_arrowport_ledger", _batches(1)[0].schema)
+    with pytest.raises(InvalidNameError, match="reserved"):
+        store.open_write("_ArrowPort_x", _batches(1)[0].schema)
