@@ -227,3 +227,29 @@ def test_internal_table_names_are_reserved(store: DeltaStore) -> None:
         store.open_write("_arrowport_ledger", _batches(1)[0].schema)
     with pytest.raises(InvalidNameError, match="reserved"):
         store.open_write("_ArrowPort_x", _batches(1)[0].schema)
+
+
+def test_same_key_committed_concurrently_is_a_conflict_retried_into_a_replay(
+    store: DeltaStore, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Two processes commit one key at once: the loser's commit (from a snapshot without the
+    key) conflicts in delta-rs; Arrowport backs off, retries, finds the key and replays.
+    The race is made deterministic by handing the loser's first attempt a stale snapshot."""
+    _write(store, "t", _batches(1))  # version 0
+    stale = store.open_table("t")
+    schema = _batches(1)[0].schema
+    first = store.open_write("t", schema, idempotency_key="k")
+    second = store.open_write("t", schema, idempotency_key="k")
+    first.insert(_batches(2, start=100))
+    assert first.finish().version == 1
+    second.insert(_batches(2, start=100))
+    real = store.open_table
+    snapshots = iter([stale])
+    monkeypatch.setattr(store, "open_table", lambda table: next(snapshots, None) or real(table))
+    result = second.finish()
+    assert (result.replayed, result.version, result.rows) == (True, 1, 20)
+    assert store.conflicts_retried == 1
+    dt = DeltaTable(str(tmp_path / "lake" / "t"))
+    assert dt.version() == 1
+    assert dt.to_pyarrow_table().num_rows == 30
+    assert len(_data_files(tmp_path / "lake" / "t")) == 2  # the loser's files were deleted
