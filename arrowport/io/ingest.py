@@ -2,10 +2,12 @@
 
 Invariants:
 
-* The request's task decodes and queues batches in a bounded memory channel;
-  a writer task takes them in groups and, in a worker thread, fully validates
-  each batch and runs the group's INSERT (decoders run with ``validate=False``
-  so that validation leaves the event loop; nothing is stored unvalidated).
+* The request's task decodes each batch, fully validates it in a worker
+  thread (decoders run with ``validate=False`` so that validation leaves the
+  event loop), and queues it in a bounded memory channel; a writer task takes
+  batches in groups and runs each group's INSERT in a thread of its own. Only
+  validated batches are queued, so nothing is stored unvalidated, and
+  validation overlaps writing.
   Decoding overlaps inserting, memory is bounded by ``queue_depth`` batches
   plus one group plus one partial message, and no thread ever waits on the
   network: a slow client holds no thread.
@@ -299,7 +301,11 @@ async def ingest(
                     if isinstance(event, SchemaReceived):
                         await nursery.start(writer, event.schema)
                         writing = True
-                    elif isinstance(event, BatchReceived | MetadataReceived):
+                    elif isinstance(event, BatchReceived):
+                        # full validation in a thread of its own, beside the writer's
+                        await trio.to_thread.run_sync(validate_batch, event.batch)
+                        await send.send(event)
+                    elif isinstance(event, MetadataReceived):
                         await send.send(event)
                     elif isinstance(event, StreamEnded):
                         ended = True
@@ -410,7 +416,7 @@ async def _write_groups(
             if not write.group_full(rows, size, len(group)):
                 continue
         if group:
-            await in_thread(_validated_insert, write, [e.batch for e in group])
+            await in_thread(write.insert, [e.batch for e in group])
             if mode == "batch":
                 await committed(group, write.rows, write.batches, metadata)
                 metadata.clear()
@@ -421,11 +427,6 @@ async def _write_groups(
     return ended
 
 
-def _validated_insert(write: Write, batches: list[pa.RecordBatch]) -> None:
-    """Validate fully, then insert: in the writer's thread, off the event loop."""
-    for batch in batches:
-        validate_batch(batch)
-    write.insert(batches)
 
 
 async def _with_eof(

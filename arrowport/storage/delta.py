@@ -566,8 +566,7 @@ class DeltaWrite:
     def _insert(self, group: list[pa.RecordBatch]) -> None:
         rows = sum(batch.num_rows for batch in group)
         if self.replay is None:  # a replayed key writes nothing
-            for batch in group:
-                self._write_batch(self._conform(batch))
+            self._write_group(group)
             if self.mode == "batch":
                 self._close_all()
                 self._commit(len(group), rows)
@@ -641,21 +640,28 @@ class DeltaWrite:
                 arrays.append(batch.column(i).cast(f.type, safe=True))
         return pa.RecordBatch.from_arrays(arrays, schema=self.arrow_schema)
 
-    def _write_batch(self, batch: pa.RecordBatch) -> None:
-        if batch.num_rows == 0:
+    def _write_group(self, group: list[pa.RecordBatch]) -> None:
+        """Write ``group`` as one row group per file it goes to (per partition).
+
+        delta-rs writes row groups of about a million rows; one per incoming
+        batch would make files larger and slower to write and read.
+        """
+        batches = [self._conform(batch) for batch in group if batch.num_rows]
+        if not batches:
             return
+        data = pa.Table.from_batches(batches, schema=self.arrow_schema)
         if not self.partition_by:
-            self._write_part((), {}, batch)
+            self._write_part((), {}, data)
             return
-        for values, part in self._split(batch):
+        for values, part in self._split(data):
             partition = dict(zip(self.partition_by, values, strict=True))
             self._write_part(values, partition, part)
 
-    def _split(self, batch: pa.RecordBatch) -> list[tuple[tuple[str | None, ...], pa.RecordBatch]]:
-        """``batch`` cut by partition values (each part without the partition columns)."""
-        keys = batch.select(list(self.partition_by))
-        distinct = pa.Table.from_batches([keys]).group_by(list(self.partition_by)).aggregate([])
-        data = batch.select(self.data_schema.names)
+    def _split(self, data: pa.Table) -> list[tuple[tuple[str | None, ...], pa.Table]]:
+        """``data`` cut by partition values (each part without the partition columns)."""
+        keys = data.select(list(self.partition_by))
+        distinct = keys.group_by(list(self.partition_by)).aggregate([])
+        rows = data.select(self.data_schema.names)
         parts = []
         for row in distinct.to_pylist():
             mask = None
@@ -668,11 +674,11 @@ class DeltaWrite:
                 )
                 mask = test if mask is None else pc.and_(mask, test)
             values = tuple(_partition_string(row[name]) for name in self.partition_by)
-            parts.append((values, data.filter(mask)))
+            parts.append((values, rows.filter(mask)))
         return parts
 
     def _write_part(
-        self, key: tuple[str | None, ...], partition: dict[str, str | None], batch: pa.RecordBatch
+        self, key: tuple[str | None, ...], partition: dict[str, str | None], data: pa.Table
     ) -> None:
         files = self._files
         f = files.open.get(key)
@@ -682,8 +688,8 @@ class DeltaWrite:
             f = files.open[key] = self._open_file(partition)
         else:
             files.open.move_to_end(key)
-        f.writer.write_batch(batch)
-        f.rows += batch.num_rows
+        f.writer.write_table(data, row_group_size=max(data.num_rows, 1))
+        f.rows += data.num_rows
         if f.sink.tell() >= self.options.target_file_size:
             self._close(key)
 
@@ -706,6 +712,7 @@ class DeltaWrite:
             self.data_schema,
             compression=_PARQUET_CODECS.get(codec, codec),
             compression_level=self.options.compression_level,
+            store_decimal_as_integer=True,  # as delta-rs and Spark write decimals
         )
         self.store.files_written += 1
         relative = "/".join([*parts, name])

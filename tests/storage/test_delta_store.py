@@ -80,7 +80,8 @@ def test_rollback_leaves_no_version_and_no_files(store: DeltaStore, tmp_path: Pa
     w = DeltaStore(tmp_path / "lake", defaults=DeltaOptions(target_file_size=1)).open_write(
         "t", _batches(1)[0].schema
     )
-    w.insert(_batches(3))
+    for batch in _batches(3):
+        w.insert([batch])
     assert len(_data_files(path)) == len(before) + 3  # the files really were written
     w.rollback()
     w.rollback()  # idempotent
