@@ -87,7 +87,9 @@ def _cli_errors() -> Iterator[None]:
     except ArrowportError as exc:
         _fail(exc.detail, 2 if exc.http_status == 400 else 1)
     except OSError as exc:
-        _fail(str(exc), 1)
+        from .storage.errors import first_line
+
+        _fail(first_line(exc), 1)
 
 
 def _load(config: Path | None, overrides: dict[str, Any]) -> Config:
@@ -264,6 +266,15 @@ def delta_vacuum(
             help="List the files that would be deleted (the default); --no-dry-run deletes them.",
         ),
     ] = True,
+    full: Annotated[
+        bool,
+        typer.Option(
+            "--full",
+            help="Also remove data files no version ever referenced, e.g. left by a killed "
+            "server; only files older than the retention, so uncommitted files of running "
+            "requests are safe unless you pass a retention shorter than your longest request.",
+        ),
+    ] = False,
     config: ConfigOption = None,
     path: RootOption = None,
     as_json: JsonOption = False,
@@ -278,14 +289,23 @@ def delta_vacuum(
     store = _delta_store(config, path)
     with _cli_errors():
         files = delta_maintenance.vacuum(
-            store, table, retention_hours=retention_hours, dry_run=dry_run
+            store, table, retention_hours=retention_hours, dry_run=dry_run, full=full
         )
     hours = store.version_retention_hours if retention_hours is None else retention_hours
     if as_json:
-        _print_json({"table": table, "dry_run": dry_run, "retention_hours": hours, "files": files})
+        _print_json(
+            {
+                "table": table,
+                "dry_run": dry_run,
+                "full": full,
+                "retention_hours": hours,
+                "files": files,
+            }
+        )
         return
     verb = "would delete" if dry_run else "deleted"
-    typer.echo(f"vacuum of {table} (retention {hours:g} hours) {verb} {len(files)} files")
+    mode = ", full" if full else ""
+    typer.echo(f"vacuum of {table} (retention {hours:g} hours{mode}) {verb} {len(files)} files")
     for name in files:
         typer.echo(f"  {name}")
     if dry_run and files:

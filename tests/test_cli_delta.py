@@ -3,11 +3,14 @@
 from __future__ import annotations
 
 import json
+import os
+import time
 from pathlib import Path
 from typing import Any
 
 import duckdb
 import pyarrow as pa
+import pyarrow.parquet as pq
 import pytest
 from deltalake import DeltaTable
 from typer.testing import CliRunner
@@ -303,6 +306,55 @@ def test_delta_vacuum_help_says_dry_run_is_the_default() -> None:
     text = " ".join(result.stdout.replace("│", " ").split())
     assert "A dry run by default: it only lists the files" in text
     assert "pass --no-dry-run to delete them" in text
+
+
+def test_delta_vacuum_full_removes_orphan_files(lake: Path) -> None:
+    """--full also deletes untracked data files older than the retention (a killed server's)."""
+    table = lake / "events"
+    tracked = {p.name for p in table.glob("*.parquet")}
+    old = time.time() - 30 * 86400
+    orphans = {"part-00000-orphan-1.parquet", "part-00000-orphan-2.parquet"}
+    for name in orphans:
+        pq.write_table(pa.table({"id": [1]}), table / name)
+        os.utime(table / name, (old, old))
+    args = ("delta", "vacuum", "events", "--path", str(lake), "--retention-hours", "24")
+    lite = _invoke(*args, "--no-dry-run")
+    assert lite.exit_code == 0, lite.output
+    assert "deleted 0 files" in lite.stdout
+    assert {p.name for p in table.glob("*.parquet")} == tracked | orphans
+    dry = _invoke(*args, "--full")
+    assert dry.exit_code == 0, dry.output
+    assert "full) would delete 2 files" in dry.stdout
+    real = _invoke(*args, "--full", "--no-dry-run", "--json")
+    assert real.exit_code == 0, real.output
+    result = json.loads(real.stdout)
+    assert (result["full"], result["dry_run"], set(result["files"])) == (True, False, orphans)
+    assert {p.name for p in table.glob("*.parquet")} == tracked
+    assert DeltaTable(str(table)).count() == 18
+
+
+def test_delta_vacuum_help_explains_full() -> None:
+    """The help of --full says what it removes and when running requests are safe."""
+    result = _invoke("delta", "vacuum", "--help")
+    assert result.exit_code == 0
+    text = " ".join(result.stdout.replace("│", " ").split())
+    assert "--full" in text
+    assert "Also remove data files no version ever referenced, e.g. left by a killed" in text
+    assert "shorter than your longest request" in text
+
+
+def test_delta_unreadable_log_is_one_line_without_ansi(lake: Path) -> None:
+    """A log deltalake cannot read is exit 1 with one clean line, not its multi-line error."""
+    commit = lake / "events" / "_delta_log" / f"{0:020d}.json"
+    for extra in (1, 2):
+        (lake / "events" / "_delta_log" / f"{extra:020d}.json").unlink()
+    commit.unlink()
+    os.symlink(commit.name, commit)  # a symlink loop
+    result = _invoke("delta", "info", "events", "--path", str(lake))
+    assert result.exit_code == 1
+    assert result.stderr.startswith("arrowport: Delta table 'events': reading the log failed")
+    assert result.stderr.count("\n") == 1 and "\x1b" not in result.stderr, result.stderr
+    assert "Traceback" not in result.stderr
 
 
 def test_delta_optimize_and_checkpoint(lake: Path) -> None:

@@ -75,7 +75,7 @@ def test_precedence_file_env_flags(tmp_path: Path) -> None:
         (
             {"delta_config": {"version_retention_hours": 0.5}},
             "delta_config.version_retention_hours",
-        ),  # noqa: E501
+        ),
         ({"delta_config": {"enable_cdc": "maybe"}}, "delta_config.enable_cdc"),
         (
             {"streams": {"s": {"delta_options": {"schema_mode": "loose"}}}},

@@ -9,6 +9,7 @@ bounded by one batch.
 
 from __future__ import annotations
 
+import re
 from collections.abc import AsyncIterator, Callable
 from typing import Any
 
@@ -25,6 +26,8 @@ ARROW_STREAM = "application/vnd.apache.arrow.stream"
 READ_BATCH_ROWS = 65_536
 
 
+# Not flight_messages.MessageSink: that one re-parses what is written into (header, body)
+# messages for FlightData; HTTP sends the raw IPC bytes, so it would parse only to re-join.
 class _Sink:
     """The file pyarrow's IPC writer writes into; ``take()`` empties it."""
 
@@ -125,9 +128,11 @@ def add_delta_read_routes(app: QuartTrio, store: Callable[[], DeltaStore]) -> No
     @app.get("/delta/<table>")
     async def delta_info(table: str) -> Response:
         try:
-            return jsonify(await run(delta_tables.describe, table))
+            info = await run(delta_tables.describe, table)
         except ArrowportError as exc:
             return _error(exc)
+        info.pop("path", None)  # the server's file system is not the client's business
+        return jsonify(info)
 
     @app.get("/delta/<table>/history")
     async def delta_history(table: str) -> Response:
@@ -142,7 +147,7 @@ def add_delta_read_routes(app: QuartTrio, store: Callable[[], DeltaStore]) -> No
     @app.get("/delta/<table>/version/<version>")
     async def delta_version(table: str, version: str) -> Response:
         try:
-            if not version.isdigit():
+            if not re.fullmatch(r"[0-9]+", version):  # not isdigit(): "²" is a digit
                 raise InvalidReadError(f"version must be a non-negative integer, not {version!r}")
             return await arrow(
                 delta_tables.scan,

@@ -26,7 +26,6 @@ from deltalake.exceptions import DeltaError
 from .delta_tables import (
     arrow_schema,
     check_version,
-    first_line,
     json_safe,
     latest_version,
     load_table,
@@ -34,7 +33,7 @@ from .delta_tables import (
     open_table,
     storage_error,
 )
-from .errors import InvalidReadError, StorageError
+from .errors import InvalidReadError, StorageError, first_line
 
 if TYPE_CHECKING:
     from .delta import DeltaStore
@@ -57,6 +56,7 @@ def vacuum(
     *,
     retention_hours: float | None = None,
     dry_run: bool = True,
+    full: bool = False,
 ) -> list[str]:
     """Data files of ``name`` no longer in any version younger than the retention.
 
@@ -74,12 +74,22 @@ def vacuum(
     latest version does not use. Fractions of an hour round up (delta-rs
     takes whole hours), so at least the asked-for time is kept. A real
     vacuum adds two commits (VACUUM START and VACUUM END).
+
+    By default only files the log marks removed are candidates (deltalake's
+    "lite" vacuum). ``full=True`` also takes data files no version ever
+    referenced (e.g. written by a request whose server was killed before it
+    committed) once their modification time is older than the retention: the
+    uncommitted files of requests still running are safe as long as the
+    retention is longer than the longest request.
     """
     hours, enforce = _retention(store, retention_hours)
     table, dt = open_table(store, name)
     try:
         removed = dt.vacuum(
-            retention_hours=hours, dry_run=dry_run, enforce_retention_duration=enforce
+            retention_hours=hours,
+            dry_run=dry_run,
+            enforce_retention_duration=enforce,
+            full=full,
         )
         if not dry_run:
             load_table(store, table).cleanup_metadata()

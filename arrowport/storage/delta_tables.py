@@ -48,6 +48,7 @@ from .errors import (
     InvalidReadError,
     StorageError,
     TableNotFoundError,
+    first_line,
 )
 from .tables import TableInfo, is_internal, valid_table_name
 
@@ -66,7 +67,15 @@ BATCH_READAHEAD = 4
 
 
 def _is_table(path: Path) -> bool:
-    return (path / "_delta_log").is_dir() and DeltaTable.is_deltatable(str(path))
+    """Whether ``path`` holds a Delta log; ``StorageError`` if it cannot be read.
+
+    deltalake raises ``OSError`` for a log directory it cannot walk
+    (unreadable, a symlink loop); ``Path.is_dir`` for an unreadable parent.
+    """
+    try:
+        return (path / "_delta_log").is_dir() and DeltaTable.is_deltatable(str(path))
+    except OSError as exc:
+        raise storage_error(path.name, "reading the log", exc) from None
 
 
 def table_names(store: DeltaStore) -> list[str]:
@@ -76,17 +85,22 @@ def table_names(store: DeltaStore) -> list[str]:
     except FileNotFoundError:
         return []
     except OSError as exc:
-        raise StorageError(f"cannot list the Delta root {str(store.root)!r}: {exc}") from None
+        raise StorageError(
+            f"cannot list the Delta root {str(store.root)!r}: {first_line(exc)}"
+        ) from None
     names = []
     for entry in entries:
-        if not entry.is_dir(follow_symlinks=False) or is_internal(entry.name):
-            continue
         try:
+            if not entry.is_dir(follow_symlinks=False) or is_internal(entry.name):
+                continue
             valid_table_name(entry.name)
+            if _is_table(Path(entry.path)):
+                names.append(entry.name)
         except InvalidNameError:
             continue
-        if _is_table(Path(entry.path)):
-            names.append(entry.name)
+        except (StorageError, OSError) as exc:  # one unreadable table hides only itself
+            detail = exc.detail if isinstance(exc, StorageError) else first_line(exc)
+            log.warning("skipping Delta table %s: %s", entry.name, detail)
     return sorted(names, key=lambda name: (name.lower(), name))
 
 
@@ -94,7 +108,7 @@ def resolve(store: DeltaStore, name: str) -> str:
     """The stored spelling of table ``name``; ``TableNotFoundError`` if none."""
     table = valid_table_name(name)
     if not is_internal(table):
-        path = store.table_path(table)  # may already match another case
+        path = _table_path(store, table)  # may already match another case
         if _is_table(path):
             return path.name
         for found in table_names(store):
@@ -105,7 +119,7 @@ def resolve(store: DeltaStore, name: str) -> str:
 
 def load_table(store: DeltaStore, table: str, version: int | None = None) -> DeltaTable:
     """The Delta table ``table`` (already resolved), at ``version`` or the latest."""
-    path = str(store.table_path(table))
+    path = str(_table_path(store, table))
     try:
         return DeltaTable(path, version=version)
     except DeltaTableNotFound:
@@ -119,6 +133,14 @@ def load_table(store: DeltaStore, table: str, version: int | None = None) -> Del
         raise storage_error(table, "loading", exc) from None
 
 
+def _table_path(store: DeltaStore, table: str) -> Path:
+    """``store.table_path(table)``; an OS error looking at the root is a ``StorageError``."""
+    try:
+        return store.table_path(table)
+    except OSError as exc:
+        raise storage_error(table, "locating the table", exc) from None
+
+
 def open_table(store: DeltaStore, name: str) -> tuple[str, DeltaTable]:
     """(the stored spelling of ``name``, the latest version of that table)."""
     table = resolve(store, name)
@@ -128,12 +150,9 @@ def open_table(store: DeltaStore, name: str) -> tuple[str, DeltaTable]:
 # -- errors and JSON -----------------------------------------------------------
 
 
-def first_line(exc: BaseException) -> str:
-    text = str(exc).strip()
-    return text.splitlines()[0] if text else type(exc).__name__
-
-
 def storage_error(table: str, action: str, exc: BaseException) -> StorageError:
+    """``StorageError`` naming the table and action, with ``exc``'s first line only
+    (delta-rs appends Rust backtraces and ANSI-coloured causes)."""
     return StorageError(f"Delta table {table!r}: {action} failed: {first_line(exc)}")
 
 
@@ -283,17 +302,18 @@ def describe(store: DeltaStore, name: str) -> dict[str, Any]:
     last_modified (ISO 8601, UTC), cdc_enabled, protocol.
     """
     table, dt = open_table(store, name)
+    path = _table_path(store, table)
     try:
         info, files = _info(table, dt)
         metadata = dt.metadata()
         protocol = dt.protocol()
-        last = dt.history(1)
         fields = {f.name: f for f in dt.schema().fields}
     except (DeltaError, OSError, pa.ArrowException) as exc:
         raise storage_error(table, "describing", exc) from None
+    last = _commits(table, path, dt, 1)
     return {
         "table": table,
-        "path": str(store.table_path(table)),
+        "path": str(path),
         "version": latest_version(dt),
         "files": files,
         "size_bytes": info.bytes,
@@ -312,7 +332,7 @@ def describe(store: DeltaStore, name: str) -> dict[str, Any]:
         "partition_by": list(metadata.partition_columns),
         "properties": {str(k): json_safe(v) for k, v in metadata.configuration.items()},
         "created": _iso(metadata.created_time),
-        "last_modified": _iso(last[0].get("timestamp")) if last else None,
+        "last_modified": last[0]["timestamp"] if last else None,
         "cdc_enabled": cdc_enabled(dt),
         "protocol": {
             "min_reader_version": protocol.min_reader_version,
@@ -474,8 +494,8 @@ def changes(
         raw = pa.RecordBatchReader.from_stream(
             dt.load_cdf(starting_version=start, ending_version=end, columns=selected)
         )
-    except DeltaError as exc:
-        if "change data" in str(exc):  # CDF was turned on after from_version
+    except (DeltaError, OSError) as exc:
+        if isinstance(exc, DeltaError) and "change data" in str(exc):  # CDF turned on later
             raise InvalidReadError(
                 f"table {table!r} has no change data for some of versions {start}..{end}: "
                 f"{first_line(exc)}"
@@ -494,13 +514,54 @@ def history(store: DeltaStore, name: str, limit: int | None = None) -> list[dict
     """
     limit = _check_limit(limit)
     table, dt = open_table(store, name)
-    if limit == 0:
-        return []
+    return _commits(table, _table_path(store, table), dt, limit)
+
+
+def _commits(table: str, path: Path, dt: DeltaTable, limit: int | None) -> list[dict[str, Any]]:
+    """``history`` of the version ``dt`` has loaded: its commits from the log files.
+
+    Read from ``path``'s log, version by version down from ``dt.version()``
+    (stopping at a file removed by log cleanup), not with ``dt.history()``:
+    deltalake 1.6.6 lists commits newer than the loaded version too, numbered
+    counting down from the loaded version, so a commit landing between
+    loading the table and reading its history shifts every number.
+    """
+    entries: list[dict[str, Any]] = []
+    version = latest_version(dt)
     try:
-        commits = dt.history(limit)
-    except (DeltaError, OSError) as exc:
+        while version >= 0 and (limit is None or len(entries) < limit):
+            info = _commit_info(path, version)
+            if info is None:
+                break
+            entries.append(_commit_entry({**info, "version": version}))
+            version -= 1
+    except (OSError, ValueError) as exc:
         raise storage_error(table, "reading the history", exc) from None
-    return [_commit_entry(commit) for commit in commits]
+    return entries
+
+
+def _commit_info(path: Path, version: int) -> dict[str, Any] | None:
+    """The ``commitInfo`` of ``version`` in its log file; None if that file is gone.
+
+    Without a ``timestamp`` in it (some writers omit commitInfo), the file's
+    modification time stands in, as in Delta's own history.
+    """
+    log_file = path / "_delta_log" / f"{version:020d}.json"
+    try:
+        with open(log_file, encoding="utf-8") as lines:
+            info: dict[str, Any] = {}
+            for line in lines:
+                if '"commitInfo"' in line:
+                    action = json.loads(line)
+                    found = action.get("commitInfo") if isinstance(action, dict) else None
+                    if isinstance(found, dict):
+                        info = found
+                        break
+            if not isinstance(info.get("timestamp"), int | float):
+                info = {**info, "timestamp": int(os.fstat(lines.fileno()).st_mtime * 1000)}
+            return info
+    except FileNotFoundError:
+        return None
 
 
 _KNOWN_COMMIT_KEYS = {

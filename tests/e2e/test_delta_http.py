@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import http.client
 import json
+import os
 import socket
 import struct
 import subprocess
@@ -248,6 +249,8 @@ def test_round_trip_describe_time_travel_and_history(lake: Server) -> None:
     assert info.status_code == 200, info.text
     described = info.json()
     assert described["table"] == "rt"
+    assert "path" not in described  # the server's file system stays private
+    assert str(root_of(lake)) not in info.text
     assert (described["version"], described["files"], described["rows"]) == (2, 3, 175)
     assert described["schema"] == SAMPLE_SCHEMA
     assert described["partition_by"] == []
@@ -290,6 +293,8 @@ def test_round_trip_describe_time_travel_and_history(lake: Server) -> None:
         ("/delta/rd/version/99", 400, "invalid_read"),
         ("/delta/rd/version/abc", 400, "invalid_read"),
         ("/delta/rd/version/-1", 400, "invalid_read"),
+        ("/delta/rd/version/%C2%B2", 400, "invalid_read"),  # "²": isdigit() but not int()
+        ("/delta/rd/version/%D9%A1", 400, "invalid_read"),  # Arabic-Indic one
         ("/delta/rd/version/0?columns=id,nope", 400, "column_not_found"),
         ("/delta/rd/version/0?limit=-1", 400, "invalid_read"),
         ("/delta/rd/version/0?limit=ten", 400, "invalid_read"),
@@ -313,6 +318,38 @@ def test_read_errors_are_json_with_specific_status(
         assert payload["missing_columns"] == ["nope"]
     lake.assert_serving()
     assert delta_version(root_of(lake) / "rd") == 0
+
+
+def test_unreadable_table_is_a_one_line_503_and_a_file_is_no_table(lake: Server) -> None:
+    """A log deltalake cannot read (OSError) is 503 storage_error in one clean line, not
+    500; a regular file where a table would be is a 404."""
+    seed(lake, "unreadable")
+    commit = root_of(lake) / "unreadable" / "_delta_log" / f"{0:020d}.json"
+    kept = commit.with_name("kept.json.bak")
+    commit.rename(kept)
+    os.symlink(commit.name, commit)  # a symlink loop: deltalake cannot walk the log
+    try:
+        for path in (
+            "/delta/unreadable",
+            "/delta/unreadable/history",
+            "/delta/unreadable/version/0",
+        ):
+            response = lake.get(path)
+            assert response.status_code == 503, (path, response.text)
+            payload = response.json()
+            assert payload["error"] == "storage_error"
+            assert payload["detail"].startswith("Delta table 'unreadable': reading the log failed")
+            assert "\n" not in payload["detail"] and "\x1b" not in payload["detail"], payload
+            assert str(root_of(lake)) not in response.text  # the path was on a later line
+    finally:
+        commit.unlink()
+        kept.rename(commit)
+    assert lake.get("/delta/unreadable").status_code == 200
+
+    (root_of(lake) / "afile").write_text("not a table")
+    status, payload = raw_request(lake, "GET", "/delta/afile", b"")
+    assert (status, payload["error"]) == (404, "table_not_found"), payload
+    lake.assert_serving()
 
 
 # -- 3. partitioned stream ------------------------------------------------------------------

@@ -2,11 +2,15 @@
 
 from __future__ import annotations
 
+import json
 import os
-from datetime import datetime
+import time
+from collections.abc import Callable
+from datetime import UTC, datetime
 from pathlib import Path
 
 import pyarrow as pa
+import pyarrow.parquet as pq
 import pytest
 from deltalake import DeltaTable, write_deltalake
 
@@ -253,6 +257,64 @@ def test_history_newest_first_with_custom_metadata(three: DeltaStore) -> None:
         dtb.history(three, "events", limit=-3)
 
 
+def _commit_time(path: Path, version: int) -> str:
+    """The ISO time of ``version``'s commitInfo, read straight from its log file."""
+    with open(path / "_delta_log" / f"{version:020d}.json", encoding="utf-8") as log_file:
+        for line in log_file:
+            action = json.loads(line)
+            if "commitInfo" in action:
+                millis = action["commitInfo"]["timestamp"]
+                return datetime.fromtimestamp(millis / 1000, tz=UTC).isoformat()
+    raise AssertionError(f"version {version} has no commitInfo")
+
+
+def test_history_and_describe_report_the_loaded_version_when_a_commit_lands_meanwhile(
+    three: DeltaStore, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A commit between loading the table and reading its history shifts no version number.
+
+    deltalake 1.6.6's ``DeltaTable.history()`` numbers commits newer than the
+    loaded version counting down from it ([(2, WRITE), (1, WRITE), (0, WRITE),
+    (-1, CREATE TABLE)] here): the load is made to race deterministically by
+    committing version 3 right after each load.
+    """
+    path = three.root / "events"
+    load = dtb.load_table
+    extra = iter(range(1000, 10_000, 10))
+
+    def load_then_commit(store: DeltaStore, table: str, version: int | None = None) -> DeltaTable:
+        dt = load(store, table, version)
+        time.sleep(0.01)  # the extra commit gets a later millisecond timestamp
+        _append(three, "events", next(extra), 1)  # another writer commits meanwhile
+        return dt
+
+    monkeypatch.setattr(dtb, "load_table", load_then_commit)
+
+    commits = dtb.history(three, "events")
+    assert [(c["version"], c["operation"]) for c in commits] == [
+        (2, "WRITE"),
+        (1, "WRITE"),
+        (0, "CREATE TABLE"),
+    ]
+    assert [c["metadata"]["arrowport.rows"] for c in commits[:2]] == [3, 5]
+    assert [c["timestamp"] for c in commits] == [_commit_time(path, v) for v in (2, 1, 0)]
+    assert [c["version"] for c in dtb.history(three, "events", limit=2)] == [3, 2]
+
+    info = dtb.describe(three, "events")
+    version = info["version"]
+    assert DeltaTable(str(path)).version() == version + 1  # the racing commit landed
+    assert info["last_modified"] == _commit_time(path, version)
+    assert info["last_modified"] != _commit_time(path, version + 1)
+
+
+def test_history_stops_at_log_entries_removed_by_cleanup(three: DeltaStore) -> None:
+    """After log cleanup (a checkpoint, older JSON commits gone) history lists what is left."""
+    dtm.checkpoint(three, "events")
+    (three.root / "events" / "_delta_log" / f"{0:020d}.json").unlink()
+    assert [c["version"] for c in dtb.history(three, "events")] == [2, 1]
+    assert dtb.describe(three, "events")["last_modified"] == _commit_time(three.root / "events", 2)
+
+
 def test_changes_of_add_only_commits_are_inserts(tmp_path: Path) -> None:
     """Appends committed by Arrowport's writer (add actions only) read as inserts."""
     store = DeltaStore(tmp_path / "lake", enable_cdc=True)
@@ -385,6 +447,36 @@ def test_vacuum_default_retention_respects_the_table_minimum(three: DeltaStore) 
         dtm.vacuum(three, "events", retention_hours=-1)
 
 
+def _orphans(path: Path, names: list[str], age_days: float) -> None:
+    """Untracked Parquet files, as a killed server leaves them, ``age_days`` old."""
+    old = time.time() - age_days * 86400
+    for name in names:
+        pq.write_table(pa.table({"id": [999]}), path / name)
+        os.utime(path / name, (old, old))
+
+
+def test_vacuum_full_removes_old_untracked_files(three: DeltaStore) -> None:
+    """Only a full vacuum removes data files no version referenced, and only old ones."""
+    path = three.root / "events"
+    tracked = _files_on_disk(path)
+    old = ["part-00000-orphan-a.parquet", "part-00000-orphan-b.parquet"]
+    _orphans(path, old, age_days=30)
+    _orphans(path, ["part-00000-orphan-new.parquet"], age_days=0)  # a running request's
+
+    assert dtm.vacuum(three, "events", retention_hours=24) == []
+    assert dtm.vacuum(three, "events", retention_hours=24, dry_run=False) == []
+    assert _files_on_disk(path) == tracked | {*old, "part-00000-orphan-new.parquet"}
+
+    listed = dtm.vacuum(three, "events", retention_hours=24, full=True)
+    assert listed == sorted(old)
+    assert _files_on_disk(path) == tracked | {*old, "part-00000-orphan-new.parquet"}
+    deleted = dtm.vacuum(three, "events", full=True, dry_run=False, retention_hours=24)
+    assert deleted == sorted(old)
+    assert _files_on_disk(path) == tracked | {"part-00000-orphan-new.parquet"}
+    assert _ids(dtb.scan(three, "events")) == [*range(10), *range(100, 105), *range(200, 203)]
+    assert dtb.table_info(three, "events").rows == 18
+
+
 def test_optimize_compacts_files(three: DeltaStore) -> None:
     """Compaction leaves one file with the same rows, in a new version."""
     path = str(three.root / "events")
@@ -447,3 +539,58 @@ def test_every_function_reports_a_missing_table(three: DeltaStore, call: object)
     """Every function raises TableNotFoundError (404) for a missing table."""
     with pytest.raises(TableNotFoundError, match="'nope' does not exist"):
         call(three)  # type: ignore[operator]
+
+
+# -- unreadable tables and error messages -------------------------------------
+
+
+def test_unreadable_log_is_a_one_line_storage_error(three: DeltaStore) -> None:
+    """A log deltalake cannot walk (OSError) is a StorageError without backtrace or ANSI.
+
+    A commit file that is a symlink loop makes ``DeltaTable.is_deltatable``
+    raise OSError with a multi-line, ANSI-coloured message (as an unreadable
+    log directory does for a user other than root).
+    """
+    _append(three, "broken", 0, 2)
+    commit = three.root / "broken" / "_delta_log" / f"{0:020d}.json"
+    commit.unlink()
+    os.symlink(commit.name, commit)
+    with pytest.raises(OSError, match="Too many levels") as raw:
+        DeltaTable.is_deltatable(str(three.root / "broken"))
+    assert "\n" in str(raw.value).strip() and "\x1b" in str(raw.value)  # what is not shown
+    calls: list[Callable[[], object]] = [
+        lambda: dtb.describe(three, "broken"),
+        lambda: dtb.history(three, "broken"),
+        lambda: dtb.scan(three, "broken"),
+        lambda: dtm.vacuum(three, "broken"),
+    ]
+    for call in calls:
+        with pytest.raises(StorageError) as info:
+            call()
+        detail = info.value.detail
+        assert info.value.http_status == 503
+        assert detail.startswith("Delta table 'broken': reading the log failed: ")
+        assert "\n" not in detail and "\x1b" not in detail, detail
+    assert [i.name for i in dtb.list_tables(three)] == ["events"]  # the others still list
+    with pytest.raises(TableNotFoundError, match="did you mean 'events'"):
+        dtb.describe(three, "event")
+
+
+def test_regular_file_where_a_table_would_be_is_not_a_table(three: DeltaStore) -> None:
+    """A regular file in the root (or as a table's _delta_log) is no table: 404, not a crash."""
+    (three.root / "afile").write_text("not a table")
+    (three.root / "nolog").mkdir()
+    (three.root / "nolog" / "_delta_log").write_text("not a log")
+    for name in ("afile", "nolog"):
+        with pytest.raises(TableNotFoundError):
+            dtb.describe(three, name)
+    assert [i.name for i in dtb.list_tables(three)] == ["events"]
+
+
+def test_root_that_is_a_file_is_a_one_line_storage_error(tmp_path: Path) -> None:
+    """A Delta root that is a regular file is a StorageError naming it, in one line."""
+    (tmp_path / "lake").write_text("oops")
+    store = DeltaStore(tmp_path / "lake")
+    with pytest.raises(StorageError, match="cannot list the Delta root") as info:
+        dtb.list_tables(store)
+    assert "\n" not in info.value.detail
