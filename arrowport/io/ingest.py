@@ -427,8 +427,6 @@ async def _write_groups(
     return ended
 
 
-
-
 async def _with_eof(
     chunks: AsyncIterator[bytes | memoryview], idle_timeout: float, mode: str
 ) -> AsyncIterator[bytes | memoryview]:

@@ -807,13 +807,16 @@ class DeltaWrite:
         self._files.pending = []
         self._made_dirs = []
 
-    def _properties(self, batches: int, rows: int, commit_id: str) -> CommitProperties:
+    def _properties(
+        self, batches: int, rows: int, commit_id: str, *, retries: int | None = None
+    ) -> CommitProperties:
         meta: dict[str, Any] = {META_COMMIT: commit_id, META_ROWS: rows, META_BATCHES: batches}
         if self.key is None:
-            return CommitProperties(custom_metadata=meta)
+            return CommitProperties(custom_metadata=meta, max_commit_retries=retries)
         return CommitProperties(
             custom_metadata={**meta, META_KEY: self.key},
             app_transactions=[Transaction(KEY_PREFIX + self.key, 1)],
+            max_commit_retries=retries,
         )
 
     def _committed_version(self, read_version: int, commit_id: str) -> int | None:
@@ -832,6 +835,8 @@ class DeltaWrite:
         if existing is None:
             self._attempt = (commit_id, -1)
             try:
+                # no retries: delta-rs would retry a lost creation race as a second
+                # CREATE TABLE at version 1; the loser appends instead (below)
                 create_table_with_add_actions(
                     str(self.path),
                     self.delta_schema,
@@ -839,7 +844,7 @@ class DeltaWrite:
                     mode="error",
                     partition_by=list(self.partition_by) or None,
                     configuration=self.store.table_properties(self.partition_by),
-                    commit_properties=props,
+                    commit_properties=self._properties(batches, rows, commit_id, retries=0),
                 )
                 self.version = 0
                 return
