@@ -34,12 +34,15 @@ DEFAULT_DB = "arrowport.duckdb"
 ENV_OVERRIDES = {
     "ARROWPORT_DB": "db_path",
     "ARROWPORT_DELTA_PATH": "delta_config.table_path",
+    "ARROWPORT_CERTFILE": "tls.certfile",
+    "ARROWPORT_KEYFILE": "tls.keyfile",
     "ARROWPORT_PORT": "port",
     "ARROWPORT_HOST": "host",
     "ARROWPORT_COMPRESSION": "compression",
     "ARROWPORT_STORAGE_BACKEND": "storage_backend",
 }
 ENV_CONFIG_PATH = "ARROWPORT_STREAMS_PATH"
+ENV_TOKEN = "ARROWPORT_TOKEN"  # one more token, allowed every stream
 
 
 class ConfigError(ValueError):
@@ -88,6 +91,8 @@ class Limits:
     max_request_size: int | None = None
     queue_depth: int = 4
     body_idle_timeout: float = 60.0
+    max_concurrent_requests: int = 64
+    max_inflight_bytes: int = 1024**3
 
     def decoder_kwargs(self) -> dict[str, int]:
         return {
@@ -113,6 +118,44 @@ class DuckDBSettings:
 @dataclass(frozen=True, slots=True)
 class FlightSettings:
     allow_table_drop: bool = False
+
+
+@dataclass(frozen=True, slots=True)
+class Token:
+    """One accepted bearer token; ``streams`` limits what it may write (None: any)."""
+
+    token: str
+    streams: tuple[str, ...] | None = None
+
+    def allows(self, stream: str) -> bool:
+        return self.streams is None or stream.lower() in {s.lower() for s in self.streams}
+
+
+@dataclass(frozen=True, slots=True)
+class AuthSettings:
+    """``auth``: off without tokens; with tokens every request needs one."""
+
+    tokens: tuple[Token, ...] = ()
+    protect_metrics: bool = True
+
+    @property
+    def enabled(self) -> bool:
+        return bool(self.tokens)
+
+
+@dataclass(frozen=True, slots=True)
+class TlsSettings:
+    certfile: str | None = None
+    keyfile: str | None = None
+
+    @property
+    def enabled(self) -> bool:
+        return self.certfile is not None
+
+
+@dataclass(frozen=True, slots=True)
+class IdempotencySettings:
+    key_ttl_hours: float = 168.0  # how long a DuckDB ledger entry answers retries
 
 
 @dataclass(frozen=True, slots=True)
@@ -174,6 +217,9 @@ class Config:
     delta_config: DeltaConfig = DeltaConfig()
     limits: Limits = Limits()
     flight: FlightSettings = FlightSettings()
+    auth: AuthSettings = AuthSettings()
+    tls: TlsSettings = TlsSettings()
+    idempotency: IdempotencySettings = IdempotencySettings()
     reload_interval: float = 1.0
     source: str | None = None
 
@@ -316,7 +362,13 @@ def _limits(raw: Mapping[str, Any], key: str) -> Limits:
         if name not in raw:
             continue
         value, where = raw[name], f"{key}.{name}"
-        if name in ("max_nesting_depth", "max_columns", "max_batch_rows", "queue_depth"):
+        if name in (
+            "max_nesting_depth",
+            "max_columns",
+            "max_batch_rows",
+            "queue_depth",
+            "max_concurrent_requests",
+        ):
             values[name] = _int(value, where, minimum=1)
         elif name == "body_idle_timeout":
             values[name] = _float(value, where)
@@ -520,11 +572,69 @@ _TOP_KEYS = set(_PARSERS) | {
     "delta_config",
     "limits",
     "flight",
+    "auth",
+    "tls",
+    "idempotency",
 }
+_AUTH_KEYS = set(AuthSettings.__dataclass_fields__)
+_TOKEN_KEYS = {"token", "streams"}
+_TLS_KEYS = set(TlsSettings.__dataclass_fields__)
+_IDEMPOTENCY_KEYS = set(IdempotencySettings.__dataclass_fields__)
+MIN_TOKEN_LENGTH = 16
 
 
-def parse_config(raw: Mapping[str, Any], source: str | None = None) -> Config:
-    """Validate a raw mapping (from YAML, with overrides applied) into a ``Config``."""
+def _token(value: object, key: str) -> Token:
+    raw = {"token": value} if isinstance(value, str) else _mapping(value, key)
+    _check_keys(raw, _TOKEN_KEYS, f"{key}.")
+    token = raw.get("token")
+    if not isinstance(token, str) or len(token) < MIN_TOKEN_LENGTH or not token.isprintable():
+        raise ConfigError(
+            f"{key}: a token must be a string of at least {MIN_TOKEN_LENGTH} printable "
+            "characters (e.g. from `openssl rand -hex 32`)"
+        )
+    if any(c.isspace() for c in token):
+        raise ConfigError(f"{key}: a token may not contain spaces")
+    streams = raw.get("streams")
+    names = None if streams is None else _names(streams, f"{key}.streams")
+    return Token(token, names)
+
+
+def _auth(raw: Mapping[str, Any], key: str, env_token: str | None) -> AuthSettings:
+    _check_keys(raw, _AUTH_KEYS, f"{key}.")
+    listed = raw.get("tokens") or []
+    if not isinstance(listed, list):
+        raise ConfigError(f"{key}.tokens: expected a list of tokens")
+    tokens = [_token(t, f"{key}.tokens[{i}]") for i, t in enumerate(listed)]
+    if env_token:
+        tokens.append(_token(env_token, ENV_TOKEN))
+    if len({t.token for t in tokens}) != len(tokens):
+        raise ConfigError(f"{key}.tokens: a token is listed twice")
+    return AuthSettings(
+        tokens=tuple(tokens),
+        protect_metrics=_bool(raw.get("protect_metrics", True), f"{key}.protect_metrics"),
+    )
+
+
+def _tls(raw: Mapping[str, Any], key: str) -> TlsSettings:
+    _check_keys(raw, _TLS_KEYS, f"{key}.")
+    cert, private = raw.get("certfile"), raw.get("keyfile")
+    if (cert is None) != (private is None):
+        raise ConfigError(f"{key}: set both certfile and keyfile, or neither")
+    for name, value in (("certfile", cert), ("keyfile", private)):
+        if value is not None and not Path(_str(value, f"{key}.{name}")).is_file():
+            raise ConfigError(f"{key}.{name}: no such file: {value!r}")
+    return TlsSettings(
+        None if cert is None else str(cert), None if private is None else str(private)
+    )
+
+
+def parse_config(
+    raw: Mapping[str, Any], source: str | None = None, *, env_token: str | None = None
+) -> Config:
+    """Validate a raw mapping (from YAML, with overrides applied) into a ``Config``.
+
+    ``env_token`` (``$ARROWPORT_TOKEN``) is one more token, allowed every stream.
+    """
     raw = _mapping(raw, "config")
     _check_keys(raw, _TOP_KEYS, "")
     values: dict[str, Any] = {"source": source}
@@ -561,6 +671,14 @@ def parse_config(raw: Mapping[str, Any], source: str | None = None) -> Config:
     values["flight"] = FlightSettings(
         allow_table_drop=_bool(flight.get("allow_table_drop", False), "flight.allow_table_drop")
     )
+    values["auth"] = _auth(_mapping(raw.get("auth"), "auth"), "auth", env_token)
+    values["tls"] = _tls(_mapping(raw.get("tls"), "tls"), "tls")
+    idem = _mapping(raw.get("idempotency"), "idempotency")
+    _check_keys(idem, _IDEMPOTENCY_KEYS, "idempotency.")
+    ttl = _float(idem.get("key_ttl_hours", 168.0), "idempotency.key_ttl_hours")
+    if ttl <= 0:
+        raise ConfigError("idempotency.key_ttl_hours: must be positive")
+    values["idempotency"] = IdempotencySettings(ttl)
     return Config(**values)
 
 
@@ -605,7 +723,9 @@ def load_config(
     for key, value in (overrides or {}).items():
         if value is not None:
             _set(raw, key, value)
-    return parse_config(raw, source=None if path is None else str(path))
+    return parse_config(
+        raw, source=None if path is None else str(path), env_token=env.get(ENV_TOKEN) or None
+    )
 
 
 def _set(raw: dict[str, Any], key: str, value: object) -> None:

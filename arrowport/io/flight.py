@@ -47,6 +47,7 @@ from ..protocol.flight_pb import (
     SchemaResult,
     Ticket,
 )
+from .auth import authenticate, authorize_write, handshake_token
 from .flight_messages import (
     MessageSink,
     ack_json,
@@ -120,6 +121,8 @@ class FlightService:
                     error="unimplemented",
                     grpc_status=GrpcStatus.UNIMPLEMENTED,
                 )
+            if method != "Handshake":  # from the headers, before any message is read
+                call.token = self._authenticate(stream)
             await handler(call)
         except (StreamGone, trio.Cancelled):
             raise
@@ -138,11 +141,41 @@ class FlightService:
 
     # -- Handshake (authentication comes later: echo the protocol version) ---
 
+    def _authenticate(self, stream: H2Stream) -> Any:
+        auth = self.state.config.auth
+        try:
+            return authenticate(auth, _header(stream, b"authorization"))
+        except ArrowportError:
+            self.state.stats.refused("auth")
+            raise
+
     async def handshake(self, call: GrpcCall) -> None:
+        """Echo the client's handshake; with auth on, its token must be valid.
+
+        The token may come as a Basic password (pyarrow's
+        ``authenticate_basic_token``), a Bearer header or the payload. The
+        answer carries ``authorization: Bearer <token>`` for the client to
+        send on later calls.
+        """
+        auth = self.state.config.auth
+        header = _header(call.stream, b"authorization")
         async for message in call.messages():
             request = HandshakeRequest.decode(message)
-            reply = HandshakeResponse(protocol_version=request.protocol_version)
+            try:
+                token = handshake_token(auth, header, request.payload)
+            except ArrowportError:
+                self.state.stats.refused("auth")
+                raise
+            if token is not None and not call.headers_sent:
+                call.response_headers.append((b"authorization", f"Bearer {token.token}".encode()))
+            reply = HandshakeResponse(
+                protocol_version=request.protocol_version, payload=request.payload
+            )
             await call.send_message(reply.encode())
+        if auth.enabled and not call.headers_sent:  # no message at all: a header is enough
+            token = handshake_token(auth, header, b"")
+            if token is not None:
+                call.response_headers.append((b"authorization", f"Bearer {token.token}".encode()))
 
     # -- metadata -----------------------------------------------------------
 
@@ -245,6 +278,7 @@ class FlightService:
                 descriptor = await _first_descriptor(decoder, chunks)
             name, key = descriptor_target(descriptor)
             route = config.route(name)
+            authorize_write(call.token, route.stream)
             if key is not None:
                 validate_idempotency_key(key)
         except trio.TooSlowError:
@@ -391,3 +425,8 @@ def _next_batch(reader: pa.RecordBatchReader) -> pa.RecordBatch | None:
         return reader.read_next_batch()
     except StopIteration:
         return None
+
+
+def _header(stream: H2Stream, name: bytes) -> str | None:
+    value = stream.headers.get(name)
+    return None if value is None else value.decode("latin-1")

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import AsyncIterator
+from typing import Any
 
 from ..protocol import NEED_DATA, ArrowportError, GrpcStatus
 from ..protocol.grpc import (
@@ -60,6 +61,8 @@ class GrpcCall:
         self.stream = stream
         self.method = method
         self.headers_sent = False
+        self.token: Any = None  # the caller's auth token, once authenticated
+        self.response_headers: list[tuple[bytes, bytes]] = []  # extra, sent with the first
         self.messages_sent = 0
 
     # -- receiving ----------------------------------------------------------
@@ -106,7 +109,7 @@ class GrpcCall:
         if not self.headers_sent:
             self.headers_sent = True
             await self.stream.send_headers(
-                [(b":status", b"200"), (b"content-type", GRPC_CONTENT_TYPE)]
+                [(b":status", b"200"), (b"content-type", GRPC_CONTENT_TYPE), *self.response_headers]
             )
 
     async def send_message(self, payload: bytes) -> None:
@@ -131,7 +134,12 @@ class GrpcCall:
         else:  # trailers-only
             self.headers_sent = True
             await self.stream.send_headers(
-                [(b":status", b"200"), (b"content-type", GRPC_CONTENT_TYPE), *trailers],
+                [
+                    (b":status", b"200"),
+                    (b"content-type", GRPC_CONTENT_TYPE),
+                    *self.response_headers,
+                    *trailers,
+                ],
                 end_stream=True,
             )
 

@@ -22,6 +22,7 @@ from .. import __version__
 from ..config import Config, Route
 from ..names import validate_idempotency_key
 from ..protocol import ArrowportError
+from .auth import authenticate, authorize_write
 from .body import StreamingASGIHTTPConnection, StreamingRequest
 from .delta_http import add_delta_read_routes
 from .ingest import Progress, ingest, refusal_reason
@@ -65,6 +66,29 @@ def create_app(state: ServerState) -> QuartTrio:
     app.config["BODY_TIMEOUT"] = None
     app.config["RESPONSE_TIMEOUT"] = None
     app.config["PROVIDE_AUTOMATIC_OPTIONS"] = True
+
+    @app.before_request
+    async def check_token() -> Response | None:
+        """Authenticate every route but /health from its headers, before any body is read."""
+        if request.endpoint == "health":
+            return None
+        try:
+            token = authenticate(state.config.auth, request.headers.get("Authorization"))
+            written = (request.view_args or {}).get("stream") or (request.view_args or {}).get(
+                "table"
+            )
+            if request.method == "POST" and written is not None:
+                authorize_write(token, written)
+        except ArrowportError as exc:
+            state.stats.refused("auth")
+            response = jsonify(exc.to_json())
+            response.status_code = exc.http_status
+            if exc.http_status == 401:
+                response.headers["WWW-Authenticate"] = 'Bearer realm="arrowport"'
+            if request.method == "POST":  # the body is never read: end the connection
+                response.headers["Connection"] = "close"
+            return response
+        return None
 
     @app.get("/health")
     async def health() -> Response:

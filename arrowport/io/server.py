@@ -125,6 +125,7 @@ RESTART_ONLY = (
     "db_path",
     "storage_backend",
     "delta_config",
+    "tls",
     "duckdb_extensions",
     "duckdb",
     "reload_interval",
