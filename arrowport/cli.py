@@ -77,12 +77,27 @@ def serve(
         ),
     ] = None,
     delta_path: DeltaPathOption = None,
+    certfile: Annotated[
+        str | None,
+        typer.Option(
+            "--certfile",
+            help="TLS certificate chain, PEM (env ARROWPORT_CERTFILE). With --keyfile the port "
+            "speaks TLS only: HTTPS and Flight at grpc+tls://HOST:PORT.",
+        ),
+    ] = None,
+    keyfile: Annotated[
+        str | None,
+        typer.Option(
+            "--keyfile",
+            help="TLS private key, PEM, unencrypted (env ARROWPORT_KEYFILE); needs --certfile.",
+        ),
+    ] = None,
     log_level: Annotated[
         str, typer.Option(help="Log level: debug, info, warning, error.")
     ] = "info",
 ) -> None:
     """Serve HTTP (POST /ingest/{stream}) and Arrow Flight (grpc://HOST:PORT) on one port,
-    until Ctrl-C or SIGTERM."""
+    until Ctrl-C or SIGTERM. With --certfile/--keyfile: HTTPS and grpc+tls:// instead."""
     logging.basicConfig(
         level=getattr(logging, log_level.upper(), logging.INFO),
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
@@ -93,6 +108,8 @@ def serve(
         "db_path": db,
         "storage_backend": backend.value if backend else None,
         "delta_config.table_path": delta_path,
+        "tls.certfile": certfile,
+        "tls.keyfile": keyfile,
     }
     path = str(config) if config is not None else None
     try:
@@ -106,6 +123,10 @@ def serve(
 
     try:
         run(effective, config_path=path, overrides=overrides)
+    except* ConfigError as group:  # found while starting: e.g. an unusable TLS key
+        for leaf in _leaves(group):
+            typer.echo(f"arrowport: config error: {leaf}", err=True)
+        raise typer.Exit(2) from None
     except* StorageError as group:
         for leaf in _leaves(group):
             typer.echo(f"arrowport: {getattr(leaf, 'detail', leaf)}", err=True)

@@ -80,7 +80,7 @@ class Server:
             assert self.proc is not None and self.proc.stdout is not None
             for line in self.proc.stdout:
                 self.log.append(line)
-                match = re.search(r"serving on (http://\S+?);", line)
+                match = re.search(r"serving on (https?://\S+?);", line)
                 if match:
                     self.url = match.group(1)
                     ready.set()

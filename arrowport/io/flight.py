@@ -316,6 +316,11 @@ class FlightService:
                     grpc_status=GrpcStatus.DEADLINE_EXCEEDED,
                 )
 
+        try:
+            self.state.admit(config)
+        except ArrowportError:
+            stats.refused("limit")
+            raise
         progress = Progress()
         stats.in_flight += 1
         try:
@@ -331,6 +336,7 @@ class FlightService:
                 decoder=decoder,
                 on_commit=acknowledge,
                 idempotency_key=key,
+                budget=self.state.budget,
             )
         except ArrowportError as exc:
             stats.finished(route.stream, ok=False)

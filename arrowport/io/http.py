@@ -26,7 +26,7 @@ from .auth import authenticate, authorize_write
 from .body import StreamingASGIHTTPConnection, StreamingRequest
 from .delta_http import add_delta_read_routes
 from .ingest import Progress, ingest, refusal_reason
-from .state import ServerState
+from .state import ServerState, TooBusyError
 
 log = logging.getLogger("arrowport.http")
 
@@ -138,6 +138,15 @@ def create_app(state: ServerState) -> QuartTrio:
                 f"Content-Encoding {encoding!r} is not supported; use Arrow IPC body "
                 "compression (LZ4_FRAME or ZSTD) instead",
             )
+        try:
+            state.admit(config)
+        except TooBusyError as exc:
+            state.stats.refused("limit")
+            response = jsonify(exc.to_json())
+            response.status_code = exc.http_status
+            response.headers["Retry-After"] = str(exc.retry_after)
+            response.headers["Connection"] = "close"  # the body is not read
+            return response
         limit = config.limits.max_request_size
         if limit is not None and (request.content_length or 0) > limit:
             state.stats.refused("limit")
@@ -168,6 +177,7 @@ def create_app(state: ServerState) -> QuartTrio:
                 progress=progress,
                 limiter=state.write_limiter,
                 idempotency_key=key,
+                budget=state.budget,
             )
         except ArrowportError as exc:
             state.stats.finished(stream, ok=False)

@@ -47,8 +47,10 @@ from ..protocol.flight import MetadataReceived
 from ..protocol.messages import validate_batch
 from ..stats import Stats
 from ..storage import IngestAborted, WriteResult
+from .budget import Hold, MemoryBudget
 
 _END = object()
+_FLUSH = object()  # write the batches held so far (the memory budget is short)
 
 
 class Write(Protocol):
@@ -216,6 +218,7 @@ async def ingest(
     decoder: Decoder | None = None,
     on_commit: OnCommit | None = None,
     idempotency_key: str | None = None,
+    budget: MemoryBudget | None = None,
 ) -> IngestResult:
     """Stream ``chunks`` into ``route.table``; return after commit.
 
@@ -233,6 +236,7 @@ async def ingest(
     assert decoder is not None
     send, receive = trio.open_memory_channel[Any](limits.queue_depth)
     results: list[WriteResult] = []
+    hold = Hold(budget)  # this request's share of the in-flight memory budget
     metadata: list[bytes] = []  # request mode: the client's app_metadata, for the one ack
     max_request = limits.max_request_size or math.inf
 
@@ -271,7 +275,7 @@ async def ingest(
             try:
                 with receive:
                     ended = await _write_groups(
-                        receive, write, in_thread, committed, route.commit, metadata
+                        receive, write, in_thread, committed, route.commit, metadata, hold
                     )
                 if not ended:
                     if route.commit == "batch":  # the request failed; keep what is committed
@@ -304,6 +308,10 @@ async def ingest(
                     elif isinstance(event, BatchReceived):
                         # full validation in a thread of its own, beside the writer's
                         await trio.to_thread.run_sync(validate_batch, event.batch)
+                        size = _size(event)
+                        if hold.would_wait(size):  # the writer must give back what it holds
+                            await send.send(_FLUSH)
+                        await hold.acquire(size)
                         await send.send(event)
                     elif isinstance(event, MetadataReceived):
                         await send.send(event)
@@ -339,6 +347,8 @@ async def ingest(
                 failure = exc  # the channel is closed: the writer commits what it holds, then stops
     except BaseExceptionGroup as group:
         raise _primary(group) from None
+    finally:
+        hold.release_all()  # what the writer did not get to (a failed request)
     if failure is not None:
         raise failure
 
@@ -388,6 +398,7 @@ async def _write_groups(
     committed: Any,
     mode: str,
     metadata: list[bytes],
+    hold: Hold,
 ) -> bool:
     """Insert queued batches group by group; True if the end marker arrived.
 
@@ -404,6 +415,8 @@ async def _write_groups(
             break
         if item is _END:
             ended = True
+        elif item is _FLUSH:
+            pass  # write the group now, however small
         elif isinstance(item, MetadataReceived):
             metadata.append(item.app_metadata)
             continue
@@ -412,11 +425,12 @@ async def _write_groups(
                 metadata.append(item.app_metadata)
             group.append(item)
             rows += item.batch.num_rows
-            size += item.batch.get_total_buffer_size()
+            size += _size(item)
             if not write.group_full(rows, size, len(group)):
                 continue
         if group:
             await in_thread(write.insert, [e.batch for e in group])
+            hold.release(size)
             if mode == "batch":
                 await committed(group, write.rows, write.batches, metadata)
                 metadata.clear()
@@ -425,6 +439,10 @@ async def _write_groups(
         await committed([], write.rows, write.batches, metadata)
         metadata.clear()
     return ended
+
+
+def _size(event: BatchReceived) -> int:
+    return int(event.batch.get_total_buffer_size())
 
 
 async def _with_eof(

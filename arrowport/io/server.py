@@ -61,6 +61,7 @@ def hypercorn_config(config: Config) -> HypercornConfig:
     hc.errorlog = logging.getLogger("arrowport.hypercorn")
     hc.graceful_timeout = 30.0
     hc.keep_alive_timeout = 75.0
+    hc.ssl_handshake_timeout = 10.0  # with TLS: a stalled handshake is closed after this
     return hc
 
 
@@ -172,6 +173,12 @@ async def serve(
     task_status: trio.TaskStatus[list[str]] = trio.TASK_STATUS_IGNORED,
 ) -> None:
     """Serve until ``shutdown_trigger`` returns (default: SIGINT or SIGTERM)."""
+    tls = config.tls
+    ssl_context = (
+        listener.tls_context(tls.certfile, tls.keyfile)
+        if tls.certfile is not None and tls.keyfile is not None
+        else None
+    )
     stores = await trio.to_thread.run_sync(open_stores, config)
     state = ServerState(config=config, stores=stores)
     app = create_app(state)
@@ -191,6 +198,7 @@ async def serve(
                     hypercorn_config(config),
                     FlightService(state),
                     shutdown_trigger=shutdown_trigger or wait_for_signal,
+                    ssl_context=ssl_context,
                     task_status=task_status,
                 )
                 nursery.cancel_scope.cancel()  # stop the helpers too
@@ -202,6 +210,8 @@ async def serve(
                 config.db_path,
                 stores["delta"].root,
             )
+            if ssl_context is not None:
+                log.info("TLS only (HTTPS, Flight at grpc+tls://); certificate %s", tls.certfile)
             task_status.started(binds)
     finally:
         with trio.CancelScope(shield=True):

@@ -7,8 +7,10 @@ from dataclasses import dataclass, field
 import trio
 
 from ..config import Config
+from ..protocol.errors import ArrowportError, GrpcStatus
 from ..stats import Stats
 from ..storage import DeltaStore
+from .budget import MemoryBudget
 from .ingest import Store, TableLocks
 
 DEFAULT_WRITERS = 64
@@ -25,6 +27,28 @@ class ServerState:
     write_limiter: trio.CapacityLimiter = field(
         default_factory=lambda: trio.CapacityLimiter(DEFAULT_WRITERS)
     )
+    budget: MemoryBudget = field(default_factory=lambda: MemoryBudget(0))
+
+    def __post_init__(self) -> None:
+        self.budget.limit = self.config.limits.max_inflight_bytes
+
+    def admit(self, config: Config) -> None:
+        """Refuse a new upload (429 / RESOURCE_EXHAUSTED) when the server is full.
+
+        Checked before any of the body is read.
+        """
+        limits = config.limits
+        self.budget.limit = limits.max_inflight_bytes  # reloadable
+        if self.stats.in_flight >= limits.max_concurrent_requests:
+            raise TooBusyError(
+                f"the server is serving its limit of {limits.max_concurrent_requests} "
+                "uploads at once; retry shortly"
+            )
+        if self.budget.exhausted:
+            raise TooBusyError(
+                f"the server's in-flight memory budget ({limits.max_inflight_bytes} bytes) "
+                "is spent; retry shortly"
+            )
 
     def store_for(self, backend: str) -> Store | None:
         return self.stores.get(backend)
@@ -62,3 +86,12 @@ class ServerState:
             "in_flight": totals["in_flight"],
             "config_source": config.source,
         }
+
+
+class TooBusyError(ArrowportError):
+    """Over a server-wide limit: 429 with Retry-After, or RESOURCE_EXHAUSTED."""
+
+    error = "too_many_requests"
+    http_status = 429
+    grpc_status = GrpcStatus.RESOURCE_EXHAUSTED
+    retry_after = 1  # seconds

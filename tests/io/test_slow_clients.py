@@ -22,12 +22,18 @@ def test_client_hanging_up_after_its_body_gets_no_commit(server: Server) -> None
     assert "gone" not in server.tables()
 
 
-def test_many_stalled_uploads_do_not_starve_other_tables(server: Server) -> None:
+def test_many_stalled_uploads_do_not_starve_other_tables(
+    server_factory: type[Server], tmp_path: Path
+) -> None:
     """Seventy uploads stalled mid-stream (one table each) leave other tables writable.
 
     More than pyarrow's I/O pool (8), trio's default thread limit (40) and the
-    writer limiter (64): a stalled upload must hold no thread at all.
+    writer limiter (64): a stalled upload must hold no thread at all. (The
+    concurrent-upload limit is raised above 70 for this.)
     """
+    config = tmp_path / "arrowport.yaml"
+    config.write_text("limits: {max_concurrent_requests: 100}\n")
+    server = server_factory(tmp_path, config=config).start()
     data = ipc_bytes(sample_table(2000), max_chunksize=500)
     stalled = [
         start_upload(server.url, f"stall{i}", len(data), data[: len(data) // 2]) for i in range(70)
