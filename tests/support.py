@@ -138,7 +138,9 @@ class Server:
             return con.execute(sql).fetchall()
 
     def tables(self) -> set[str]:
-        return {r[0] for r in self.query("SELECT table_name FROM information_schema.tables")}
+        """User tables (Arrowport's own _arrowport* tables, e.g. the ledger, left out)."""
+        rows = self.query("SELECT table_name FROM information_schema.tables")
+        return {r[0] for r in rows if not str(r[0]).lower().startswith("_arrowport")}
 
     def wait_for(self, text: str, timeout: float = 10.0) -> None:
         deadline = time.monotonic() + timeout

@@ -45,6 +45,7 @@ def open_stores(config: Config) -> dict[str, Any]:
         memory_limit=duck.memory_limit,
         threads=duck.threads,
         checkpoint_threshold=duck.checkpoint_threshold,
+        key_ttl_hours=config.idempotency.key_ttl_hours,
     )
     store.open()
     delta = DeltaStore.from_config(config)

@@ -12,7 +12,7 @@ from .errors import (
     UnsupportedTypeError,
     WriteRejectedError,
 )
-from .table_write import TableWrite, WriteResult
+from .table_write import ReplayWrite, TableWrite, WriteResult
 from .tables import TableInfo
 
 __all__ = [
@@ -22,6 +22,7 @@ __all__ = [
     "DuckDBStore",
     "IngestAborted",
     "InvalidReadError",
+    "ReplayWrite",
     "SchemaMismatchError",
     "StorageError",
     "TableInfo",

@@ -20,13 +20,14 @@ import itertools
 import logging
 import os
 import threading
+import time
 from collections.abc import Iterable, Sequence
 from typing import Any
 
 import duckdb
 import pyarrow as pa
 
-from ..names import quote_identifier
+from ..names import quote_identifier, validate_idempotency_key
 from .errors import (
     InvalidReadError,
     SchemaMismatchError,
@@ -35,7 +36,7 @@ from .errors import (
     WriteRejectedError,
 )
 from .schema import Column, check_subset, duplicate_names
-from .table_write import TableWrite, WriteResult
+from .table_write import ReplayWrite, TableWrite, WriteResult
 from .tables import (
     TableInfo,
     describe_table,
@@ -48,6 +49,13 @@ from .tables import (
 )
 
 log = logging.getLogger("arrowport.storage")
+
+# Idempotency keys of committed requests, written in the request's own transaction.
+LEDGER = '"_arrowport_ledger"'  # internal: readers never see _arrowport* tables
+LEDGER_DDL = (
+    f"CREATE TABLE IF NOT EXISTS {LEDGER} (key VARCHAR PRIMARY KEY, table_name VARCHAR, "
+    "rows BIGINT, batches BIGINT, committed_at DOUBLE)"
+)
 
 _source_ids = itertools.count(1)
 
@@ -88,8 +96,10 @@ class DuckDBStore:
         insert_group_rows: int = 2 * 122_880,
         insert_group_bytes: int = 64 * 1024 * 1024,
         insert_group_batches: int = 1024,
+        key_ttl_hours: float = 168.0,
     ) -> None:
         self.path = os.fspath(path)
+        self.key_ttl_hours = key_ttl_hours
         self.extensions = tuple(extensions)
         self._settings: dict[str, Any] = {"autoinstall_known_extensions": False}
         if memory_limit:
@@ -106,6 +116,8 @@ class DuckDBStore:
         self.commits = 0
         self.rollbacks = 0
         self.schema_mismatches = 0
+        self.replays = 0
+        self.keyed_commits = 0
 
     # -- lifecycle ----------------------------------------------------------
 
@@ -118,6 +130,38 @@ class DuckDBStore:
             raise StorageError(f"DuckDB refused the settings {self._settings}: {exc}") from None
         for name in self.extensions:
             load_extension(self._con, name)
+        try:
+            self._con.execute(LEDGER_DDL)
+            self.prune_ledger()
+        except duckdb.Error as exc:
+            raise StorageError(f"cannot prepare the idempotency ledger: {exc}") from None
+
+    # -- the idempotency ledger ---------------------------------------------
+
+    def ledger_entry(self, cur: duckdb.DuckDBPyConnection, key: str) -> tuple[int, int] | None:
+        """(rows, batches) of ``key`` if committed within the key TTL, else None."""
+        row = cur.execute(
+            f"SELECT rows, batches FROM {LEDGER} WHERE key = ? AND committed_at > ?",
+            [key, time.time() - self.key_ttl_hours * 3600],
+        ).fetchone()
+        return None if row is None else (int(row[0]), int(row[1]))
+
+    def record_key(
+        self, cur: duckdb.DuckDBPyConnection, key: str, table: str, rows: int, batches: int
+    ) -> None:
+        """Record ``key`` in the caller's open transaction (replacing an expired entry)."""
+        cur.execute(f"DELETE FROM {LEDGER} WHERE key = ?", [key])
+        cur.execute(
+            f"INSERT INTO {LEDGER} VALUES (?, ?, ?, ?, ?)", [key, table, rows, batches, time.time()]
+        )
+
+    def prune_ledger(self) -> None:
+        """Forget keys older than the TTL."""
+        with self._cursor() as cur:
+            cur.execute(
+                f"DELETE FROM {LEDGER} WHERE committed_at <= ?",
+                [time.time() - self.key_ttl_hours * 3600],
+            )
 
     def close(self, *, checkpoint: bool = True) -> None:
         con, self._con = self._con, None
@@ -274,21 +318,30 @@ class DuckDBStore:
         commit: str = "request",
         options: object = None,
         idempotency_key: str | None = None,
-    ) -> TableWrite:
+    ) -> TableWrite | ReplayWrite:
         """Start one request's write into ``table`` (request or batch commit mode).
 
         Checks the schema against the table (422 on a mismatch) before any
         data is read. The returned ``TableWrite`` is used from one thread at
         a time and must end with ``finish()`` or ``rollback()``. ``options``
-        (Delta's) do not apply; idempotency keys are not supported yet.
+        (Delta's) do not apply. An ``idempotency_key`` committed within the
+        key TTL gives a ``ReplayWrite``: it reads nothing into the table and
+        answers the original result.
         """
         if idempotency_key is not None:
-            raise WriteRejectedError(
-                "idempotency keys are supported by the delta backend only in this release; "
-                "send this stream to Delta (POST /delta/{table}) or drop the key",
-                error="idempotency_unsupported",
-                http_status=400,
-            )
+            validate_idempotency_key(idempotency_key)
+            if commit != "request":
+                raise WriteRejectedError(
+                    "idempotency keys need commit: request; in batch mode each commit is "
+                    "acknowledged as it happens, so resend only unacknowledged batches",
+                    error="idempotency_unsupported",
+                    http_status=400,
+                )
+            with self._cursor() as cur:
+                replay = self.ledger_entry(cur, idempotency_key)
+            if replay is not None:
+                self.replays += 1
+                return ReplayWrite(table, *replay)
         dupes = duplicate_names(schema.names)
         if dupes:
             self.schema_mismatches += 1
@@ -298,7 +351,7 @@ class DuckDBStore:
         if any(name == "" for name in schema.names):
             self.schema_mismatches += 1
             raise SchemaMismatchError("stream has a column with an empty name")
-        write = TableWrite(self, self._cursor(), table, schema, commit)
+        write = TableWrite(self, self._cursor(), table, schema, commit, key=idempotency_key)
         try:
             write.start()
         except BaseException:

@@ -45,8 +45,12 @@ class TableWrite:
         table: str,
         schema: pa.Schema,
         mode: str,
+        *,
+        key: str | None = None,
     ) -> None:
         self.store, self.cur, self.table, self.schema, self.mode = store, cur, table, schema, mode
+        self.key = key  # an idempotency key, recorded in the ledger with the commit
+        self.replay: tuple[int, int] | None = None  # the key was committed meanwhile
         self.rows = 0
         self.batches = 0
         self.created = False
@@ -115,6 +119,8 @@ class TableWrite:
     def finish(self) -> WriteResult:
         """Commit (request mode), or create the table of a schema-only batch stream."""
         self._run(self._finish)
+        if self.replay is not None:
+            return WriteResult(self.table, *self.replay, False, replayed=True)
         return WriteResult(self.table, self.rows, self.batches, self.created)
 
     def _finish(self) -> None:
@@ -124,8 +130,45 @@ class TableWrite:
                 self._prepare_once()
                 self._commit()
         else:
-            self._commit()
+            if self.key is None:
+                self._commit()
+            else:
+                try:
+                    if not self._record_key():
+                        return
+                    self._commit()
+                except duckdb.Error:
+                    if not self._committed_by_a_rival():
+                        raise
+                    return
+                self.store.keyed_commits += 1
         self.close()
+
+    def _committed_by_a_rival(self) -> bool:
+        """After a failed keyed commit: whether another request committed the key (its
+        ledger row conflicted with ours); then this one rolls back and replays."""
+        assert self.key is not None
+        self.rollback()
+        with self.store._cursor() as cur:  # a fresh snapshot, which sees the rival's commit
+            replay = self.store.ledger_entry(cur, self.key)
+        if replay is None:
+            return False
+        self.replay = replay
+        self.store.replays += 1
+        return True
+
+    def _record_key(self) -> bool:
+        """Put the key in the ledger, in this transaction; False (rolled back) if a
+        request with the same key committed first."""
+        assert self.key is not None
+        replay = self.store.ledger_entry(self.cur, self.key)
+        if replay is not None:
+            self.replay = replay
+            self.store.replays += 1
+            self.rollback()
+            return False
+        self.store.record_key(self.cur, self.key, self.table, self.rows, self.batches)
+        return True
 
     def rollback(self) -> None:
         """Roll back an open transaction (safe to call at any time, and twice)."""
@@ -163,3 +206,34 @@ class TableWrite:
         except BaseException as exc:
             self.rollback()
             raise self.store.translate(exc) from None
+
+
+class ReplayWrite:
+    """The write of a request whose idempotency key is already committed.
+
+    It takes the batches (the body is still read and validated) but writes
+    nothing, and ``finish()`` answers the original result, flagged replayed.
+    """
+
+    def __init__(self, table: str, rows: int, batches: int) -> None:
+        self.table = table
+        self.original = (rows, batches)
+        self.rows = 0
+        self.batches = 0
+
+    def group_full(self, rows: int, size: int, count: int) -> bool:
+        return True  # nothing to gather: let each batch go at once
+
+    def groups(self, batches: Iterable[pa.RecordBatch]) -> Iterator[list[pa.RecordBatch]]:
+        for batch in batches:
+            yield [batch]
+
+    def insert(self, group: list[pa.RecordBatch]) -> None:
+        self.rows += sum(b.num_rows for b in group)
+        self.batches += len(group)
+
+    def finish(self) -> WriteResult:
+        return WriteResult(self.table, *self.original, False, replayed=True)
+
+    def rollback(self) -> None:
+        pass

@@ -629,19 +629,19 @@ def test_invalid_idempotency_key_on_existing_table_changes_nothing(lake: Server)
     assert parquet_files(root_of(lake)) == before
 
 
-def test_idempotency_key_on_a_duckdb_stream_is_400(
+def test_idempotency_key_on_a_duckdb_stream_uses_the_ledger(
     server_factory: type[Server], tmp_path: Path
 ) -> None:
-    """A key on a DuckDB-routed stream is 400 idempotency_unsupported and writes nothing."""
+    """A key on a DuckDB-routed stream works too (the ledger): the retry writes nothing."""
     config = tmp_path / "arrowport.yaml"
     config.write_text(LAKE_CONFIG)
     server = server_factory(tmp_path, config=config).start()
-    response = server.post("plain", ipc_bytes(sample_table(5)), headers={"Idempotency-Key": "k1"})
-    assert response.status_code == 400, response.text
-    assert response.json()["error"] == "idempotency_unsupported"
-    server.assert_serving()
-    assert server.post("other", ipc_bytes(sample_table(3))).status_code == 200
-    assert server.tables() == {"other"}
+    body = ipc_bytes(sample_table(5))
+    first = server.post("plain", body, headers={"Idempotency-Key": "k1"})
+    again = server.post("plain", body, headers={"Idempotency-Key": "k1"})
+    assert (first.status_code, first.json()["replayed"]) == (200, False)
+    assert (again.status_code, again.json()["replayed"], again.json()["rows"]) == (200, True, 5)
+    assert server.query("SELECT count(*) FROM plain") == [(5,)]
 
 
 # -- 6. bad input against Delta: refused, nothing committed, no stray files ------------------

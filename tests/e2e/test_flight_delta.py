@@ -18,6 +18,7 @@ delta_config: {table_path: ./lake}
 streams:
   events: {storage_backend: delta}
   plain: {}
+  ticks: {commit: batch}
 """
 
 
@@ -73,12 +74,12 @@ def test_doput_idempotency_key_in_the_descriptor_cmd_writes_once(
 def test_bad_idempotency_keys_are_refused_before_anything_is_written(
     server: Server, tmp_path: Path
 ) -> None:
-    """A malformed key (INVALID_ARGUMENT) or a key on a DuckDB stream writes nothing."""
+    """A malformed key (INVALID_ARGUMENT) writes nothing; a key needs commit: request."""
     client = flight_client(server)
     with pytest.raises(pa.ArrowInvalid, match="idempotency key must be"):
         put_table(client, _cmd({"stream": "events", "idempotency_key": "has space"}), ids(0, 5))
-    with pytest.raises(pa.ArrowInvalid, match="delta backend only"):
-        put_table(client, _cmd({"stream": "plain", "idempotency_key": "k"}), ids(0, 5))
+    with pytest.raises(pa.ArrowInvalid, match="need commit: request"):
+        put_table(client, _cmd({"stream": "ticks", "idempotency_key": "k"}), ids(0, 5))
     with pytest.raises(pa.ArrowInvalid, match="must be a string"):
         put_table(client, _cmd({"stream": "events", "idempotency_key": 7}), ids(0, 5))
     assert not (tmp_path / "lake" / "events").exists()

@@ -86,7 +86,7 @@ def test_list_tables_hides_internal_other_schemas_and_attached(
 ) -> None:
     """Only schema main of the store's own file is listed, without _arrowport*, views or temps."""
     _put(store, "visible", _ints(1))
-    _sql(store, "CREATE TABLE _arrowport_ledger (x INT)")
+    _sql(store, "CREATE TABLE _arrowport_scratch (x INT)")  # (the ledger exists already)
     _sql(store, "CREATE TABLE _ARROWPORT_other (x INT)")
     _sql(store, "CREATE SCHEMA side")
     _sql(store, "CREATE TABLE side.hidden (x INT)")
@@ -156,7 +156,7 @@ def test_invalid_names_are_invalid_argument(store: DuckDBStore, name: str) -> No
 
 def test_internal_tables_cannot_be_read_or_dropped(store: DuckDBStore) -> None:
     """_arrowport* tables do not exist for table_info, scan and drop_table, and survive a drop."""
-    _sql(store, "CREATE TABLE _arrowport_ledger (x INT)")
+    # the real ledger exists from open(); it is empty
     for call in (store.table_info, store.scan, store.drop_table):
         with pytest.raises(TableNotFoundError):
             call("_arrowport_ledger")
