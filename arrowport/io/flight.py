@@ -277,7 +277,11 @@ class FlightService:
             with trio.fail_after(config.limits.body_idle_timeout or math.inf):
                 descriptor = await _first_descriptor(decoder, chunks)
             name, key = descriptor_target(descriptor)
-            route = config.route(name)
+            table, backend = descriptor_backend(descriptor)
+            if table is not None and backend == "delta":  # as ListFlights describes Delta tables
+                route = config.delta_route(table)
+            else:
+                route = config.route(name or (table or ""))
             authorize_write(call.token, route.stream)
             if key is not None:
                 validate_idempotency_key(key)

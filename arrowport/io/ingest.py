@@ -241,7 +241,11 @@ async def ingest(
     max_request = limits.max_request_size or math.inf
 
     async def committed(
-        group: list[BatchReceived], rows: int, batches: int, pending: list[bytes]
+        group: list[BatchReceived],
+        rows: int,
+        batches: int,
+        pending: list[bytes],
+        version: int | None = None,
     ) -> None:
         progress.rows, progress.batches = rows, batches
         wire = sum(e.wire_bytes for e in group)
@@ -255,7 +259,7 @@ async def ingest(
         )
         if on_commit is not None:
             echo = pending + [e.app_metadata for e in group if e.app_metadata is not None]
-            await on_commit(Commit(rows, batches, echo))
+            await on_commit(Commit(rows, batches, echo, version))
 
     async def in_thread(fn: Any, *args: Any) -> Any:
         return await trio.to_thread.run_sync(fn, *args, limiter=limiter)
@@ -432,7 +436,8 @@ async def _write_groups(
             await in_thread(write.insert, [e.batch for e in group])
             hold.release(size)
             if mode == "batch":
-                await committed(group, write.rows, write.batches, metadata)
+                version = getattr(write, "version", None)  # Delta: the version just made
+                await committed(group, write.rows, write.batches, metadata, version)
                 metadata.clear()
             group, rows, size = [], 0, 0
     if ended and mode == "batch" and metadata:  # app_metadata after the last batch

@@ -19,6 +19,7 @@ streams:
   events: {storage_backend: delta}
   plain: {}
   ticks: {commit: batch}
+  lake_ticks: {storage_backend: delta, commit: batch}
 """
 
 
@@ -132,3 +133,18 @@ def test_doget_errors_for_delta_tickets(server: Server) -> None:
     with pytest.raises(pa.ArrowInvalid, match="non-negative integer"):
         get(client, {"table": "events", "version": -1})
     assert_healthy(client)
+
+
+def test_doput_to_the_descriptor_listflights_gives_and_batch_acks_carry_versions(
+    server: Server, tmp_path: Path
+) -> None:
+    """The JSON descriptor ListFlights returns for a Delta table takes a DoPut into that table;
+    commit: batch acks on Delta name each batch's version."""
+    client = flight_client(server)
+    put_table(client, "events", ids(0, 10))
+    (info,) = [i for i in client.list_flights() if not i.descriptor.path]
+    acks = put_table(client, info.descriptor, ids(10, 5))
+    assert (acks[0]["table"], acks[0]["committed_rows"], acks[0]["version"]) == ("events", 5, 1)
+    ticks = put_table(client, "lake_ticks", ids(0, 20), max_chunksize=10)
+    assert [(a["committed_rows"], a["version"]) for a in ticks] == [(10, 0), (20, 1)]
+    assert DeltaTable(str(tmp_path / "lake" / "events")).count() == 15
