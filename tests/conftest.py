@@ -39,3 +39,17 @@ def server_factory(tmp_path: Path) -> Iterator[type[Server]]:
 @pytest.fixture
 def server(server_factory: type[Server], tmp_path: Path) -> Server:
     return server_factory(tmp_path).start()
+
+
+# --soak (tests/e2e/test_crash_safety.py): the long crash-safety run, 100 kills per backend
+# (ARROWPORT_SOAK_KILLS=N sets any count). Appended: it extends the hook above.
+_addoption_base = pytest_addoption
+
+
+def pytest_addoption(parser: pytest.Parser) -> None:
+    _addoption_base(parser)
+    parser.addoption(
+        "--soak",
+        action="store_true",
+        help="crash-safety soak: 100 SIGKILLs per backend (ARROWPORT_SOAK_KILLS=N for any N)",
+    )
