@@ -190,14 +190,19 @@ def from_ipc(
     return bytes(out)
 
 
-def seeds(golden_dir: Path = GOLDEN_DIR) -> dict[str, bytes]:
-    """DoPut streams for every golden IPC stream, some with app_metadata or a cmd descriptor."""
+def seeds(
+    golden_dir: Path = GOLDEN_DIR, streams: dict[str, bytes] | None = None
+) -> dict[str, bytes]:
+    """DoPut streams for every golden IPC stream (or for ``streams``), some with
+    app_metadata or a cmd descriptor."""
+    if streams is None:
+        streams = {p.stem: p.read_bytes() for p in sorted(golden_dir.glob("*.arrows"))}
     out = {}
-    for i, path in enumerate(sorted(golden_dir.glob("*.arrows"))):
+    for i, (name, data) in enumerate(streams.items()):
         descriptor = None
         if i % 3 == 1:
-            descriptor = FlightDescriptor(type=DESCRIPTOR_CMD, cmd=b"INSERT " + path.stem.encode())
-        out[path.stem] = from_ipc(path.read_bytes(), descriptor, app_metadata=i % 2 == 0)
+            descriptor = FlightDescriptor(type=DESCRIPTOR_CMD, cmd=b"INSERT " + name.encode())
+        out[name] = from_ipc(data, descriptor, app_metadata=i % 2 == 0)
     return out
 
 

@@ -8,73 +8,38 @@ Run (``pip install atheris``)::
 
     python fuzz/fuzz_ipc.py -max_total_time=300          # corpus in $TMPDIR
     python fuzz/fuzz_ipc.py -runs=10000 my_corpus_dir/   # or your own corpus
+    python fuzz/fuzz_ipc.py crash-1234abcd               # run one input once
 
-Without a corpus directory a working one is made under the temp directory and
-seeded with the golden streams of ``tests/protocol/golden`` (which libFuzzer
-must not write into). Half of the mutations are libFuzzer's, half are
-structure-aware (``ipc_invariant.mutate``) so inputs get past the framing.
+A corpus directory that is missing or empty is seeded with the golden streams
+of ``tests/protocol/golden`` (which libFuzzer must not write into); see
+``harness.py``. Half of the mutations are libFuzzer's, half are structure-aware
+(``ipc_invariant.mutate``) so inputs get past the framing. ``fuzz/run.py``
+runs all three harnesses for a set time and totals their executions.
 """
 
 from __future__ import annotations
 
-import random
-import shutil
 import sys
-import tempfile
 from pathlib import Path
 
-HERE = Path(__file__).resolve().parent
-GOLDEN_DIR = HERE.parent / "tests" / "protocol" / "golden"
-sys.path.insert(0, str(HERE))
+sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-try:
-    import atheris
-except ImportError:  # the test suite imports nothing from here; atheris is optional
-    atheris = None
+import harness
 
-if atheris is not None:
-    with atheris.instrument_imports(include=["arrowport", "ipc_invariant"]):
+if harness.atheris is not None:
+    with harness.atheris.instrument_imports(include=["arrowport"]):
         import ipc_invariant
-else:
+else:  # pragma: no cover - main() says atheris is missing
     import ipc_invariant
 
 
-def seeds() -> list[bytes]:
-    return [p.read_bytes() for p in sorted(GOLDEN_DIR.glob("*.arrows"))]
-
-
-_DONORS = seeds()
-
-
-def test_one_input(data: bytes) -> None:
-    ipc_invariant.check(data)
-
-
-def custom_mutator(data: bytes, max_size: int, seed: int) -> bytes:
-    rng = random.Random(seed)
-    if atheris is not None and rng.random() < 0.5:
-        out = atheris.Mutate(data, max_size)
-        return bytes(out)
-    return ipc_invariant.mutate(data, rng, _DONORS)[:max_size]
-
-
-def _working_corpus() -> str:
-    corpus = Path(tempfile.gettempdir()) / "arrowport-ipc-corpus"
-    corpus.mkdir(exist_ok=True)
-    for path in GOLDEN_DIR.glob("*.arrows"):
-        target = corpus / path.name
-        if not target.exists():
-            shutil.copyfile(path, target)
-    return str(corpus)
-
-
 def main(argv: list[str]) -> None:
-    if atheris is None:
-        sys.exit("atheris is not installed: pip install atheris")
-    if not [a for a in argv[1:] if not a.startswith("-")]:
-        argv = [*argv, _working_corpus()]
-    atheris.Setup(argv, test_one_input, custom_mutator=custom_mutator)
-    atheris.Fuzz()
+    harness.main(
+        argv,
+        name="ipc",
+        check=ipc_invariant.check,
+        mutate=ipc_invariant.mutate,
+    )
 
 
 if __name__ == "__main__":

@@ -18,6 +18,7 @@ import random
 import struct
 from collections.abc import Iterable
 from dataclasses import dataclass
+from pathlib import Path
 
 from arrowport.protocol import (
     NEED_DATA,
@@ -43,6 +44,7 @@ LIMITS: dict[str, int] = {
     "max_batch_rows": 1 << 20,
 }
 CONTINUATION = b"\xff\xff\xff\xff"
+GOLDEN_DIR = Path(__file__).resolve().parent.parent / "tests" / "protocol" / "golden"
 
 
 class InvariantViolation(AssertionError):
@@ -122,6 +124,11 @@ def check(data: bytes, limits: dict[str, int] | None = None) -> Outcome:
     if whole != bytewise:
         raise InvariantViolation(f"whole {whole} != byte by byte {bytewise}")
     return whole
+
+
+def seeds(golden_dir: Path = GOLDEN_DIR) -> dict[str, bytes]:
+    """The golden IPC streams, by name: the IPC harness's seed corpus."""
+    return {path.stem: path.read_bytes() for path in sorted(golden_dir.glob("*.arrows"))}
 
 
 # -- structure-aware mutation --------------------------------------------------

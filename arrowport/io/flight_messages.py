@@ -168,6 +168,8 @@ def _json_object(raw: bytes, what: str) -> dict[str, Any]:
         value = json.loads(raw)
     except ValueError as exc:
         raise bad_request(f"the {what} is not valid JSON: {exc}") from None
+    except RecursionError:
+        raise bad_request(f"the {what} is JSON nested too deeply") from None
     if not isinstance(value, dict):
         raise bad_request(f"the {what} must be a JSON object")
     return value

@@ -318,7 +318,10 @@ async def ingest(
                         await hold.acquire(size)
                         await send.send(event)
                     elif isinstance(event, MetadataReceived):
-                        await send.send(event)
+                        if writing:
+                            await send.send(event)
+                        else:  # no writer yet to take it from the queue: keep it for the ack
+                            metadata.append(event.app_metadata)
                     elif isinstance(event, StreamEnded):
                         ended = True
                         trailing, _ = decoder.trailing_data

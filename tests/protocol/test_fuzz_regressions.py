@@ -9,11 +9,14 @@ from __future__ import annotations
 
 import os
 import random
+from pathlib import Path
 
 import pyarrow as pa
 import pytest
 from ipc_invariant import LIMITS, check, mutate, split
 from ipc_testing import GOLDENS, golden_bytes, write_stream
+from request_invariant import check as request_check
+from request_invariant import seeds as request_seeds
 
 NAMES = sorted(GOLDENS)
 # ~2 s in all by default (CI); ARROWPORT_FUZZ_MUTANTS=5000 for a long run,
@@ -101,3 +104,57 @@ def test_regression_compressed_dictionary_deltas_count_decompressed() -> None:
 # as its own test, with its input as hex; the bugs found while writing tests need
 # more than bytes (a registered extension type) or a limit to trip, and live in
 # test_ipc_errors.py, test_ipc_limits.py and the regression test above.
+
+
+# -- found by the whole-request harness (fuzz/fuzz_request.py) ----------------------
+# Its minimized inputs are in golden/crashes/. Both bugs are outside the decoders,
+# in what the server did with their events; both are fixed (ingest keeps app_metadata
+# that precedes the schema out of the writer's queue; deeply nested JSON is a 400).
+
+CRASHES = Path(__file__).resolve().parent / "golden" / "crashes"
+
+
+def test_regression_app_metadata_before_the_schema_does_not_block_ingest() -> None:
+    """A DoPut whose descriptor is followed by 5 app_metadata-only FlightData (no schema yet).
+
+    ``ingest`` sends each ``MetadataReceived`` into the writer's queue
+    (``queue_depth`` 4), but the writer task only starts on ``SchemaReceived``:
+    the fifth send blocks forever, before the decoder can report anything, and
+    ``body_idle_timeout`` does not apply to it. Fixed, the request is refused
+    (this stream has no schema at all).
+    """
+    data = (CRASHES / "metadata_before_schema.request").read_bytes()
+    outcome = request_check(data, frozenset())
+    assert outcome.error is not None and outcome.error[1] == 400
+
+
+def test_regression_app_metadata_before_a_valid_stream() -> None:
+    """The same five app_metadata messages, then a valid stream: accepted or refused, no hang."""
+    data = (CRASHES / "metadata_before_schema.request").read_bytes()
+    stream = request_seeds()["flight_schema_only"][1:]  # a DoPut: descriptor + schema
+    outcome = request_check(data + stream, frozenset())
+    assert outcome.error is None or 400 <= outcome.error[1] < 500, outcome.error
+
+
+def test_regression_deeply_nested_descriptor_cmd_is_refused() -> None:
+    """A DoPut descriptor cmd ``{"stream": "t", "x": [[[...`` about 3000 levels deep.
+
+    ``descriptor_target`` parses a cmd starting with ``{`` with ``json.loads``,
+    which raises ``RecursionError`` (not a ``ValueError``); it escapes as a bug,
+    so the client gets INTERNAL instead of INVALID_ARGUMENT. Fixed, it is a 400.
+    """
+    data = (CRASHES / "descriptor_json_recursion.request").read_bytes()
+    outcome = request_check(data, frozenset())
+    assert outcome.error is not None and outcome.error[1] == 400
+
+
+def test_regression_descriptor_target_refuses_deep_json() -> None:
+    """The same bug without the harness: descriptor_target itself."""
+    from arrowport.io.flight_messages import descriptor_target
+    from arrowport.protocol import ArrowportError
+    from arrowport.protocol.flight_pb import DESCRIPTOR_CMD, FlightDescriptor
+
+    cmd = b'{"stream": "t", "x": ' + b"[" * 5000
+    with pytest.raises(ArrowportError) as raised:
+        descriptor_target(FlightDescriptor(type=DESCRIPTOR_CMD, cmd=cmd))
+    assert raised.value.http_status == 400
