@@ -123,6 +123,10 @@ def test_harness_fuzzes_without_crashing(tmp_path: Path, name: str) -> None:
         f"-max_total_time={SECONDS}",
         "-seed=1",
         "-timeout=20",
+        # Linux keeps ru_maxrss across exec, so the child starts with pytest's peak RSS
+        # (GBs late in a full run): bound single allocations instead of the RSS.
+        "-rss_limit_mb=32768",
+        "-malloc_limit_mb=2048",
         f"-artifact_prefix={tmp_path}/",
         str(seeds),
         cwd=tmp_path,
