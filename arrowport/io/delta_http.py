@@ -64,7 +64,8 @@ class _Sink:
         return data
 
 
-def _next_batch(reader: pa.RecordBatchReader) -> pa.RecordBatch | None:
+def next_batch(reader: pa.RecordBatchReader) -> pa.RecordBatch | None:
+    """The reader's next batch, or None at its end (for ``trio.to_thread``; Flight DoGet too)."""
     try:
         return reader.read_next_batch()
     except StopIteration:
@@ -77,7 +78,7 @@ async def _arrow_stream(reader: pa.RecordBatchReader) -> AsyncIterator[bytes]:
         with pa.ipc.new_stream(sink, reader.schema) as writer:
             yield sink.take()  # the schema, at once
             while True:
-                batch = await trio.to_thread.run_sync(_next_batch, reader)
+                batch = await trio.to_thread.run_sync(next_batch, reader)
                 if batch is None:
                     break
                 writer.write_batch(batch)

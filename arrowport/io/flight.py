@@ -48,6 +48,7 @@ from ..protocol.flight_pb import (
     Ticket,
 )
 from .auth import authenticate, authorize_write, handshake_token
+from .delta_http import next_batch
 from .flight_messages import (
     MessageSink,
     ack_json,
@@ -250,7 +251,7 @@ class FlightService:
         try:
             writer = pa.ipc.new_stream(sink, reader.schema)
             while True:
-                batch = await trio.to_thread.run_sync(_next_batch, reader)
+                batch = await trio.to_thread.run_sync(next_batch, reader)
                 if batch is None:
                     break
                 writer.write_batch(batch)
@@ -428,13 +429,6 @@ async def _first_descriptor(decoder: FlightDataDecoder, chunks: Any) -> FlightDe
                 "DoPut's first FlightData must carry a FlightDescriptor naming the stream"
             )
         decoder.receive_data(await anext(iterator, b""))
-
-
-def _next_batch(reader: pa.RecordBatchReader) -> pa.RecordBatch | None:
-    try:
-        return reader.read_next_batch()
-    except StopIteration:
-        return None
 
 
 def _header(stream: H2Stream, name: bytes) -> str | None:

@@ -56,6 +56,7 @@ _FLUSH = object()  # write the batches held so far (the memory budget is short)
 class Write(Protocol):
     rows: int
     batches: int
+    version: int | None  # Delta: the version the last commit made; None for DuckDB
 
     def group_full(self, rows: int, size: int, count: int) -> bool: ...
     def insert(self, group: list[pa.RecordBatch]) -> None: ...
@@ -439,8 +440,7 @@ async def _write_groups(
             await in_thread(write.insert, [e.batch for e in group])
             hold.release(size)
             if mode == "batch":
-                version = getattr(write, "version", None)  # Delta: the version just made
-                await committed(group, write.rows, write.batches, metadata, version)
+                await committed(group, write.rows, write.batches, metadata, write.version)
                 metadata.clear()
             group, rows, size = [], 0, 0
     if ended and mode == "batch" and metadata:  # app_metadata after the last batch

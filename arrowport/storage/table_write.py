@@ -53,6 +53,7 @@ class TableWrite:
         self.replay: tuple[int, int] | None = None  # the key was committed meanwhile
         self.rows = 0
         self.batches = 0
+        self.version: int | None = None  # DuckDB has no table versions
         self.created = False
         self._prepared = False
         self._in_transaction = False
@@ -218,6 +219,7 @@ class ReplayWrite:
     def __init__(self, table: str, rows: int, batches: int) -> None:
         self.table = table
         self.original = (rows, batches)
+        self.version: int | None = None
         self.rows = 0
         self.batches = 0
 
