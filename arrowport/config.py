@@ -91,6 +91,7 @@ class Limits:
     max_request_size: int | None = None
     queue_depth: int = 4
     body_idle_timeout: float = 60.0
+    min_body_rate: int = 1024
     max_concurrent_requests: int = 64
     max_inflight_bytes: int = 1024**3
 
@@ -372,6 +373,8 @@ def _limits(raw: Mapping[str, Any], key: str) -> Limits:
             values[name] = _int(value, where, minimum=1)
         elif name == "body_idle_timeout":
             values[name] = _float(value, where)
+        elif name == "min_body_rate":  # bytes per second; 0 turns it off
+            values[name] = parse_size(value, where)
         elif name == "max_request_size" and value in (None, 0, "0", "unlimited"):
             values[name] = None
         else:

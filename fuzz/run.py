@@ -74,11 +74,12 @@ def main(argv: list[str]) -> int:
     if not args.strict:
         env["ARROWPORT_FUZZ_TOLERATE"] = "all"
     (args.corpus / "logs").mkdir(parents=True, exist_ok=True)
-    tasks = []
     for harness in harnesses:
         corpus.build(args.corpus / harness, harness, args.minis)
         (args.corpus / "artifacts" / harness).mkdir(parents=True, exist_ok=True)
-        tasks += [(harness, i) for i in range(args.processes)]
+
+    # round-robin, so a run stopped early has worked on every harness
+    tasks = [(harness, i) for i in range(args.processes) for harness in harnesses]
 
     stamp = time.strftime("%Y%m%d-%H%M%S")
     running: list[tuple[str, int, subprocess.Popen[bytes], Path, float]] = []

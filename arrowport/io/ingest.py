@@ -332,7 +332,7 @@ async def ingest(
             try:
                 with send:
                     await drain()  # what the caller's decoder already holds
-                    async for chunk in _with_eof(chunks, limits.body_idle_timeout, route.commit):
+                    async for chunk in _with_eof(chunks, limits, route.commit):
                         received += len(chunk)
                         if received > max_request:
                             raise ProtocolError(
@@ -454,32 +454,55 @@ def _size(event: BatchReceived) -> int:
 
 
 async def _with_eof(
-    chunks: AsyncIterator[bytes | memoryview], idle_timeout: float, mode: str
+    chunks: AsyncIterator[bytes | memoryview], limits: Limits, mode: str
 ) -> AsyncIterator[bytes | memoryview]:
     """Yield the body's chunks, then ``b""`` once the body is complete.
 
-    A client that sends nothing for ``idle_timeout`` seconds is cut off: it
-    would otherwise hold its table's writer for as long as it likes.
+    A client that sends nothing for ``limits.body_idle_timeout`` seconds is
+    cut off: it would otherwise hold its table's writer for as long as it
+    likes. So is a client that trickles (slowloris): with
+    ``limits.min_body_rate``, the time the body may spend waiting for the
+    client is a credit of at most ``body_idle_timeout`` seconds, spent by
+    waiting and earned back at one second per ``min_body_rate`` bytes. Only
+    time spent waiting for the client counts, never time the server spends
+    writing (when flow control holds the client back).
     """
+    idle = limits.body_idle_timeout or math.inf
+    rate = limits.min_body_rate
+    credit = idle
+    received = 0
+    waited = 0.0
+    kept = "; batches before it stay committed" if mode == "batch" else " and nothing was committed"
     iterator = aiter(chunks)
     while True:
+        asked = trio.current_time()
         try:
-            with trio.fail_after(idle_timeout or math.inf):
+            with trio.fail_after(credit):
                 chunk = await anext(iterator)
         except StopAsyncIteration:
             break
         except trio.TooSlowError:
+            if credit < idle:
+                waited = max(waited + credit, 1e-3)
+                raise ArrowportError(
+                    f"the request body arrived at {received / waited:,.0f} bytes/s, below "
+                    f"limits.min_body_rate ({rate:,} bytes/s): {received:,} bytes in "
+                    f"{waited:,.1f} s of waiting; the request was abandoned{kept}",
+                    error="body_too_slow",
+                    http_status=408,
+                    grpc_status=GrpcStatus.DEADLINE_EXCEEDED,
+                ) from None
             raise ArrowportError(
-                f"no request body data for {idle_timeout:g} s; the request was abandoned"
-                + (
-                    "; batches before it stay committed"
-                    if mode == "batch"
-                    else " and nothing was committed"
-                ),
+                f"no request body data for {idle:g} s; the request was abandoned{kept}",
                 error="body_timeout",
                 http_status=408,
                 grpc_status=GrpcStatus.DEADLINE_EXCEEDED,
             ) from None
+        if rate:
+            spent = trio.current_time() - asked
+            waited += spent
+            received += len(chunk)
+            credit = max(0.0, min(idle, credit - spent + len(chunk) / rate))
         if chunk:
             yield chunk
     yield b""

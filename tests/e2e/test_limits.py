@@ -2,13 +2,17 @@
 
 from __future__ import annotations
 
+import contextlib
+import select
+import threading
 import time
 from pathlib import Path
 
 import pyarrow as pa
+import pyarrow.flight as fl
 import pytest
 from flight_helpers import flight_client, put_table
-from support import Server, ipc_bytes, read_response, start_upload
+from support import Server, ipc_bytes, read_response, sample_table, start_upload
 
 
 def _stream(batches: int, rows: int) -> tuple[bytes, list[int]]:
@@ -109,3 +113,96 @@ def test_a_flight_call_over_the_budget_waits_and_lands(
     acks = put_table(flight_client(server), "big", table, max_chunksize=250_000)
     assert acks[0]["committed_rows"] == 2_000_000
     assert server.query("SELECT count(*) FROM big") == [(2_000_000,)]
+
+
+def _rss_mb(pid: int) -> float:
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1]) / 1024
+    raise AssertionError(f"no VmRSS in /proc/{pid}/status")
+
+
+def test_trickling_uploads_are_cut_off_and_free_their_tables(
+    server_factory: type[Server], tmp_path: Path
+) -> None:
+    """Slowloris: 30 uploads trickling 640 B/s, never idle, get 408 body_too_slow once their
+    2 s of credit is spent. A client above the rate lands. Nothing trickled is stored, the
+    tables are free, and the server's RSS barely moves."""
+    config = tmp_path / "arrowport.yaml"
+    config.write_text(
+        "limits: {body_idle_timeout: 2, min_body_rate: 4KiB, max_concurrent_requests: 100}\n"
+    )
+    server = server_factory(tmp_path, config=config).start()
+    assert server.proc is not None
+    body = ipc_bytes(sample_table(3000))
+    assert len(body) > 30_000  # far more than 2 s of trickle
+    rss_before = _rss_mb(server.proc.pid)
+
+    fast: dict[str, int] = {}
+
+    def send_fast() -> None:  # 1 kB every 50 ms: 20 kB/s, for longer than the credit
+        sock = start_upload(server.url, "fast", len(body))
+        for i in range(0, len(body), 1000):
+            sock.sendall(body[i : i + 1000])
+            time.sleep(0.05)
+        fast["status"] = int(read_response(sock, 30).split(b" ")[1])
+        sock.close()
+
+    fast_thread = threading.Thread(target=send_fast)
+    fast_thread.start()
+    trickling = {f"t{i}": start_upload(server.url, f"t{i}", len(body)) for i in range(30)}
+    started = time.monotonic()
+    answered: dict[str, float] = {}
+    offset = 0
+    while len(answered) < len(trickling) and time.monotonic() - started < 20:
+        for name, sock in trickling.items():
+            if name in answered:
+                continue
+            if select.select([sock], [], [], 0)[0]:
+                answered[name] = time.monotonic() - started
+                continue
+            with contextlib.suppress(OSError):
+                sock.sendall(body[offset : offset + 64])
+        offset += 64
+        time.sleep(0.1)
+    assert offset < len(body), "the trickle finished its body; make the body bigger"
+    assert sorted(answered) == sorted(trickling), f"not cut off: {set(trickling) - set(answered)}"
+    assert all(2.0 < t < 8.0 for t in answered.values()), answered  # past the idle timeout
+    for sock in trickling.values():
+        answer = read_response(sock, 10)
+        assert answer.startswith(b"HTTP/1.1 408"), answer[:300]
+        assert b"body_too_slow" in answer and b"min_body_rate" in answer, answer
+        sock.close()
+    fast_thread.join(30)
+    assert fast == {"status": 200}
+    assert _rss_mb(server.proc.pid) - rss_before < 64
+    assert server.post("t0", ipc_bytes(sample_table(5))).status_code == 200  # the table is free
+    assert server.tables() == {"fast", "t0"}
+    assert server.query("SELECT count(*) FROM t0") == [(5,)]
+
+
+def test_a_trickling_flight_put_is_cut_off(server_factory: type[Server], tmp_path: Path) -> None:
+    """A DoPut sending one tiny batch every 100 ms (a few kB/s) against 64 KiB/s ends with
+    DEADLINE_EXCEEDED naming min_body_rate; nothing is committed and the table is free."""
+    config = tmp_path / "arrowport.yaml"
+    config.write_text("limits: {body_idle_timeout: 2, min_body_rate: 64KiB}\n")
+    server = server_factory(tmp_path, config=config).start()
+    client = flight_client(server)
+    batch = pa.record_batch({"id": pa.array([1], pa.int64())})
+    writer, reader = client.do_put(fl.FlightDescriptor.for_path("slow"), batch.schema)
+    started = time.monotonic()
+    with pytest.raises(fl.FlightError) as caught:
+        while time.monotonic() - started < 20:
+            writer.write_batch(batch)
+            time.sleep(0.1)
+        writer.done_writing()
+        reader.read()
+    elapsed = time.monotonic() - started
+    with contextlib.suppress(fl.FlightError):
+        writer.close()
+    assert 2.0 < elapsed < 10.0, elapsed
+    assert isinstance(caught.value, fl.FlightTimedOutError), repr(caught.value)
+    assert "min_body_rate" in str(caught.value), str(caught.value)
+    acks = put_table(client, "slow", pa.table({"id": [7, 8]}))
+    assert acks[0]["committed_rows"] == 2  # the table is free
+    assert server.query("SELECT count(*), sum(id) FROM slow") == [(2, 15)]
