@@ -92,6 +92,7 @@ class Limits:
     queue_depth: int = 4
     body_idle_timeout: float = 60.0
     min_body_rate: int = 1024
+    connection_idle_timeout: float = 75.0
     max_concurrent_requests: int = 64
     max_inflight_bytes: int = 1024**3
 
@@ -371,7 +372,7 @@ def _limits(raw: Mapping[str, Any], key: str) -> Limits:
             "max_concurrent_requests",
         ):
             values[name] = _int(value, where, minimum=1)
-        elif name == "body_idle_timeout":
+        elif name in ("body_idle_timeout", "connection_idle_timeout"):
             values[name] = _float(value, where)
         elif name == "min_body_rate":  # bytes per second; 0 turns it off
             values[name] = parse_size(value, where)

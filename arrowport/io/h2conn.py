@@ -38,6 +38,7 @@ from __future__ import annotations
 import collections
 import contextlib
 import logging
+import math
 from collections.abc import Awaitable, Callable, Sequence
 from typing import Protocol
 
@@ -185,11 +186,13 @@ class H2Server:
         *,
         received: bytes = b"",
         terminated: Waitable | None = None,
+        idle_timeout: float = math.inf,
     ) -> None:
         self.stream = stream
         self.handler = handler
         self.received = received
         self.terminated = terminated
+        self.idle_timeout = idle_timeout
         config = h2.config.H2Configuration(
             client_side=False,
             header_encoding=None,
@@ -220,6 +223,7 @@ class H2Server:
         self._buffer: memoryview | None = None
         self._filled = 0
         self._raw: list[bytes] = []  # frames written by hand (GOAWAY at shutdown)
+        self._opened = 0  # streams opened so far (the idle watch)
 
     # -- for streams --------------------------------------------------------
 
@@ -300,6 +304,8 @@ class H2Server:
                 nursery.start_soon(self._writer)
                 if self.terminated is not None:
                     nursery.start_soon(self._wait_terminated, nursery.cancel_scope)
+                if self.idle_timeout < math.inf:
+                    nursery.start_soon(self._close_when_idle, nursery.cancel_scope)
                 await self._reader(nursery)
                 nursery.cancel_scope.cancel()
         finally:
@@ -368,6 +374,7 @@ class H2Server:
                 self.h2.reset_stream(event.stream_id, ErrorCodes.REFUSED_STREAM)
                 return
             self.streams[event.stream_id] = stream
+            self._opened += 1
             nursery.start_soon(self._run_stream, stream)
         elif isinstance(event, h2.events.StreamEnded):
             stream = self.streams.get(event.stream_id)
@@ -429,13 +436,36 @@ class H2Server:
             self._flushed.unpark_all()
 
     async def _wait_terminated(self, scope: trio.CancelScope) -> None:
-        """The server is stopping: refuse new streams, finish these, then close.
+        """The server is stopping: refuse new streams, finish these, then close."""
+        assert self.terminated is not None
+        await self.terminated.wait()
+        await self._go_away(scope)
+
+    async def _close_when_idle(self, scope: trio.CancelScope) -> None:
+        """Close a connection that has had no stream for ``idle_timeout`` seconds.
+
+        Bytes alone do not count as activity, so a client trickling a frame
+        that never completes a request is closed too. gRPC clients take the
+        GOAWAY (NO_ERROR) as "reconnect for the next call".
+        """
+        tick = min(1.0, self.idle_timeout / 4)
+        idle_since, opened = trio.current_time(), self._opened
+        while True:
+            await trio.sleep(tick)
+            now = trio.current_time()
+            if self.streams or self._opened != opened:
+                idle_since, opened = now, self._opened
+            elif now - idle_since >= self.idle_timeout:
+                log.debug("closing an HTTP/2 connection idle for %.0f s", now - idle_since)
+                await self._go_away(scope)
+                return
+
+    async def _go_away(self, scope: trio.CancelScope) -> None:
+        """Refuse new streams, let these finish, then close.
 
         The GOAWAY is written by hand: h2 treats a GOAWAY it sends as the end
         of the connection and would refuse the in-flight streams' answers.
         """
-        assert self.terminated is not None
-        await self.terminated.wait()
         self._going_away = True
         goaway = hyperframe.frame.GoAwayFrame(0)
         goaway.last_stream_id = self.h2.highest_inbound_stream_id

@@ -279,7 +279,13 @@ async def serve(
 
     async def http2(stream: trio.abc.Stream, received: bytes) -> None:
         terminated = context.terminated
-        await H2Server(stream, flight, received=received, terminated=terminated).run()
+        await H2Server(
+            stream,
+            flight,
+            received=received,
+            terminated=terminated,
+            idle_timeout=config.keep_alive_timeout,
+        ).run()
 
     async def http1(stream: Any) -> None:  # hypercorn types it SSLStream
         state = ConnectionState(lifespan_state.copy())

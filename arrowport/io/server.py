@@ -9,6 +9,7 @@ closed.
 from __future__ import annotations
 
 import logging
+import math
 import os
 import signal
 from collections.abc import Awaitable, Callable
@@ -61,7 +62,8 @@ def hypercorn_config(config: Config) -> HypercornConfig:
     hc.accesslog = None
     hc.errorlog = logging.getLogger("arrowport.hypercorn")
     hc.graceful_timeout = 30.0
-    hc.keep_alive_timeout = 75.0
+    # HTTP/1.1 keep-alive, the first bytes of a connection, and HTTP/2 connections without a stream
+    hc.keep_alive_timeout = config.limits.connection_idle_timeout or math.inf
     hc.ssl_handshake_timeout = 10.0  # with TLS: a stalled handshake is closed after this
     return hc
 
