@@ -12,7 +12,8 @@ or storage:
 * Flight (``io/flight.py`` ``do_put``): ``FlightDataDecoder(validate=False)``
   read until its first event, which must be a ``DescriptorReceived``
   (``_first_descriptor``); then ``descriptor_target``, ``descriptor_backend``,
-  ``Config.route`` or ``Config.delta_route`` and ``validate_idempotency_key``;
+  ``Config.route`` or ``Config.delta_route`` and ``validate_idempotency_key``, or
+  ``metadata_idempotency_key`` on the first event after the schema;
   then the same ingest loop.
 
 Invariant, fed whole, byte by byte and split at (seeded) random points:
@@ -60,7 +61,12 @@ from ipc_invariant import LIMITS as IPC_LIMITS
 from ipc_invariant import mutate as ipc_mutate
 
 from arrowport.config import Config
-from arrowport.io.flight_messages import bad_request, descriptor_backend, descriptor_target
+from arrowport.io.flight_messages import (
+    bad_request,
+    descriptor_backend,
+    descriptor_target,
+    metadata_idempotency_key,
+)
 from arrowport.io.grpc import grpc_status
 from arrowport.io.ingest import trailing_data_error
 from arrowport.names import validate_idempotency_key
@@ -156,6 +162,7 @@ class _Request:
         self.schema = None
         self.queued = 0  # events queued before the writer started
         self.ended = False
+        self.key_in_metadata = False  # DoPut without a key: the event after the schema may name it
 
     def _bug(self, name: str, detail: str) -> None:
         if name not in self.tolerate:
@@ -191,6 +198,7 @@ class _Request:
                 CONFIG.route(name or (table or ""))
             if key is not None:
                 validate_idempotency_key(key)
+            self.key_in_metadata = key is None
         else:
             CONFIG.route(HTTP_STREAM)
         self._ingest(chunks)
@@ -238,6 +246,10 @@ class _Request:
                 raise InvariantViolation(f"{event!r:.200} after StreamEnded")
             if not isinstance(event, BatchReceived):  # a batch counts once it is validated
                 self.events.append(_summary(event))  # type: ignore[arg-type]
+            if self.schema is not None and self.key_in_metadata:  # the writer starts here
+                self.key_in_metadata = False
+                if isinstance(event, BatchReceived | MetadataReceived):
+                    metadata_idempotency_key(event.app_metadata)
             if isinstance(event, SchemaReceived):
                 if self.schema is not None:  # a second writer would wait for the table lock
                     raise InvariantViolation("a second SchemaReceived")

@@ -57,6 +57,7 @@ from .flight_messages import (
     descriptor_backend,
     descriptor_name,
     descriptor_target,
+    metadata_idempotency_key,
     not_grpc,
     parse_ticket,
     send_flight_data,
@@ -341,6 +342,7 @@ class FlightService:
                 decoder=decoder,
                 on_commit=acknowledge,
                 idempotency_key=key,
+                key_from_metadata=metadata_idempotency_key if key is None else None,
                 budget=self.state.budget,
             )
         except ArrowportError as exc:

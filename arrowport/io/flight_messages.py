@@ -13,6 +13,7 @@ from typing import Any
 
 import pyarrow as pa
 
+from ..names import validate_idempotency_key
 from ..protocol import ArrowportError
 from ..protocol.flight_pb import FlightDescriptor, encode_flight_data_prefix
 from .grpc import GrpcCall
@@ -51,6 +52,27 @@ def descriptor_target(descriptor: FlightDescriptor) -> tuple[str, str | None]:
             return str(spec.get("stream") or ""), key
         return _text(cmd, "descriptor cmd"), None
     raise bad_request("the descriptor names no stream: set its path or its cmd")
+
+
+def metadata_idempotency_key(app_metadata: bytes | None) -> str | None:
+    """An idempotency key sent as DoPut ``app_metadata``: ``{"idempotency_key": …}``.
+
+    Read from the first FlightData after the schema (``write_metadata`` or the
+    first batch's metadata), for clients that cannot set a JSON descriptor
+    cmd. Any other app_metadata is the client's own and carries no key.
+    """
+    if not app_metadata or not app_metadata.lstrip().startswith(b"{"):
+        return None
+    try:
+        value = json.loads(app_metadata)
+    except (ValueError, RecursionError):
+        return None
+    if not isinstance(value, dict) or "idempotency_key" not in value:
+        return None
+    key = value["idempotency_key"]
+    if not isinstance(key, str):
+        raise bad_request('"idempotency_key" in app_metadata must be a string')
+    return validate_idempotency_key(key)
 
 
 @dataclass(frozen=True, slots=True)

@@ -219,6 +219,7 @@ async def ingest(
     decoder: Decoder | None = None,
     on_commit: OnCommit | None = None,
     idempotency_key: str | None = None,
+    key_from_metadata: Callable[[bytes | None], str | None] | None = None,
     budget: MemoryBudget | None = None,
 ) -> IngestResult:
     """Stream ``chunks`` into ``route.table``; return after commit.
@@ -228,7 +229,9 @@ async def ingest(
     ``on_commit`` is awaited after each commit, before the next one starts.
     With an ``idempotency_key`` already committed to the table, the body is
     read and validated but nothing is written, and the result is the
-    original one, flagged ``replayed``.
+    original one, flagged ``replayed``. With ``key_from_metadata`` (Flight,
+    when the descriptor has no key), the writer starts with the event after
+    the schema, whose app_metadata may name the key.
     """
     started = trio.current_time()
     progress = progress if progress is not None else Progress()
@@ -297,19 +300,32 @@ async def ingest(
     received = 0
     ended = False
     writing = False
+    schema: pa.Schema | None = None  # received, its writer not started yet
     failure: ArrowportError | None = None
     try:
         async with trio.open_nursery() as nursery:
 
             async def drain() -> None:
-                nonlocal ended, writing
+                nonlocal ended, writing, schema, idempotency_key
                 while True:
                     event = decoder.next_event()
                     if event is NEED_DATA:
                         return
+                    if schema is not None:  # the event after the schema: start the writer
+                        if (
+                            key_from_metadata is not None
+                            and idempotency_key is None
+                            and isinstance(event, BatchReceived | MetadataReceived)
+                        ):
+                            idempotency_key = key_from_metadata(event.app_metadata)
+                        await nursery.start(writer, schema)
+                        schema, writing = None, True
                     if isinstance(event, SchemaReceived):
-                        await nursery.start(writer, event.schema)
-                        writing = True
+                        if key_from_metadata is None:
+                            await nursery.start(writer, event.schema)
+                            writing = True
+                        else:
+                            schema = event.schema
                     elif isinstance(event, BatchReceived):
                         # full validation in a thread of its own, beside the writer's
                         await trio.to_thread.run_sync(validate_batch, event.batch)

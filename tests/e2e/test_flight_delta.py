@@ -72,6 +72,59 @@ def test_doput_idempotency_key_in_the_descriptor_cmd_writes_once(
     assert dt.transaction_version("arrowport:batch-0001") == 1
 
 
+def _put_keyed(client: fl.FlightClient, stream: str, table: pa.Table, key: str, alone: bool):  # type: ignore[no-untyped-def]
+    """DoPut with the key as app_metadata: a message of its own, or on the first batch."""
+    meta = pa.py_buffer(json.dumps({"idempotency_key": key}).encode())
+    writer, reader = client.do_put(fl.FlightDescriptor.for_path(stream), table.schema)
+    batches = table.to_batches(max_chunksize=100)
+    if alone:
+        writer.write_metadata(meta)
+        writer.write_batch(batches[0])
+    else:
+        writer.write_with_metadata(batches[0], meta)
+    for batch in batches[1:]:
+        writer.write_batch(batch)
+    writer.done_writing()
+    ack = reader.read()
+    writer.close()  # raises the call's error, if any
+    return json.loads(ack.to_pybytes())
+
+
+@pytest.mark.parametrize("stream", ["events", "plain"])
+@pytest.mark.parametrize("alone", [True, False], ids=["write_metadata", "first_batch"])
+def test_doput_idempotency_key_in_app_metadata_writes_once(
+    server: Server, tmp_path: Path, stream: str, alone: bool
+) -> None:
+    """For clients that cannot set a JSON cmd: the key as the app_metadata of the first
+    FlightData after the schema. A retry is a replay on Delta and on DuckDB (the ledger)."""
+    client = flight_client(server)
+    first = _put_keyed(client, stream, ids(0, 300), "meta-key-1", alone)
+    again = _put_keyed(client, stream, ids(0, 300), "meta-key-1", alone)
+    other = _put_keyed(client, stream, ids(300, 5), "meta-key-2", alone)
+    assert "replayed" not in first and first["committed_rows"] == 300
+    assert again["replayed"] is True and again["committed_rows"] == 300
+    assert "replayed" not in other and other["committed_rows"] == 5
+    assert json.loads(first["app_metadata"][0]) == {"idempotency_key": "meta-key-1"}
+    echo = {"seq": 1}  # app_metadata that is not a key stays the client's own
+    plain = _put_keyed_echo(client, stream, ids(400, 3), echo)
+    assert "replayed" not in plain and json.loads(plain["app_metadata"][0]) == echo
+    got = sorted(
+        get(client, {"table": stream, "backend": "delta" if stream == "events" else "duckdb"})
+        .column("id")
+        .to_pylist()
+    )
+    assert got == [*range(305), 400, 401, 402]
+
+
+def _put_keyed_echo(client: fl.FlightClient, stream: str, table: pa.Table, meta: object):  # type: ignore[no-untyped-def]
+    writer, reader = client.do_put(fl.FlightDescriptor.for_path(stream), table.schema)
+    writer.write_with_metadata(table.to_batches()[0], pa.py_buffer(json.dumps(meta).encode()))
+    writer.done_writing()
+    ack = reader.read()
+    writer.close()  # raises the call's error, if any
+    return json.loads(ack.to_pybytes())
+
+
 def test_bad_idempotency_keys_are_refused_before_anything_is_written(
     server: Server, tmp_path: Path
 ) -> None:
@@ -83,6 +136,12 @@ def test_bad_idempotency_keys_are_refused_before_anything_is_written(
         put_table(client, _cmd({"stream": "ticks", "idempotency_key": "k"}), ids(0, 5))
     with pytest.raises(pa.ArrowInvalid, match="must be a string"):
         put_table(client, _cmd({"stream": "events", "idempotency_key": 7}), ids(0, 5))
+    with pytest.raises(pa.ArrowInvalid, match="in app_metadata must be a string"):
+        _put_keyed_echo(client, "events", ids(0, 5), {"idempotency_key": 7})
+    with pytest.raises(pa.ArrowInvalid, match="idempotency key must be"):
+        _put_keyed_echo(client, "events", ids(0, 5), {"idempotency_key": "has space"})
+    with pytest.raises(pa.ArrowInvalid, match="need commit: request"):
+        _put_keyed_echo(client, "lake_ticks", ids(0, 5), {"idempotency_key": "k"})
     assert not (tmp_path / "lake" / "events").exists()
     assert_healthy(client)
 
