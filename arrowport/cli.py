@@ -2,13 +2,13 @@
 
 from __future__ import annotations
 
-import logging
+from enum import StrEnum
 from pathlib import Path
 from typing import Annotated, Any
 
 import typer
 
-from . import __version__
+from . import __version__, logs
 from .cli_delta import Backend, DeltaPathOption, delta_app, migrate_command
 from .config import ConfigError, load_config
 
@@ -18,6 +18,18 @@ app = typer.Typer(
     no_args_is_help=True,
     add_completion=False,
 )
+
+
+class LogLevel(StrEnum):
+    debug = "debug"
+    info = "info"
+    warning = "warning"
+    error = "error"
+
+
+class LogFormat(StrEnum):
+    text = "text"
+    json = "json"
 
 
 def _version(value: bool) -> None:
@@ -92,16 +104,30 @@ def serve(
             help="TLS private key, PEM, unencrypted (env ARROWPORT_KEYFILE); needs --certfile.",
         ),
     ] = None,
+    metrics_port: Annotated[
+        int | None,
+        typer.Option(
+            "--metrics-port",
+            help="Also serve GET /metrics on this port (env ARROWPORT_METRICS_PORT; "
+            "default: /metrics on the main port only).",
+        ),
+    ] = None,
     log_level: Annotated[
-        str, typer.Option(help="Log level: debug, info, warning, error.")
-    ] = "info",
+        LogLevel,
+        typer.Option(help="Log level (env ARROWPORT_LOG_LEVEL).", envvar="ARROWPORT_LOG_LEVEL"),
+    ] = LogLevel.info,
+    log_format: Annotated[
+        LogFormat,
+        typer.Option(
+            help="text, or json: one JSON object per line. Each line a request logs "
+            "carries its request id (X-Request-Id).",
+            envvar="ARROWPORT_LOG_FORMAT",
+        ),
+    ] = LogFormat.text,
 ) -> None:
     """Serve HTTP (POST /ingest/{stream}) and Arrow Flight (grpc://HOST:PORT) on one port,
     until Ctrl-C or SIGTERM. With --certfile/--keyfile: HTTPS and grpc+tls:// instead."""
-    logging.basicConfig(
-        level=getattr(logging, log_level.upper(), logging.INFO),
-        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
-    )
+    logs.configure(log_level.value, log_format.value)
     overrides: dict[str, Any] = {
         "host": host,
         "port": port,
@@ -110,6 +136,7 @@ def serve(
         "delta_config.table_path": delta_path,
         "tls.certfile": certfile,
         "tls.keyfile": keyfile,
+        "metrics.port": metrics_port,
     }
     path = str(config) if config is not None else None
     try:

@@ -40,6 +40,7 @@ ENV_OVERRIDES = {
     "ARROWPORT_HOST": "host",
     "ARROWPORT_COMPRESSION": "compression",
     "ARROWPORT_STORAGE_BACKEND": "storage_backend",
+    "ARROWPORT_METRICS_PORT": "metrics.port",
 }
 ENV_CONFIG_PATH = "ARROWPORT_STREAMS_PATH"
 ENV_TOKEN = "ARROWPORT_TOKEN"  # one more token, allowed every stream
@@ -161,6 +162,14 @@ class IdempotencySettings:
 
 
 @dataclass(frozen=True, slots=True)
+class MetricsSettings:
+    """``metrics``: /metrics is always on the main port; ``port`` adds a port of its own."""
+
+    port: int | None = None
+    host: str | None = None  # None: the server's host
+
+
+@dataclass(frozen=True, slots=True)
 class DeltaConfig:
     """``delta_config``: where Delta tables live and how they are maintained."""
 
@@ -222,6 +231,7 @@ class Config:
     auth: AuthSettings = AuthSettings()
     tls: TlsSettings = TlsSettings()
     idempotency: IdempotencySettings = IdempotencySettings()
+    metrics: MetricsSettings = MetricsSettings()
     reload_interval: float = 1.0
     source: str | None = None
 
@@ -579,11 +589,13 @@ _TOP_KEYS = set(_PARSERS) | {
     "auth",
     "tls",
     "idempotency",
+    "metrics",
 }
 _AUTH_KEYS = set(AuthSettings.__dataclass_fields__)
 _TOKEN_KEYS = {"token", "streams"}
 _TLS_KEYS = set(TlsSettings.__dataclass_fields__)
 _IDEMPOTENCY_KEYS = set(IdempotencySettings.__dataclass_fields__)
+_METRICS_KEYS = set(MetricsSettings.__dataclass_fields__)
 MIN_TOKEN_LENGTH = 16
 
 
@@ -683,6 +695,13 @@ def parse_config(
     if ttl <= 0:
         raise ConfigError("idempotency.key_ttl_hours: must be positive")
     values["idempotency"] = IdempotencySettings(ttl)
+    metrics = _mapping(raw.get("metrics"), "metrics")
+    _check_keys(metrics, _METRICS_KEYS, "metrics.")
+    port, host = metrics.get("port"), metrics.get("host")
+    values["metrics"] = MetricsSettings(
+        port=None if port is None else _int(port, "metrics.port", minimum=0, maximum=65535),
+        host=None if host is None else _str(host, "metrics.host"),
+    )
     return Config(**values)
 
 

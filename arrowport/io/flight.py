@@ -27,7 +27,7 @@ from typing import Any
 import pyarrow as pa
 import trio
 
-from .. import __version__
+from .. import __version__, logs
 from ..names import validate_idempotency_key
 from ..protocol import NEED_DATA, ArrowportError, GrpcStatus
 from ..protocol.flight import DescriptorReceived, FlightDataDecoder
@@ -47,6 +47,7 @@ from ..protocol.flight_pb import (
     SchemaResult,
     Ticket,
 )
+from ..stats import Labels
 from .auth import authenticate, authorize_write, handshake_token
 from .delta_http import next_batch
 from .flight_messages import (
@@ -64,7 +65,7 @@ from .flight_messages import (
 )
 from .grpc import GRPC_CONTENT_TYPE, GrpcCall
 from .h2conn import H2Stream, StreamGone
-from .ingest import Commit, Progress, ingest, refusal_reason
+from .ingest import Commit, Progress, ingest, refusal_reason, result_of
 from .state import ServerState
 
 log = logging.getLogger("arrowport.flight")
@@ -108,6 +109,8 @@ class FlightService:
             return
         method = stream.path[len(SERVICE) :] if stream.path.startswith(SERVICE) else ""
         call = GrpcCall(stream, method or stream.path)
+        rid = logs.start_request(_header(stream, b"x-request-id"))
+        call.response_headers.append((b"x-request-id", rid.encode()))
         handler = self.methods.get(method)
         try:
             if stream.method != "POST":
@@ -328,6 +331,7 @@ class FlightService:
             stats.refused("limit")
             raise
         progress = Progress()
+        labels = Labels.of(route, "flight")
         stats.in_flight += 1
         try:
             result = await ingest(
@@ -344,23 +348,31 @@ class FlightService:
                 idempotency_key=key,
                 key_from_metadata=metadata_idempotency_key if key is None else None,
                 budget=self.state.budget,
+                protocol="flight",
             )
         except ArrowportError as exc:
-            stats.finished(route.stream, ok=False)
-            stats.refused(refusal_reason(exc))
+            stats.finished(labels, result_of(exc))
+            stats.refused(refusal_reason(exc), labels)
             log.info("DoPut %s refused: %s: %s", route.stream, exc.error, exc.detail)
             raise
         except BaseException as exc:
-            stats.finished(route.stream, ok=False)
-            if isinstance(exc, trio.Cancelled | StreamGone):
-                stats.refused("disconnected")
+            gone = isinstance(exc, trio.Cancelled | StreamGone)
+            stats.finished(labels, "disconnected" if gone else "error")
+            if gone:
+                stats.refused("disconnected", labels)
                 log.info(
                     "DoPut %s: client went away; %d rows committed", route.stream, progress.rows
                 )
             raise
         finally:
             stats.in_flight -= 1
-        stats.finished(route.stream, ok=True)
+        stats.finished(
+            labels,
+            "replayed" if result.replayed else "ok",
+            seconds=time.monotonic() - started,
+            wire=0 if result.replayed else result.bytes,
+            decoded=0 if result.replayed else result.decoded_bytes,
+        )
         log.info(
             "DoPut %s -> %s: %d rows, %d batches, %d bytes in %.1f ms",
             route.stream,

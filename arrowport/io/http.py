@@ -18,14 +18,16 @@ from quart import Response, jsonify, request
 from quart_trio import QuartTrio
 from werkzeug.exceptions import HTTPException, RequestEntityTooLarge
 
-from .. import __version__
+from .. import __version__, logs
 from ..config import Config, Route
 from ..names import validate_idempotency_key
 from ..protocol import ArrowportError
+from ..stats import Labels
+from . import metrics
 from .auth import authenticate, authorize_write
 from .body import StreamingASGIHTTPConnection, StreamingRequest
 from .delta_http import add_delta_read_routes
-from .ingest import Progress, ingest, refusal_reason
+from .ingest import Progress, ingest, refusal_reason, result_of
 from .state import ServerState, TooBusyError
 
 log = logging.getLogger("arrowport.http")
@@ -68,9 +70,22 @@ def create_app(state: ServerState) -> QuartTrio:
     app.config["PROVIDE_AUTOMATIC_OPTIONS"] = True
 
     @app.before_request
+    async def request_id() -> None:
+        logs.start_request(request.headers.get("X-Request-Id"))
+
+    @app.after_request
+    async def send_request_id(response: Response) -> Response:
+        rid = logs.REQUEST_ID.get()
+        if rid:
+            response.headers["X-Request-Id"] = rid
+        return response
+
+    @app.before_request
     async def check_token() -> Response | None:
         """Authenticate every route but /health from its headers, before any body is read."""
         if request.endpoint == "health":
+            return None
+        if request.endpoint == "metrics_route" and not state.config.auth.protect_metrics:
             return None
         try:
             token = authenticate(state.config.auth, request.headers.get("Authorization"))
@@ -93,6 +108,10 @@ def create_app(state: ServerState) -> QuartTrio:
     @app.get("/health")
     async def health() -> Response:
         return jsonify({"status": "ok", "version": __version__})
+
+    @app.get("/metrics")
+    async def metrics_route() -> Response:
+        return Response(await metrics.render(state), content_type=metrics.CONTENT_TYPE)
 
     @app.get("/streams")
     async def streams() -> Response:
@@ -148,9 +167,10 @@ def create_app(state: ServerState) -> QuartTrio:
             response.headers["Connection"] = "close"  # the body is not read
             return response
         limit = config.limits.max_request_size
+        labels = Labels.of(route, "http")
         if limit is not None and (request.content_length or 0) > limit:
-            state.stats.refused("limit")
-            state.stats.finished(stream, ok=False)
+            state.stats.refused("limit", labels)
+            state.stats.finished(labels, "refused")
             return error_response(
                 413, "limit_exceeded", f"request body exceeds the limit of {limit} bytes"
             )
@@ -178,12 +198,13 @@ def create_app(state: ServerState) -> QuartTrio:
                 limiter=state.write_limiter,
                 idempotency_key=key,
                 budget=state.budget,
+                protocol="http",
             )
         except ArrowportError as exc:
-            state.stats.finished(stream, ok=False)
-            state.stats.refused(refusal_reason(exc))
+            state.stats.finished(labels, result_of(exc))
+            state.stats.refused(refusal_reason(exc), labels)
             log.info("ingest %s refused: %s: %s", stream, exc.error, exc.detail)
-            if exc.error == "body_timeout":
+            if exc.error in ("body_timeout", "body_too_slow"):
                 # the client stopped sending: answer at once and close the connection
                 response = jsonify({**exc.to_json(), **_progress(route.commit, progress)})
                 response.status_code = exc.http_status
@@ -197,11 +218,11 @@ def create_app(state: ServerState) -> QuartTrio:
             response.status_code = exc.http_status
             return response
         except RequestEntityTooLarge:
-            state.stats.finished(stream, ok=False)
+            state.stats.finished(labels, "refused")
             return error_response(413, "limit_exceeded", "request body too large")
         except trio.Cancelled:  # the client went away (or the server is stopping)
-            state.stats.finished(stream, ok=False)
-            state.stats.refused("disconnected")
+            state.stats.finished(labels, "disconnected")
+            state.stats.refused("disconnected", labels)
             if route.commit == "batch":
                 log.info(
                     "ingest %s: client disconnected after %d committed rows", stream, progress.rows
@@ -210,11 +231,17 @@ def create_app(state: ServerState) -> QuartTrio:
                 log.info("ingest %s: client disconnected; rolled back", stream)
             raise
         except Exception:
-            state.stats.finished(stream, ok=False)
+            state.stats.finished(labels, "error")
             raise
         finally:
             state.stats.in_flight -= 1
-        state.stats.finished(stream, ok=True)
+        state.stats.finished(
+            labels,
+            "replayed" if result.replayed else "ok",
+            seconds=time.monotonic() - started,
+            wire=0 if result.replayed else result.bytes,
+            decoded=0 if result.replayed else result.decoded_bytes,
+        )
         log.info(
             "ingest %s -> %s (%s): %d rows, %d batches, %d bytes in %.1f ms%s",
             stream,

@@ -45,7 +45,7 @@ from ..protocol.errors import GrpcStatus, ProtocolError
 from ..protocol.events import Event, _NeedData
 from ..protocol.flight import MetadataReceived
 from ..protocol.messages import validate_batch
-from ..stats import Stats
+from ..stats import Labels, Stats
 from ..storage import IngestAborted, WriteResult
 from .budget import Hold, MemoryBudget
 
@@ -169,6 +169,11 @@ def refusal_reason(exc: ArrowportError) -> str:
     return "bad_input"
 
 
+def result_of(exc: ArrowportError) -> str:
+    """The ``arrowport_requests_total`` result of a request that failed with ``exc``."""
+    return "error" if exc.http_status >= 500 else "refused"
+
+
 def trailing_data_error() -> ProtocolError:
     return ProtocolError(
         "bytes follow the end-of-stream marker; send one IPC stream per request",
@@ -221,6 +226,7 @@ async def ingest(
     idempotency_key: str | None = None,
     key_from_metadata: Callable[[bytes | None], str | None] | None = None,
     budget: MemoryBudget | None = None,
+    protocol: str = "http",
 ) -> IngestResult:
     """Stream ``chunks`` into ``route.table``; return after commit.
 
@@ -234,6 +240,7 @@ async def ingest(
     the schema, whose app_metadata may name the key.
     """
     started = trio.current_time()
+    labels = Labels.of(route, protocol)  # for the metrics
     progress = progress if progress is not None else Progress()
     if decoder is None:
         decoder = IPCStreamDecoder(**limits.decoder_kwargs(), validate=False)
@@ -255,7 +262,7 @@ async def ingest(
         wire = sum(e.wire_bytes for e in group)
         progress.bytes += wire
         stats.committed(
-            route.stream,
+            labels,
             rows=sum(e.batch.num_rows for e in group),
             batches=len(group),
             wire=wire,
@@ -296,6 +303,8 @@ async def ingest(
             finally:
                 with trio.CancelScope(shield=True):
                     await trio.to_thread.run_sync(write.rollback)  # no-op after finish()
+                if not results and route.commit != "batch":
+                    stats.rolled_back(labels)
 
     received = 0
     ended = False
@@ -380,16 +389,18 @@ async def ingest(
     if route.commit == "batch":  # each commit was counted; add the framing (schema, ...)
         framing = decoder.wire_bytes - progress.bytes
         progress.bytes = decoder.wire_bytes
-        stats.committed(route.stream, rows=0, batches=0, wire=framing, decoded=0)
+        stats.framing(labels, framing)
     else:  # one commit for the whole request
         progress.rows, progress.batches, progress.bytes = (
             result.rows,
             result.batches,
             decoder.wire_bytes,
         )
-        if not result.replayed:
+        if result.replayed:
+            stats.replayed(labels)
+        else:
             stats.committed(
-                route.stream,
+                labels,
                 rows=result.rows,
                 batches=result.batches,
                 wire=decoder.wire_bytes,

@@ -22,7 +22,7 @@ from hypercorn.config import Config as HypercornConfig
 
 from ..config import Config, ConfigError, load_config
 from ..storage import DeltaStore, DuckDBStore
-from . import listener
+from . import listener, metrics
 from .flight import FlightService
 from .http import create_app
 from .state import ServerState
@@ -147,15 +147,15 @@ async def compaction_loop(store: DeltaStore, interval: float = COMPACTION_POLL) 
             # popitem is atomic: writer threads add to the dict meanwhile
             table, options = store.compactions_due.popitem()
             try:
-                metrics = await trio.to_thread.run_sync(store.compact, table, options)
+                done = await trio.to_thread.run_sync(store.compact, table, options)
             except Exception:
                 log.exception("background compaction of %s failed", table)
                 continue
             log.info(
                 "compacted %s: %s files removed, %s added",
                 table,
-                metrics.get("numFilesRemoved"),
-                metrics.get("numFilesAdded"),
+                done.get("numFilesRemoved"),
+                done.get("numFilesAdded"),
             )
 
 
@@ -184,6 +184,7 @@ async def serve(
     )
     stores = await trio.to_thread.run_sync(open_stores, config)
     state = ServerState(config=config, stores=stores)
+    metrics.install(state)
     app = create_app(state)
     duck: DuckDBStore = stores["duckdb"]
     try:
@@ -194,6 +195,9 @@ async def serve(
                 nursery.start_soon(checkpoint_loop, duck, config.duckdb.checkpoint_interval)
             if config.delta_config.compact_every > 0:
                 nursery.start_soon(compaction_loop, stores["delta"])
+            if config.metrics.port is not None:  # read at start, like the main port
+                host = config.metrics.host or config.host
+                await nursery.start(metrics.serve, state, host, config.metrics.port)
 
             async def run_http(task_status: trio.TaskStatus[list[str]]) -> None:
                 await listener.serve(

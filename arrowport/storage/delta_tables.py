@@ -264,6 +264,16 @@ def table_info(store: DeltaStore, name: str) -> TableInfo:
         raise storage_error(table, "reading the file list", exc) from None
 
 
+def table_stats(store: DeltaStore, name: str) -> tuple[int, int, int]:
+    """(latest version, data files, their bytes on disk) of ``name``, from its log alone."""
+    table, dt = open_table(store, name)
+    try:
+        files, _, size = _file_stats(dt)
+        return latest_version(dt), files, size
+    except (DeltaError, OSError, pa.ArrowException) as exc:
+        raise storage_error(table, "reading the file list", exc) from None
+
+
 def list_tables(store: DeltaStore) -> list[TableInfo]:
     """``TableInfo`` of every Delta table under the root, sorted by name.
 

@@ -1,0 +1,236 @@
+"""Prometheus metrics: what ``Stats`` counts, plus gauges read at scrape time.
+
+``GET /metrics`` on the main port serves ``render(state)``; with
+``metrics.port`` a plain-HTTP listener of its own serves it too (``serve``).
+Scrapes run in a worker thread: the gauges stat files and read Delta logs.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import time
+from collections import deque
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import prometheus_client as prom
+import pyarrow as pa
+import trio
+from prometheus_client.core import GaugeMetricFamily
+from prometheus_client.registry import Collector
+
+from ..protocol import ArrowportError
+from ..stats import LABELS
+from ..storage import DeltaStore, StorageError
+from ..storage.delta_tables import table_names, table_stats
+from .auth import authenticate
+from .state import ServerState
+
+log = logging.getLogger(__name__)
+
+CONTENT_TYPE = prom.CONTENT_TYPE_LATEST
+GROWTH_WINDOW = 600.0  # seconds of version history behind the growth rate
+HEAD_LIMIT = 8192  # bytes of request head the metrics port reads
+HEAD_TIMEOUT = 10.0
+
+
+class ServerCollector(Collector):
+    """Gauges of one server: load, memory, DuckDB files, Delta tables, recent throughput."""
+
+    def __init__(self, state: ServerState) -> None:
+        self.state = state
+        self._delta: dict[str, tuple[int, tuple[int, int, int]]] = {}  # table: (log mtime, stats)
+        self._versions: dict[str, deque[tuple[float, int]]] = {}
+
+    def collect(self) -> Iterator[GaugeMetricFamily]:
+        state = self.state
+        yield _gauge("arrowport_in_flight_requests", "Uploads being served.", state.stats.in_flight)
+        yield _gauge(
+            "arrowport_in_flight_bytes",
+            "Decoded batches waiting for or being written, all uploads together "
+            "(the limits.max_inflight_bytes budget).",
+            state.budget.used,
+        )
+        yield _gauge(
+            "arrowport_arrow_memory_pool_bytes",
+            "Bytes allocated by Arrow's default memory pool.",
+            pa.total_allocated_bytes(),
+        )
+        rates = GaugeMetricFamily(
+            "arrowport_rows_per_second",
+            "Rows committed per second, averaged over the last 60 seconds.",
+            labels=LABELS,
+        )
+        for labels, rate in sorted(state.stats.rates().items(), key=lambda item: str(item[0])):
+            rates.add_metric([labels.stream, labels.table, labels.backend, labels.protocol], rate)
+        yield rates
+        yield from self._duckdb()
+        yield from self._delta_tables()
+
+    def _duckdb(self) -> Iterator[GaugeMetricFamily]:
+        store = self.state.stores.get("duckdb")
+        path = getattr(store, "path", None)
+        if not isinstance(path, str) or path == ":memory:":
+            return
+        for name, help_text, file in (
+            ("arrowport_duckdb_file_bytes", "Size of the DuckDB database file.", path),
+            ("arrowport_duckdb_wal_bytes", "Size of the DuckDB write-ahead log.", path + ".wal"),
+        ):
+            family = GaugeMetricFamily(name, help_text, labels=["path"])
+            family.add_metric([path], _size(file))
+            yield family
+
+    def _delta_tables(self) -> Iterator[GaugeMetricFamily]:
+        store = self.state.stores.get("delta")
+        if not isinstance(store, DeltaStore) or not store.root.is_dir():
+            return
+        version = GaugeMetricFamily(
+            "arrowport_delta_table_version", "Latest version of a Delta table.", labels=["table"]
+        )
+        files = GaugeMetricFamily(
+            "arrowport_delta_table_files",
+            "Data files in the latest version of a Delta table.",
+            labels=["table"],
+        )
+        size = GaugeMetricFamily(
+            "arrowport_delta_table_bytes",
+            "Size on disk of the data files of the latest version of a Delta table.",
+            labels=["table"],
+        )
+        growth = GaugeMetricFamily(
+            "arrowport_delta_table_versions_per_second",
+            "How fast a Delta table's version grows: new versions per second over the last "
+            "10 minutes this server has watched it (0 until two scrapes have seen it).",
+            labels=["table"],
+        )
+        now = time.monotonic()
+        for table, (v, n, b) in sorted(self._delta_stats(store).items()):
+            version.add_metric([table], v)
+            files.add_metric([table], n)
+            size.add_metric([table], b)
+            growth.add_metric([table], self._growth(table, v, now))
+        yield from (version, files, size, growth)
+
+    def _delta_stats(self, store: DeltaStore) -> dict[str, tuple[int, int, int]]:
+        """Each table's statistics, re-read only when its log has changed."""
+        out = {}
+        for table in table_names(store):
+            stamp = _mtime(store.root / table / "_delta_log")
+            cached = self._delta.get(table)
+            if cached is None or cached[0] != stamp:
+                try:
+                    cached = (stamp, table_stats(store, table))
+                except StorageError as exc:  # removed meanwhile, or a broken log
+                    log.debug("metrics: skipping Delta table %s: %s", table, exc)
+                    continue
+                self._delta[table] = cached
+            out[table] = cached[1]
+        return out
+
+    def _growth(self, table: str, version: int, now: float) -> float:
+        seen = self._versions.setdefault(table, deque())
+        if not seen or seen[-1][1] != version or now - seen[-1][0] > 1:
+            seen.append((now, version))
+        while len(seen) > 2 and now - seen[0][0] > GROWTH_WINDOW:
+            seen.popleft()
+        (t0, v0), (t1, v1) = seen[0], seen[-1]
+        return (v1 - v0) / (t1 - t0) if t1 > t0 else 0.0
+
+
+def _gauge(name: str, help_text: str, value: float) -> GaugeMetricFamily:
+    return GaugeMetricFamily(name, help_text, value=value)
+
+
+def _mtime(path: Path) -> int:
+    try:
+        return os.stat(path).st_mtime_ns
+    except OSError:
+        return 0
+
+
+def _size(path: str) -> int:
+    try:
+        return os.stat(path).st_size
+    except OSError:
+        return 0
+
+
+def install(state: ServerState) -> None:
+    """Add the gauges above, and the process's RSS and CPU, to the server's registry (once)."""
+    state.stats.registry.register(ServerCollector(state))
+    prom.ProcessCollector(registry=state.stats.registry)
+
+
+async def render(state: ServerState) -> bytes:
+    """The Prometheus text format, built in a worker thread."""
+    return await trio.to_thread.run_sync(prom.generate_latest, state.stats.registry)
+
+
+def authorized(state: ServerState, authorization: str | None) -> bool:
+    """Whether a scrape may read /metrics: always, unless auth is on and protects it."""
+    auth = state.config.auth
+    if not auth.enabled or not auth.protect_metrics:
+        return True
+    try:
+        authenticate(auth, authorization)
+    except ArrowportError:
+        return False
+    return True
+
+
+async def serve(state: ServerState, host: str, port: int, task_status: Any) -> None:
+    """Serve ``GET /metrics`` (plain HTTP/1.1, one request per connection) on a port of its own."""
+
+    async def answer(stream: trio.SocketStream) -> None:
+        try:
+            head = b""
+            with trio.move_on_after(HEAD_TIMEOUT):
+                while b"\r\n\r\n" not in head and len(head) < HEAD_LIMIT:
+                    data = await stream.receive_some(4096)
+                    if not data:
+                        break
+                    head += data
+            status, body, kind = _route(state, head)
+            if status.startswith("200"):
+                body = await render(state)
+            reply = (
+                f"HTTP/1.1 {status}\r\nContent-Type: {kind}\r\nContent-Length: {len(body)}\r\n"
+                "Connection: close\r\n\r\n"
+            ).encode()
+            await stream.send_all(reply + body)
+        except (trio.BrokenResourceError, trio.ClosedResourceError, OSError):
+            pass
+        finally:
+            with trio.CancelScope(shield=True):
+                await stream.aclose()
+
+    listeners = await trio.open_tcp_listeners(port, host=host)
+    bound = listeners[0].socket.getsockname()[1]
+    log.info("metrics on http://%s:%d/metrics", host, bound)
+    task_status.started(bound)
+    await trio.serve_listeners(answer, listeners)
+
+
+def _route(state: ServerState, head: bytes) -> tuple[str, bytes, str]:
+    lines = head.split(b"\r\n")
+    parts = lines[0].split(b" ")
+    if b"\r\n\r\n" not in head or len(parts) != 3:
+        return "400 Bad Request", b"bad request\n", "text/plain"
+    method, target = parts[0], parts[1].split(b"?")[0]
+    if target != b"/metrics":
+        return "404 Not Found", b"only /metrics is served on this port\n", "text/plain"
+    if method != b"GET":
+        return "405 Method Not Allowed", b"GET /metrics\n", "text/plain"
+    authorization = next(
+        (
+            line.split(b":", 1)[1].strip().decode("latin-1")
+            for line in lines[1:]
+            if line.lower().startswith(b"authorization:")
+        ),
+        None,
+    )
+    if not authorized(state, authorization):
+        return "401 Unauthorized", b"a bearer token is required\n", "text/plain"
+    return "200 OK", b"", CONTENT_TYPE
