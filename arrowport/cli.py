@@ -10,6 +10,7 @@ import typer
 
 from . import __version__, logs
 from .cli_delta import Backend, DeltaPathOption, delta_app, migrate_command
+from .cli_ops import config_app, streams_command
 from .config import ConfigError, load_config
 
 app = typer.Typer(
@@ -181,6 +182,11 @@ def _leaves(group: BaseExceptionGroup[BaseException]) -> list[BaseException]:
 
 app.command("migrate")(migrate_command)
 app.add_typer(delta_app, name="delta")
+
+# -- arrowport streams and arrowport config ... (cli_ops) ---------------------
+
+app.command("streams")(streams_command)
+app.add_typer(config_app, name="config")
 
 
 def main() -> None:

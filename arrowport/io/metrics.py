@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import logging
 import os
+import threading
 import time
 from collections import deque
 from collections.abc import Iterator
@@ -43,8 +44,16 @@ class ServerCollector(Collector):
         self.state = state
         self._delta: dict[str, tuple[int, tuple[int, int, int]]] = {}  # table: (log mtime, stats)
         self._versions: dict[str, deque[tuple[float, int]]] = {}
+        self._lock = threading.Lock()  # scrapes run in worker threads, maybe two at once
+
+    def describe(self) -> list[GaugeMetricFamily]:
+        return []  # else registering would run a whole scrape (Delta logs included) at start
 
     def collect(self) -> Iterator[GaugeMetricFamily]:
+        with self._lock:
+            yield from self._collect()
+
+    def _collect(self) -> Iterator[GaugeMetricFamily]:
         state = self.state
         yield _gauge("arrowport_in_flight_requests", "Uploads being served.", state.stats.in_flight)
         yield _gauge(

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from datetime import UTC, datetime
 
 import trio
 
@@ -59,26 +60,19 @@ class ServerState:
         return store
 
     def streams_report(self) -> dict[str, object]:
-        """The configured and seen streams with their counters (``GET /streams``)."""
+        """The configured and seen streams with their counters (``GET /streams``).
+
+        Each entry is ``describe_stream`` plus the stream's counters, with
+        ``last_ingest`` (the last commit) as ISO 8601 UTC, or None.
+        """
         config = self.config
         names = sorted(set(config.streams) | set(self.stats.stream_names()))
         listing = []
         for name in names:
-            route = config.route(name)
-            conf = config.streams.get(route.stream)
-            compression = conf.compression if conf and conf.compression else config.compression
-            listing.append(
-                {
-                    "name": name,
-                    "configured": route.configured,
-                    "target_table": route.table,
-                    "storage_backend": route.backend,
-                    "commit": route.commit,
-                    "chunk_size": conf.chunk_size if conf else None,
-                    "compression": {"algorithm": compression.algorithm, "level": compression.level},
-                    **self.stats.stream(name),
-                }
-            )
+            counters = self.stats.stream(name)
+            last = counters.get("last_ingest")
+            counters["last_ingest"] = iso_utc(last) if isinstance(last, int | float) else None
+            listing.append({**describe_stream(config, name), **counters})
         totals = self.stats.statistics()
         return {
             "streams": listing,
@@ -86,6 +80,35 @@ class ServerState:
             "in_flight": totals["in_flight"],
             "config_source": config.source,
         }
+
+
+def describe_stream(config: Config, name: str) -> dict[str, object]:
+    """What ``config`` says about one stream: a ``/streams`` entry without its counters.
+
+    ``table`` and ``backend`` are the route's; ``target_table`` and
+    ``storage_backend`` are the same values under their older names.
+    ``arrowport streams`` shows this when no server answers.
+    """
+    route = config.route(name)
+    conf = config.streams.get(route.stream)
+    compression = conf.compression if conf and conf.compression else config.compression
+    return {
+        "name": name,
+        "configured": route.configured,
+        "table": route.table,
+        "backend": route.backend,
+        "target_table": route.table,
+        "storage_backend": route.backend,
+        "commit": route.commit,
+        "chunk_size": conf.chunk_size if conf else None,
+        "compression": {"algorithm": compression.algorithm, "level": compression.level},
+    }
+
+
+def iso_utc(timestamp: float) -> str:
+    """``2025-01-02T03:04:05.678Z`` for a POSIX timestamp."""
+    moment = datetime.fromtimestamp(timestamp, UTC)
+    return moment.isoformat(timespec="milliseconds").replace("+00:00", "Z")
 
 
 class TooBusyError(ArrowportError):
