@@ -158,3 +158,15 @@ def test_metrics_and_auth(server_factory: type[Server], tmp_path: Path, protect:
     if protect:
         with pytest.raises(fl.FlightUnauthenticatedError):
             put_table(flight_client(server), "x", sample_table(1))
+
+
+def test_every_metric_is_documented(lake: Server) -> None:
+    """Each arrowport_* family the server exposes is described in docs/operations.md."""
+    assert lake.post("events", ipc_bytes(sample_table(3))).status_code == 200  # Delta gauges too
+    text = httpx.get(f"{lake.url}/metrics", timeout=30).text
+    families = {f.name for f in text_string_to_metric_families(text)}
+    ours = {name for name in families if name.startswith("arrowport_")}
+    assert len(ours) >= 20, ours
+    doc = (Path(__file__).resolve().parents[2] / "docs" / "operations.md").read_text()
+    missing = sorted(n for n in ours if f"`{n}" not in doc and f"`{n}_total" not in doc)
+    assert not missing, f"metrics missing from docs/operations.md: {missing}"
