@@ -94,6 +94,7 @@ class Limits:
     body_idle_timeout: float = 60.0
     min_body_rate: int = 1024
     connection_idle_timeout: float = 75.0
+    require_eos_marker: bool = True
     max_concurrent_requests: int = 64
     max_inflight_bytes: int = 1024**3
 
@@ -384,6 +385,8 @@ def _limits(raw: Mapping[str, Any], key: str) -> Limits:
             values[name] = _int(value, where, minimum=1)
         elif name in ("body_idle_timeout", "connection_idle_timeout"):
             values[name] = _float(value, where)
+        elif name == "require_eos_marker":
+            values[name] = _bool(value, where)
         elif name == "min_body_rate":  # bytes per second; 0 turns it off
             values[name] = parse_size(value, where)
         elif name == "max_request_size" and value in (None, 0, "0", "unlimited"):

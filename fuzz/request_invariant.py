@@ -68,7 +68,7 @@ from arrowport.io.flight_messages import (
     metadata_idempotency_key,
 )
 from arrowport.io.grpc import grpc_status
-from arrowport.io.ingest import trailing_data_error
+from arrowport.io.ingest import missing_eos_error, trailing_data_error
 from arrowport.names import validate_idempotency_key
 from arrowport.protocol import (
     NEED_DATA,
@@ -269,6 +269,8 @@ class _Request:
             elif isinstance(event, StreamEnded):
                 if self.schema is None:
                     raise InvariantViolation("StreamEnded before any schema")
+                if self.transport == HTTP and not event.eos_marker:  # limits.require_eos_marker
+                    raise missing_eos_error("request")
                 self.ended = True
                 trailing, _ = self.decoder.trailing_data
                 if trailing:

@@ -174,6 +174,17 @@ def result_of(exc: ArrowportError) -> str:
     return "error" if exc.http_status >= 500 else "refused"
 
 
+def missing_eos_error(mode: str) -> ProtocolError:
+    kept = "batches before it stay committed" if mode == "batch" else "nothing was committed"
+    return ProtocolError(
+        "the body ended without the Arrow end-of-stream marker, as when a producer stops "
+        f"mid-stream, so it is treated as truncated: {kept}. Close the stream writer to end "
+        "a stream (pyarrow: use pa.ipc.new_stream as a context manager), or set "
+        "limits.require_eos_marker: false to accept such bodies",
+        error="missing_eos_marker",
+    )
+
+
 def trailing_data_error() -> ProtocolError:
     return ProtocolError(
         "bytes follow the end-of-stream marker; send one IPC stream per request",
@@ -245,6 +256,9 @@ async def ingest(
     if decoder is None:
         decoder = IPCStreamDecoder(**limits.decoder_kwargs(), validate=False)
     assert decoder is not None
+    # An HTTP body may end cleanly on a message boundary because its producer died (a pipe
+    # into curl): only the end-of-stream marker tells a complete stream. Flight has none.
+    require_eos = limits.require_eos_marker and isinstance(decoder, IPCStreamDecoder)
     send, receive = trio.open_memory_channel[Any](limits.queue_depth)
     results: list[WriteResult] = []
     hold = Hold(budget)  # this request's share of the in-flight memory budget
@@ -349,6 +363,8 @@ async def ingest(
                         else:  # no writer yet to take it from the queue: keep it for the ack
                             metadata.append(event.app_metadata)
                     elif isinstance(event, StreamEnded):
+                        if require_eos and not event.eos_marker:
+                            raise missing_eos_error(route.commit)
                         ended = True
                         trailing, _ = decoder.trailing_data
                         if trailing:

@@ -91,13 +91,32 @@ def test_compressed_and_legacy_streams(server: Server, options: dict[str, object
     assert server.query("SELECT count(*), sum(id) FROM formats") == [(3000, sum(range(3000)))]
 
 
-def test_stream_without_eos_marker_commits(server: Server) -> None:
-    """A body that ends on a message boundary without the EOS marker still commits."""
-    data = ipc_bytes(sample_table(100))
+def test_stream_without_eos_marker_is_refused_as_truncated(
+    server: Server, server_factory: type[Server], tmp_path: Path
+) -> None:
+    """A body that ends on a message boundary without the EOS marker looks like a producer
+    that died mid-stream (a pipe into curl): 400, nothing written. With
+    limits.require_eos_marker: false it commits."""
+    data = ipc_bytes(sample_table(100), max_chunksize=25)
     assert data.endswith(b"\xff\xff\xff\xff\x00\x00\x00\x00")
     response = server.post("noeos", data[:-8])
-    assert response.status_code == 200, response.text
-    assert server.query("SELECT count(*) FROM noeos") == [(100,)]
+    assert response.status_code == 400, response.text
+    assert response.json()["error"] == "missing_eos_marker"
+    assert "nothing was committed" in response.json()["detail"]
+    chunked = httpx.post(
+        f"{server.url}/ingest/noeos",
+        content=iter([data[:-8]]),  # chunked, as from a pipe
+        headers={"Content-Type": ARROW},
+        timeout=30,
+    )
+    assert chunked.status_code == 400 and chunked.json()["error"] == "missing_eos_marker"
+    assert "noeos" not in server.tables()
+
+    config = tmp_path / "lenient.yaml"
+    config.write_text("limits: {require_eos_marker: false}\n")
+    lenient = server_factory(tmp_path, config=config, db=tmp_path / "lenient.duckdb").start()
+    assert lenient.post("noeos", data[:-8]).status_code == 200
+    assert lenient.query("SELECT count(*) FROM noeos") == [(100,)]
 
 
 def test_schema_only_stream_creates_empty_table(server: Server) -> None:

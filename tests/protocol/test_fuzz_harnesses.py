@@ -20,6 +20,7 @@ from pathlib import Path
 import corpus
 import pytest
 import request_invariant
+from ipc_testing import GOLDENS
 from request_invariant import FLIGHT, HTTP, KNOWN_BUGS, check, mutate, split_request
 
 FUZZ_DIR = Path(__file__).resolve().parents[2] / "fuzz"
@@ -34,8 +35,13 @@ NAMES = sorted(SEEDS)
 
 @pytest.mark.parametrize("name", NAMES)
 def test_request_seeds_are_accepted(name: str) -> None:
-    """Each golden, as an HTTP body and as a DoPut, is accepted (whole, byte by byte, split)."""
+    """Each golden, as an HTTP body and as a DoPut, is accepted (whole, byte by byte, split);
+    over HTTP a golden without the end-of-stream marker is refused as truncated."""
     outcome = check(SEEDS[name], frozenset())
+    golden = name.split("_", 1)[1]
+    if name.startswith("http_") and not GOLDENS[golden].eos_marker:
+        assert outcome.error is not None and outcome.error[0] == "missing_eos_marker", outcome
+        return
     assert outcome.parsed, outcome
     assert outcome.transport == (FLIGHT if name.startswith("flight_") else HTTP)
     assert outcome.events[-1][0] == "end"
