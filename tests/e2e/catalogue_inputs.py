@@ -694,6 +694,13 @@ CASES: list[Case] = [
         FlightInput(_flight_upto(3), RESET, reset=True),
     ),
     Case(
+        "ends_between_batches_without_eos",
+        "the whole body arrives, but it stops after two of three batches, without the "
+        "end-of-stream marker (a producer that died behind curl -T -); Flight has no marker",
+        HttpInput(lambda: _ipc_upto(3), Http(400, "missing_eos_marker", "end-of-stream marker")),
+        None,
+    ),
+    Case(
         "rst_stream_mid_upload",
         "HTTP/2 RST_STREAM(CANCEL) in the middle of a batch's data_body, after one whole "
         "batch (HTTP: the connection is closed mid-body)",
