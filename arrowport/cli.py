@@ -10,6 +10,7 @@ import typer
 
 from . import __version__, logs
 from .cli_delta import Backend, DeltaPathOption, delta_app, migrate_command
+from .cli_ingest import ingest_command
 from .cli_ops import config_app, streams_command
 from .config import ConfigError, load_config
 
@@ -181,6 +182,7 @@ def _leaves(group: BaseExceptionGroup[BaseException]) -> list[BaseException]:
 # -- offline tools: arrowport delta ... and arrowport migrate (cli_delta) ------
 
 app.command("migrate")(migrate_command)
+app.command("ingest")(ingest_command)
 app.add_typer(delta_app, name="delta")
 
 # -- arrowport streams and arrowport config ... (cli_ops) ---------------------
