@@ -23,18 +23,28 @@ DURATION_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30,
 RATIO_BUCKETS = (1, 1.25, 1.5, 2, 3, 4, 6, 8, 12, 16, 32, 64)
 
 
+UNKNOWN = "_unknown"  # the stream label of failed uploads to streams nothing has established
+
+
 @dataclass(frozen=True, slots=True)
 class Labels:
-    """What a request's metrics are labelled with."""
+    """What a request's metrics are labelled with.
+
+    A stream that is not in the config is known by name only once something has
+    been committed to it; until
+    then its failures count under ``UNKNOWN``, so that requests naming random
+    streams cannot create series (or ``/streams`` rows) without end.
+    """
 
     stream: str
     table: str
     backend: str
     protocol: str  # "http" or "flight"
+    configured: bool = True
 
     @classmethod
     def of(cls, route: Any, protocol: str) -> Labels:
-        return cls(route.stream, route.table, route.backend, protocol)
+        return cls(route.stream, route.table, route.backend, protocol, route.configured)
 
 
 @dataclass(slots=True)
@@ -121,7 +131,7 @@ class Stats:
         self, labels: Labels, *, rows: int, batches: int, wire: int, decoded: int
     ) -> None:
         """Count one commit's data (called once per commit)."""
-        now = time.time()
+        now, tick = time.time(), time.monotonic()
         with self._lock:
             c = self._streams.setdefault(labels.stream, StreamCounters())
             c.rows += rows
@@ -129,7 +139,9 @@ class Stats:
             c.bytes += wire
             c.decoded_bytes += decoded
             c.last_ingest = now
-            self._recent.setdefault(labels, deque()).append((time.monotonic(), rows))
+            recent = self._recent.setdefault(labels, deque())
+            recent.append((tick, rows))
+            _expire(recent, tick - RATE_WINDOW)
         values = _values(labels)
         self.rows.labels(*values).inc(rows)
         self.batches.labels(*values).inc(batches)
@@ -161,10 +173,13 @@ class Stats:
         """Count a finished upload; ``seconds``, ``wire`` and ``decoded`` when it committed."""
         assert result in RESULTS, result
         with self._lock:
-            c = self._streams.setdefault(labels.stream, StreamCounters())
-            c.requests += 1
             if result not in ("ok", "replayed"):
-                c.failed_requests += 1
+                labels = self._established(labels)
+            if labels.stream != UNKNOWN:  # not a /streams row
+                c = self._streams.setdefault(labels.stream, StreamCounters())
+                c.requests += 1
+                if result not in ("ok", "replayed"):
+                    c.failed_requests += 1
         values = _values(labels)
         self.requests.labels(*values, result).inc()
         if seconds is not None:
@@ -177,7 +192,15 @@ class Stats:
             self.refusals[reason] += 1
         self.refused_by_reason.labels(reason).inc()
         if reason == "schema_mismatch" and labels is not None:
+            with self._lock:
+                labels = self._established(labels)
             self.schema_mismatches.labels(*_values(labels)).inc()
+
+    def _established(self, labels: Labels) -> Labels:
+        """``labels``, or the ``UNKNOWN`` ones for an unconfigured stream never committed to."""
+        if labels.configured or labels.stream in self._streams:
+            return labels
+        return Labels(UNKNOWN, UNKNOWN, labels.backend, labels.protocol, False)
 
     # -- reading ----------------------------------------------------------------
 
@@ -187,8 +210,7 @@ class Stats:
         out = {}
         with self._lock:
             for labels, recent in self._recent.items():
-                while recent and recent[0][0] < horizon:
-                    recent.popleft()
+                _expire(recent, horizon)
                 out[labels] = sum(rows for _, rows in recent) / RATE_WINDOW
         return out
 
@@ -207,6 +229,11 @@ class Stats:
                 "refusals": dict(self.refusals),
                 "in_flight": self.in_flight,
             }
+
+
+def _expire(recent: deque[tuple[float, int]], horizon: float) -> None:
+    while recent and recent[0][0] < horizon:
+        recent.popleft()
 
 
 def _values(labels: Labels) -> tuple[str, str, str, str]:

@@ -54,6 +54,9 @@ def descriptor_target(descriptor: FlightDescriptor) -> tuple[str, str | None]:
     raise bad_request("the descriptor names no stream: set its path or its cmd")
 
 
+MAX_KEY_METADATA = 4096  # bytes: larger app_metadata is never parsed for a key
+
+
 def metadata_idempotency_key(app_metadata: bytes | None) -> str | None:
     """An idempotency key sent as DoPut ``app_metadata``: ``{"idempotency_key": …}``.
 
@@ -61,7 +64,9 @@ def metadata_idempotency_key(app_metadata: bytes | None) -> str | None:
     first batch's metadata), for clients that cannot set a JSON descriptor
     cmd. Any other app_metadata is the client's own and carries no key.
     """
-    if not app_metadata or not app_metadata.lstrip().startswith(b"{"):
+    if not app_metadata or len(app_metadata) > MAX_KEY_METADATA:
+        return None  # a key's JSON is small: large app_metadata is the client's own
+    if not app_metadata.lstrip().startswith(b"{"):
         return None
     try:
         value = json.loads(app_metadata)

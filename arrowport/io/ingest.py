@@ -57,6 +57,7 @@ class Write(Protocol):
     rows: int
     batches: int
     version: int | None  # Delta: the version the last commit made; None for DuckDB
+    replayed: bool  # the key is already committed: nothing is written
 
     def group_full(self, rows: int, size: int, count: int) -> bool: ...
     def insert(self, group: list[pa.RecordBatch]) -> None: ...
@@ -275,13 +276,14 @@ async def ingest(
         progress.rows, progress.batches = rows, batches
         wire = sum(e.wire_bytes for e in group)
         progress.bytes += wire
-        stats.committed(
-            labels,
-            rows=sum(e.batch.num_rows for e in group),
-            batches=len(group),
-            wire=wire,
-            decoded=sum(e.decoded_bytes for e in group),
-        )
+        if group:  # else app_metadata after the last batch: no commit to count
+            stats.committed(
+                labels,
+                rows=sum(e.batch.num_rows for e in group),
+                batches=len(group),
+                wire=wire,
+                decoded=sum(e.decoded_bytes for e in group),
+            )
         if on_commit is not None:
             echo = pending + [e.app_metadata for e in group if e.app_metadata is not None]
             await on_commit(Commit(rows, batches, echo, version))
@@ -317,7 +319,7 @@ async def ingest(
             finally:
                 with trio.CancelScope(shield=True):
                     await trio.to_thread.run_sync(write.rollback)  # no-op after finish()
-                if not results and route.commit != "batch":
+                if not results and route.commit != "batch" and not write.replayed:
                     stats.rolled_back(labels)
 
     received = 0
@@ -503,7 +505,7 @@ async def _with_eof(
 
     A client that sends nothing for ``limits.body_idle_timeout`` seconds is
     cut off: it would otherwise hold its table's writer for as long as it
-    likes. So is a client that trickles (slowloris): with
+    likes. So is a request-mode client that trickles (slowloris): with
     ``limits.min_body_rate``, the time the body may spend waiting for the
     client is a credit of at most ``body_idle_timeout`` seconds, spent by
     waiting and earned back at one second per ``min_body_rate`` bytes. Only
@@ -511,7 +513,9 @@ async def _with_eof(
     writing (when flow control holds the client back).
     """
     idle = limits.body_idle_timeout or math.inf
-    rate = limits.min_body_rate
+    # batch mode is for long-lived streams whose producers may wait for each ack (each a
+    # commit the server takes its time over): only the idle timeout applies there
+    rate = limits.min_body_rate if mode != "batch" else 0
     credit = idle
     received = 0
     waited = 0.0

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import logging
 import os
+import ssl
 import threading
 import time
 from collections import deque
@@ -173,9 +174,15 @@ def install(state: ServerState) -> None:
     prom.ProcessCollector(registry=state.stats.registry)
 
 
+# Scrapes take one thread of their own at a time, never the default limiter's threads that
+# ingest validation and rollbacks use; concurrent scrapes queue here.
+SCRAPES = trio.CapacityLimiter(1)
+
+
 async def render(state: ServerState) -> bytes:
     """The Prometheus text format, built in a worker thread."""
-    return await trio.to_thread.run_sync(prom.generate_latest, state.stats.registry)
+    registry = state.stats.registry
+    return await trio.to_thread.run_sync(prom.generate_latest, registry, limiter=SCRAPES)
 
 
 def authorized(state: ServerState, authorization: str | None) -> bool:
@@ -190,13 +197,23 @@ def authorized(state: ServerState, authorization: str | None) -> bool:
     return True
 
 
-async def serve(state: ServerState, host: str, port: int, task_status: Any) -> None:
-    """Serve ``GET /metrics`` (plain HTTP/1.1, one request per connection) on a port of its own."""
+async def serve(
+    state: ServerState,
+    host: str,
+    port: int,
+    ssl_context: ssl.SSLContext | None,
+    task_status: Any,
+) -> None:
+    """Serve ``GET /metrics`` (HTTP/1.1, one request per connection) on a port of its own:
+    HTTPS with the server's certificate when it has one, else plain HTTP."""
 
-    async def answer(stream: trio.SocketStream) -> None:
+    async def answer(tcp: trio.SocketStream) -> None:
+        stream: trio.abc.Stream = tcp
+        if ssl_context is not None:
+            stream = trio.SSLStream(tcp, ssl_context, server_side=True, https_compatible=True)
         try:
             head = b""
-            with trio.move_on_after(HEAD_TIMEOUT):
+            with trio.move_on_after(HEAD_TIMEOUT):  # the TLS handshake included
                 while b"\r\n\r\n" not in head and len(head) < HEAD_LIMIT:
                     data = await stream.receive_some(4096)
                     if not data:
@@ -209,7 +226,8 @@ async def serve(state: ServerState, host: str, port: int, task_status: Any) -> N
                 f"HTTP/1.1 {status}\r\nContent-Type: {kind}\r\nContent-Length: {len(body)}\r\n"
                 "Connection: close\r\n\r\n"
             ).encode()
-            await stream.send_all(reply + body)
+            with trio.move_on_after(HEAD_TIMEOUT):  # a scraper that never reads
+                await stream.send_all(reply + body)
         except (trio.BrokenResourceError, trio.ClosedResourceError, OSError):
             pass
         finally:
@@ -218,7 +236,8 @@ async def serve(state: ServerState, host: str, port: int, task_status: Any) -> N
 
     listeners = await trio.open_tcp_listeners(port, host=host)
     bound = listeners[0].socket.getsockname()[1]
-    log.info("metrics on http://%s:%d/metrics", host, bound)
+    scheme = "https" if ssl_context is not None else "http"
+    log.info("metrics on %s://%s:%d/metrics", scheme, host, bound)
     task_status.started(bound)
     await trio.serve_listeners(answer, listeners)
 

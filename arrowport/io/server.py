@@ -197,7 +197,7 @@ async def serve(
                 nursery.start_soon(compaction_loop, stores["delta"])
             if config.metrics.port is not None:  # read at start, like the main port
                 host = config.metrics.host or config.host
-                await nursery.start(metrics.serve, state, host, config.metrics.port)
+                await nursery.start(metrics.serve, state, host, config.metrics.port, ssl_context)
 
             async def run_http(task_status: trio.TaskStatus[list[str]]) -> None:
                 await listener.serve(

@@ -545,6 +545,7 @@ class DeltaWrite:
         self.created = created
         self.key = key
         self.replay = replay
+        self.replayed = replay is not None
         self.version: int | None = None
         self._attempt: tuple[str, int] | None = None  # the commit being tried: (id, read version)
         self.rows = 0

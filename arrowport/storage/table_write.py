@@ -50,6 +50,7 @@ class TableWrite:
     ) -> None:
         self.store, self.cur, self.table, self.schema, self.mode = store, cur, table, schema, mode
         self.key = key  # an idempotency key, recorded in the ledger with the commit
+        self.replayed = False
         self.replay: tuple[int, int] | None = None  # the key was committed meanwhile
         self.rows = 0
         self.batches = 0
@@ -219,6 +220,7 @@ class ReplayWrite:
     def __init__(self, table: str, rows: int, batches: int) -> None:
         self.table = table
         self.original = (rows, batches)
+        self.replayed = True
         self.version: int | None = None
         self.rows = 0
         self.batches = 0

@@ -170,3 +170,45 @@ def test_every_metric_is_documented(lake: Server) -> None:
     doc = (Path(__file__).resolve().parents[2] / "docs" / "operations.md").read_text()
     missing = sorted(n for n in ours if f"`{n}" not in doc and f"`{n}_total" not in doc)
     assert not missing, f"metrics missing from docs/operations.md: {missing}"
+
+
+def test_batch_mode_and_unknown_streams(server_factory: type[Server], tmp_path: Path) -> None:
+    """Batch mode counts one transaction per commit (none for app_metadata after the last
+    batch, no rollback); failures naming streams nothing was ever committed to share the
+    `_unknown` label instead of making a series each."""
+    config = tmp_path / "arrowport.yaml"
+    config.write_text("streams:\n  ticks: {commit: batch}\n")
+    server = server_factory(tmp_path, config=config).start()
+    before = scrape(server.url)
+    table = sample_table(30)
+    client = flight_client(server)
+    writer, reader = client.do_put(fl.FlightDescriptor.for_path("ticks"), table.schema)
+    for batch in table.to_batches(max_chunksize=10):
+        writer.write_batch(batch)
+        assert reader.read() is not None  # each batch is acked as its commit
+    writer.write_metadata(pa.py_buffer(b"trailing"))
+    writer.done_writing()
+    while reader.read() is not None:
+        pass
+    writer.close()
+    for i in range(5):
+        assert server.post(f"Random{i}", b"garbage").status_code == 400
+    assert server.post("adhoc", ipc_bytes(sample_table(2))).status_code == 200
+    assert server.post("adhoc", b"garbage").status_code == 400
+    after = scrape(server.url)
+
+    def moved(name: str, **wanted: str) -> float:
+        return value(after, name, **wanted) - value(before, name, **wanted)
+
+    ticks = labels("ticks", protocol="flight")
+    assert moved("arrowport_rows_total", **ticks) == 30
+    assert moved("arrowport_transactions_total", **ticks, outcome="committed") == 3
+    assert moved("arrowport_transactions_total", **ticks, outcome="rolled_back") == 0
+    assert moved("arrowport_requests_total", **ticks, result="ok") == 1
+    unknown = {"stream": "_unknown", "table": "_unknown", "backend": "duckdb", "protocol": "http"}
+    assert moved("arrowport_requests_total", **unknown, result="refused") == 5
+    assert not any("random" in str(key).lower() for key in after)
+    assert moved("arrowport_rows_total", **labels("adhoc")) == 2
+    assert moved("arrowport_requests_total", **labels("adhoc"), result="refused") == 1
+    names = {s["name"] for s in httpx.get(f"{server.url}/streams", timeout=10).json()["streams"]}
+    assert names == {"ticks", "adhoc"}

@@ -19,10 +19,12 @@ async def _trickle(pieces: int, size: int, every: float) -> AsyncIterator[bytes]
         yield b"x" * size
 
 
-async def _read(chunks: AsyncIterator[bytes], limits: Limits, pause: float = 0.0) -> int:
+async def _read(
+    chunks: AsyncIterator[bytes], limits: Limits, pause: float = 0.0, mode: str = "request"
+) -> int:
     """Consume the body as ingest does (``pause``: the server busy after each chunk)."""
     total = 0
-    async for chunk in _with_eof(chunks, limits, "request"):
+    async for chunk in _with_eof(chunks, limits, mode):
         total += len(chunk)
         if pause:
             await trio.sleep(pause)
@@ -65,6 +67,15 @@ async def test_time_the_server_holds_the_client_back_is_not_counted(
     """Chunks ready at once, but the server spends 30 s writing each: no rate error."""
     limits = Limits(body_idle_timeout=10, min_body_rate=1_000_000)
     assert await _read(_trickle(20, 10, 0.0), limits, pause=30.0) == 200
+
+
+async def test_batch_mode_has_only_the_idle_timeout(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    """Batch-mode streams are long-lived (a producer may wait for each ack): a trickle that
+    request mode cuts off after ~11 s runs its whole 1000 s there."""
+    limits = Limits(body_idle_timeout=10, min_body_rate=1000)
+    assert await _read(_trickle(1000, 100, 1.0), limits, mode="batch") == 100_000
 
 
 async def test_rate_zero_leaves_only_the_idle_timeout(

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 import socket
 import ssl
 import subprocess
@@ -350,4 +351,20 @@ def test_a_stalled_handshake_is_closed(
         waited = time.monotonic() - started
     assert answer == b""
     assert 5 < waited < 20, waited
+    _assert_serving_https(server, certs)
+
+
+def test_the_metrics_port_speaks_tls_when_the_server_does(
+    server_factory: type[Server], tmp_path: Path, certs: Certs
+) -> None:
+    """With TLS on, the metrics port is HTTPS too: a scrape's token never travels in clear."""
+    args = ("--certfile", str(certs["cert"]), "--keyfile", str(certs["key"]), "--metrics-port", "0")
+    server = server_factory(tmp_path, args=args).start()
+    line = next(line for line in server.log if "metrics on" in line)
+    match = re.search(r"metrics on (https://\S+)/metrics", line)
+    assert match is not None, line
+    scrape = httpx.get(f"{match.group(1)}/metrics", verify=_trust(certs["cert"]), timeout=10)
+    assert scrape.status_code == 200 and "arrowport_in_flight_requests" in scrape.text
+    with pytest.raises(httpx.TransportError):  # plain HTTP gets no answer
+        httpx.get(match.group(1).replace("https://", "http://") + "/metrics", timeout=10)
     _assert_serving_https(server, certs)
