@@ -9,9 +9,11 @@ Invariants:
 * One request per input: its own transaction and idempotency key. A retry
   resends the whole input with the same key, so the server writes it once.
   stdin cannot be reread and is never retried.
-* An input that fails mid-way (a bad CSV row) is abandoned without ending
-  its stream: the connection is closed (HTTP) or the call cancelled (Flight),
-  so nothing of it is committed.
+* An input that fails mid-way (a bad CSV row, an IPC stream without its
+  end-of-stream marker) is abandoned without ending its stream: the
+  connection is closed (HTTP) or cut (Flight), so nothing of it is committed
+  (on a ``commit: batch`` stream, the batches committed before stay). Where
+  the Flight connection cannot be found to cut, the error says so.
 * Exit codes (``EXIT_*``) say what failed; errors are one line on stderr.
 """
 
@@ -19,6 +21,7 @@ from __future__ import annotations
 
 import contextlib
 import email.utils
+import hashlib
 import http.client
 import json
 import mmap
@@ -28,6 +31,7 @@ import socket
 import ssl
 import stat
 import sys
+import threading
 import time
 import uuid
 from collections.abc import Callable, Iterator
@@ -52,6 +56,11 @@ IPC_SUFFIXES = {".arrow", ".arrows", ".feather", ".ipc"}
 CSV_SUFFIXES = {".csv": ",", ".tsv": "\t"}
 CSV_CODECS = {".gz": "gzip", ".bz2": "bz2", ".zst": "zstd", ".lz4": "lz4"}
 ARROW_STREAM = "application/vnd.apache.arrow.stream"
+EOS_MARKER = b"\xff\xff\xff\xff\x00\x00\x00\x00"  # ends an IPC stream; pre-0.15: 4 zero bytes
+MISSING_EOS = (
+    "the Arrow IPC stream has no end-of-stream marker, so it may be cut short (did its "
+    "producer die?). --allow-missing-eos sends such a stream as complete"
+)
 
 
 class Failure(Exception):
@@ -86,6 +95,7 @@ class Source:
     batches: Batches
     size: int | None  # bytes of input; None for stdin
     mapping: mmap.mmap | None = None
+    warnings: list[str] = field(default_factory=list)
 
     def release(self) -> None:
         """Drop mapped pages already read from this process (the page cache keeps them)."""
@@ -94,11 +104,15 @@ class Source:
 
 
 @contextlib.contextmanager
-def open_input(path: str, chunk_size: int) -> Iterator[Source]:
-    """Open ``path`` (or ``-``, an IPC stream on stdin); any read error is an ``InputError``."""
+def open_input(path: str, chunk_size: int, allow_missing_eos: bool = False) -> Iterator[Source]:
+    """Open ``path`` (or ``-``, an IPC stream on stdin); any read error is an ``InputError``.
+
+    An IPC stream that ends without its end-of-stream marker raises an
+    ``InputError`` after its last batch, unless ``allow_missing_eos``.
+    """
     try:
         with contextlib.ExitStack() as stack:
-            source = _open(path, chunk_size, stack)
+            source = _open(path, chunk_size, allow_missing_eos, stack)
             source.batches = _guarded(path, source.batches)
             yield source
     except (OSError, ValueError, pa.ArrowException) as exc:
@@ -112,10 +126,13 @@ def _guarded(path: str, batches: Batches) -> Batches:
         raise InputError(f"cannot read: {_first_line(exc)}") from None
 
 
-def _open(path: str, chunk_size: int, stack: contextlib.ExitStack) -> Source:
+def _open(
+    path: str, chunk_size: int, allow_missing_eos: bool, stack: contextlib.ExitStack
+) -> Source:
     if path == "-":
-        stdin = pa.PythonFile(sys.stdin.buffer, mode="r")
-        return _ipc_stream(pa.ipc.open_stream(stdin), None)
+        stdin = _TailReader(sys.stdin.buffer)
+        reader = pa.ipc.open_stream(pa.PythonFile(stdin, mode="r"))
+        return _ipc_stream(reader, None, stdin.tell, stdin.tail, allow_missing_eos)
     size = Path(path).stat().st_size
     with open(path, "rb") as f:
         head = f.read(6)
@@ -131,7 +148,13 @@ def _open(path: str, chunk_size: int, stack: contextlib.ExitStack) -> Source:
             source = _ipc_file(pa.ipc.open_file(data), size)
         else:
             reader = pa.BufferReader(data)
-            source = _ipc_stream(pa.ipc.open_stream(reader), size, reader.tell)
+
+            def tail() -> bytes:
+                end = reader.tell()
+                return bytes(mapped[max(0, end - 8) : end])
+
+            stream = pa.ipc.open_stream(reader)
+            source = _ipc_stream(stream, size, reader.tell, tail, allow_missing_eos)
         source.mapping = mapped
         return source
     if head[:4] == b"PAR1":
@@ -163,16 +186,64 @@ def _ipc_file(reader: pa.ipc.RecordBatchFileReader, size: int) -> Source:
     return Source(reader.schema, batches, size)
 
 
-def _ipc_stream(
-    reader: pa.ipc.RecordBatchStreamReader, size: int | None, tell: Callable[[], int] | None = None
-) -> Source:
-    def batches() -> Batches:
-        read = 0
-        for batch in reader:
-            read += batch.nbytes
-            yield batch, tell() if tell else read
+class _TailReader:
+    """A binary stream (stdin) that counts the bytes read and keeps the last 8."""
 
-    return Source(reader.schema, batches(), size)
+    def __init__(self, raw: Any) -> None:
+        self.raw, self.read_bytes, self.last = raw, 0, b""
+
+    @property
+    def closed(self) -> bool:
+        return bool(self.raw.closed)
+
+    def read(self, n: int = -1) -> bytes:
+        data: bytes = self.raw.read(n)
+        self.read_bytes += len(data)
+        self.last = (self.last + data)[-8:]
+        return data
+
+    def tell(self) -> int:
+        return self.read_bytes
+
+    def tail(self) -> bytes:
+        return self.last
+
+
+def _ipc_stream(
+    reader: pa.ipc.RecordBatchStreamReader,
+    size: int | None,
+    tell: Callable[[], int],
+    tail: Callable[[], bytes],
+    allow_missing_eos: bool,
+) -> Source:
+    """An IPC stream's batches; after the last, check that it ended with the end-of-stream marker.
+
+    pyarrow reads a stream a message at a time and ends it quietly at the end of the input
+    just as at the marker, so the bytes read after the last message tell which it was.
+    """
+
+    def batches() -> Batches:
+        last = tell()  # where the last message read (the schema, then each batch) ends
+        for batch in reader:
+            last = tell()
+            yield batch, last
+        if not _ended_with_marker(tell() - last, tail()):
+            if not allow_missing_eos:
+                raise InputError(MISSING_EOS)
+            source.warnings.append(
+                "the Arrow IPC stream has no end-of-stream marker; sent as complete "
+                "(--allow-missing-eos)"
+            )
+
+    source = Source(reader.schema, batches(), size)
+    return source
+
+
+def _ended_with_marker(after_last_message: int, tail: bytes) -> bool:
+    """Whether the bytes read after the last message were the end-of-stream marker."""
+    if after_last_message == 4:  # the pre-0.15 marker, a zero length without continuation
+        return tail[-4:] == EOS_MARKER[4:]
+    return after_last_message >= 8 and tail[-8:] == EOS_MARKER
 
 
 def _parquet(parquet: Any, chunk_size: int, size: int) -> Batches:
@@ -264,7 +335,7 @@ class _Sink:
 def send_http(
     target: Target,
     stream: str,
-    key: str,
+    key: str | None,
     source: Source,
     tally: Tally,
     chunk_size: int,
@@ -308,8 +379,9 @@ def send_http(
         yield end
         tally.sent_bytes = sent + len(end)
 
-    headers = {"Content-Type": ARROW_STREAM, "Idempotency-Key": key}
-    headers["User-Agent"] = f"arrowport-ingest/{__version__}"
+    headers = {"Content-Type": ARROW_STREAM, "User-Agent": f"arrowport-ingest/{__version__}"}
+    if key is not None:
+        headers["Idempotency-Key"] = key
     if target.token:
         headers["Authorization"] = f"Bearer {target.token}"
     try:
@@ -385,39 +457,61 @@ def _retry_after(value: str | None) -> float | None:
 def send_flight(
     target: Target,
     stream: str,
-    key: str,
+    key: str | None,
     source: Source,
     tally: Tally,
     chunk_size: int,
     on_chunk: Callable[[Tally], None],
 ) -> dict[str, Any]:
-    """DoPut ``source`` with the key in a JSON descriptor cmd; return the last ack."""
+    """DoPut ``source`` with the key in a JSON descriptor cmd; return the last ack.
+
+    Acks are read while sending: a ``commit: batch`` stream acks every batch, and acks
+    left unread would fill the call's flow-control window and stall the server.
+    """
     import pyarrow.flight as fl
 
     scheme = "grpc+tls" if target.tls else "grpc"
     roots = Path(target.cafile).read_bytes() if target.cafile else None
     host = f"[{target.host}]" if ":" in target.host else target.host
-    client = fl.FlightClient(f"{scheme}://{host}:{target.port}", tls_root_certs=roots)
+    # Straight to the server, whatever grpc_proxy/https_proxy/http_proxy say: abandoning a
+    # DoPut means cutting the connection to the server's port, which a proxy would hide.
+    client = fl.FlightClient(
+        f"{scheme}://{host}:{target.port}",
+        tls_root_certs=roots,
+        generic_options=[("grpc.enable_http_proxy", 0)],
+    )
     headers = [(b"authorization", f"Bearer {target.token}".encode())] if target.token else []
     call = fl.FlightCallOptions(headers=headers, write_options=target.options)
-    cmd = json.dumps({"stream": stream, "idempotency_key": key}).encode()
+    spec = {"stream": stream} if key is None else {"stream": stream, "idempotency_key": key}
     before = _tcp_sockets(target.port)
     try:
-        writer, reader = client.do_put(fl.FlightDescriptor.for_command(cmd), source.schema, call)
+        writer, reader = client.do_put(
+            fl.FlightDescriptor.for_command(json.dumps(spec).encode()), source.schema, call
+        )
+        acks = _Acks(reader)
         try:
             for batch, position in rechunk(source.batches, chunk_size):
                 writer.write_batch(batch)
                 tally.add(batch, position, source)
                 on_chunk(tally)
-        except BaseException:
-            _disconnect(_tcp_sockets(target.port) - before)
+        except BaseException as exc:
+            cut = _disconnect(_tcp_sockets(target.port) - before)
+            ours = not isinstance(exc, pa.ArrowException)  # else the call has ended already
+            if ours and not cut:  # end it, to learn what the server made of it
+                with contextlib.suppress(pa.ArrowException, OSError):
+                    writer.done_writing()
+            acks.join(target.timeout)
             with contextlib.suppress(pa.ArrowException, OSError):
                 writer.close()  # fails now, instead of noisily when collected
+            if ours:
+                note = _abandon_note(cut, acks.acks, tally, target.port)
+                if note:
+                    raise _noted(exc, note) from None
             raise
         writer.done_writing()
-        acks = []
-        while (buf := reader.read()) is not None:
-            acks.append(json.loads(buf.to_pybytes()))
+        acks.join()
+        if acks.error is not None:
+            raise acks.error
         writer.close()
     except (fl.FlightUnavailableError, fl.FlightTimedOutError, fl.FlightCancelledError) as exc:
         message = f"Flight call to {target.url} failed: {_flight_message(exc)}"
@@ -431,11 +525,55 @@ def send_flight(
         raise Failure(EXIT_REFUSED, f"refused by the server: {message}") from None
     except (pa.ArrowException, KeyError) as exc:
         raise Failure(EXIT_SERVER, f"server error: {_flight_message(exc)}") from None
+    except ValueError as exc:
+        raise Failure(EXIT_SERVER, f"the server's acknowledgement is not JSON: {exc}") from None
     finally:
         client.close()
-    if not acks:
+    if not acks.acks:
         raise Failure(EXIT_SERVER, "the server ended the call without an acknowledgement")
-    return dict(acks[-1])
+    return dict(acks.acks[-1])
+
+
+class _Acks(threading.Thread):
+    """Reads a DoPut's acks (JSON ``PutResult`` metadata) until the call ends."""
+
+    def __init__(self, reader: Any) -> None:
+        super().__init__(name="arrowport-acks", daemon=True)
+        self.reader = reader
+        self.acks: list[Any] = []
+        self.error: BaseException | None = None
+        self.start()
+
+    def run(self) -> None:
+        try:
+            while (buf := self.reader.read()) is not None:
+                self.acks.append(json.loads(buf.to_pybytes()))
+        except BaseException as exc:  # raised in the caller's thread
+            self.error = exc
+
+
+def _abandon_note(cut: bool, acks: list[Any], tally: Tally, port: int) -> str:
+    """What the server kept of a DoPut abandoned part-way, if not nothing."""
+    committed = next((a.get("committed_rows") for a in reversed(acks) if isinstance(a, dict)), None)
+    if cut:
+        if committed is None:
+            return ""  # cut before any commit: nothing of it is committed
+        return f"the server had committed at least {committed:,} rows of it (commit: batch)"
+    why = (
+        "but the Flight call could not be cut off (no connection of this process to port "
+        f"{port} was found), so it ended normally"
+    )
+    if committed is not None:
+        return f"{why}: the server committed {committed:,} rows of this input"
+    return f"{why}: the input may be partly committed (up to the {tally.rows:,} rows sent)"
+
+
+def _noted(exc: BaseException, note: str) -> BaseException:
+    if isinstance(exc, Failure):
+        return Failure(exc.code, f"{exc}; {note}", exc.answer)
+    if isinstance(exc, KeyboardInterrupt):
+        return Failure(EXIT_INTERRUPTED, f"interrupted; {note}")
+    return exc
 
 
 def _tcp_sockets(port: int) -> set[int]:
@@ -457,16 +595,20 @@ def _tcp_sockets(port: int) -> set[int]:
     return found
 
 
-def _disconnect(fds: set[int]) -> None:
+def _disconnect(fds: set[int]) -> bool:
     """Cut the Flight client's connections, so the server sees the DoPut abandoned.
 
     pyarrow cannot cancel a DoPut: ``writer.close()``, ``client.close()`` and
     garbage collection all end the stream normally, and the server commits
     what was sent. A connection that drops before the end commits nothing.
+    Returns whether there was a connection to cut.
     """
+    cut = False
     for fd in fds:
         with contextlib.suppress(OSError), socket.socket(fileno=os.dup(fd)) as sock:
             sock.shutdown(socket.SHUT_RDWR)
+            cut = True
+    return cut
 
 
 def _flight_message(exc: BaseException) -> str:
@@ -493,7 +635,7 @@ class Compression(StrEnum):
 @dataclass
 class FileResult:
     path: str
-    idempotency_key: str
+    idempotency_key: str | None
     status: str = "skipped"  # ok, failed or skipped (not tried after an earlier failure)
     rows: int = 0
     batches: int = 0
@@ -583,20 +725,36 @@ class Reporter:
 
 
 def _ingest_one(
-    target: Target, stream: str, result: FileResult, chunk_size: int, retries: int, out: Reporter
+    target: Target,
+    stream: str,
+    result: FileResult,
+    chunk_size: int,
+    retries: int,
+    allow_missing_eos: bool,
+    out: Reporter,
 ) -> None:
     send = send_flight if target.flight else send_http
     allowed = 1 if result.path == "-" else retries + 1
+    key = result.idempotency_key
     started = time.monotonic()
     while True:
         result.attempts += 1
         tally = Tally()
         try:
-            with open_input(result.path, chunk_size) as source:
+            with open_input(result.path, chunk_size, allow_missing_eos) as source:
                 out.begin(result.path, source.size)
-                key = result.idempotency_key
                 answer = send(target, stream, key, source, tally, chunk_size, out.update)
+                result.warnings = source.warnings
             break
+        except Failure as exc:
+            if key is not None and _key_refused_for_batch_mode(exc):
+                raise Failure(
+                    EXIT_REFUSED,
+                    f"{exc}; the stream commits each batch (commit: batch) and takes no "
+                    "idempotency key: send it with --idempotency-key none",
+                    exc.answer,
+                ) from None
+            raise
         except Retryable as exc:
             if result.attempts >= allowed:
                 why = (
@@ -608,9 +766,12 @@ def _ingest_one(
             wait = exc.wait
             if wait is None:
                 wait = min(BACKOFF_MAX, BACKOFF * 2 ** (result.attempts - 1))
+            same = (
+                "same idempotency key" if key else "no idempotency key: rows may be written twice"
+            )
             out.note(
                 f"arrowport: {result.path}: {exc}; retrying in {wait:.1f} s "
-                f"(attempt {result.attempts + 1} of {allowed}, same idempotency key)"
+                f"(attempt {result.attempts + 1} of {allowed}, {same})"
             )
             time.sleep(wait)
         finally:
@@ -620,9 +781,24 @@ def _ingest_one(
     result.status, result.answer = "ok", answer
     result.replayed = bool(answer.get("replayed"))
     committed = answer.get("rows", answer.get("committed_rows"))
+    if committed != result.rows and result.replayed:
+        raise Failure(
+            EXIT_REFUSED,
+            f"the server replayed idempotency key {key!r}, committed earlier with {committed:,} "
+            f"rows, but this input has {result.rows:,}: the key was used for other data, and "
+            "nothing of this input was written; send it with another --idempotency-key",
+            answer,
+        )
     if committed != result.rows:
-        why = "this key was first used for other data; " if result.replayed else ""
-        result.warnings.append(f"the server reports {committed} rows, {why}{result.rows} were sent")
+        result.warnings.append(f"the server reports {committed} rows, {result.rows} were sent")
+
+
+def _key_refused_for_batch_mode(exc: Failure) -> bool:
+    """The server refused the idempotency key because the stream is in batch mode."""
+    answer = exc.answer
+    if isinstance(answer, dict) and answer.get("error") == "idempotency_unsupported":
+        return True  # HTTP 400
+    return "need commit: request" in str(exc)  # Flight INVALID_ARGUMENT
 
 
 def _summary(result: FileResult) -> str:
@@ -692,18 +868,33 @@ def _target(
     )
 
 
-def _keys(key: str, paths: list[str]) -> list[str]:
+def _keys(key: str, paths: list[str]) -> list[str | None]:
     from .names import InvalidIdempotencyKeyError, validate_idempotency_key
 
     if key == "auto":
         return [str(uuid.uuid4()) for _ in paths]
-    keys = [key] if len(paths) == 1 else [f"{key}-{i}" for i in range(1, len(paths) + 1)]
+    if key == "none":
+        return [None for _ in paths]
+    keys = [key] if len(paths) == 1 else [f"{key}-{_identity(p)}" for p in paths]
     try:
         for k in keys:
             validate_idempotency_key(k)
     except InvalidIdempotencyKeyError as exc:
-        raise _usage(f"--idempotency-key: {exc.detail}") from None
-    return keys
+        more = "; with several files, KEY-HASH is 17 characters longer" if len(keys) > 1 else ""
+        raise _usage(f"--idempotency-key: {exc.detail}{more}") from None
+    return list(keys)
+
+
+def _identity(path: str) -> str:
+    """16 hex digits of SHA-256 of the file's resolved path, size and mtime (ns); 'stdin'."""
+    if path == "-":
+        return "stdin"
+    try:
+        st = os.stat(path)
+        identity = f"{Path(path).resolve()}\0{st.st_size}\0{st.st_mtime_ns}"
+    except OSError:  # it will fail to open; any key will do
+        identity = str(Path(path).absolute())
+    return hashlib.sha256(identity.encode()).hexdigest()[:16]
 
 
 def ingest_command(
@@ -751,8 +942,11 @@ def ingest_command(
         str,
         typer.Option(
             help="'auto': a fresh random key per file, so running the command again sends "
-            "the data again. KEY: this key (KEY-1, KEY-2, ... for several files), so running "
-            "the same command again writes nothing twice.",
+            "the data again. KEY: for one file, this key; for several, KEY-HASH, HASH 16 hex "
+            "digits of SHA-256 of the file's resolved path, size and mtime, so running the "
+            "command again, with all the files or only those not yet sent, writes nothing "
+            "twice (one file alone gets KEY itself). 'none': no key, as commit: batch streams "
+            "need (they refuse keys); a retry then resends the file and may write rows twice.",
         ),
     ] = "auto",
     token: Annotated[
@@ -773,7 +967,8 @@ def ingest_command(
             "busy Flight server (waiting as Retry-After says, else 0.5 s doubling up to "
             "10 s). Each retry "
             "resends the whole file with the same idempotency key, so nothing is written "
-            "twice. stdin ('-') is never retried: it cannot be re-read.",
+            "twice (without a key, --idempotency-key none, it may be). stdin ('-') is never "
+            "retried: it cannot be re-read.",
         ),
     ] = 5,
     timeout: Annotated[
@@ -784,6 +979,15 @@ def ingest_command(
             "the commit) before the attempt counts as failed; connecting gets at most 30 s.",
         ),
     ] = 300.0,
+    allow_missing_eos: Annotated[
+        bool,
+        typer.Option(
+            "--allow-missing-eos",
+            help="Send an Arrow IPC stream (stdin, or a stream file) that ends without its "
+            "end-of-stream marker as complete. Without it such a stream, which is what a "
+            "producer that died mid-stream leaves, is abandoned (exit 2).",
+        ),
+    ] = False,
     as_json: Annotated[
         bool,
         typer.Option(
@@ -799,10 +1003,14 @@ def ingest_command(
     so they may be larger than memory. A progress bar shows on a terminal.
 
     Exit status: 0 every file committed (or replayed); 1 the server refused
-    the data (a 4xx answer, printed); 2 bad usage, or an input that cannot be
-    read or parsed; 3 no connection, or retries exhausted; 4 a server error
-    (5xx); 130 interrupted. After a failure the remaining files are not sent;
-    an input that fails part-way is abandoned, and nothing of it is committed.
+    the data (a 4xx answer, printed), or replayed a key used for other data;
+    2 bad usage, or an input that cannot be read or parsed (an IPC stream
+    without its end-of-stream marker too); 3 no connection, or retries
+    exhausted; 4 a server error (5xx); 130 interrupted. After a failure the
+    remaining files are not sent; an input that fails part-way is abandoned,
+    and nothing of it is committed (on a commit: batch stream, the batches
+    committed before stay). If a Flight call cannot be cut off, the error
+    says the input may be partly committed.
     """
     if paths.count("-") > 1:
         raise _usage("'-' (stdin) can be given once")
@@ -813,7 +1021,7 @@ def ingest_command(
     try:
         for result in results:
             try:
-                _ingest_one(target, stream, result, chunk_size, retries, out)
+                _ingest_one(target, stream, result, chunk_size, retries, allow_missing_eos, out)
             except Failure as exc:
                 result.status, result.error, result.answer = "failed", str(exc), exc.answer
                 code = exc.code

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import json
 import os
 import queue
@@ -41,8 +42,12 @@ def _no_token(monkeypatch: pytest.MonkeyPatch) -> None:
 
 @pytest.fixture(scope="module")
 def shared(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
-    """One server for the tests that only read their own streams while it runs."""
-    server = Server(tmp_path_factory.mktemp("ingest")).start()
+    """One server for the tests that only read their own streams while it runs; stream
+    ``batchy`` commits each batch."""
+    workdir = tmp_path_factory.mktemp("ingest")
+    config = workdir / "arrowport.yaml"
+    config.write_text("streams: {batchy: {commit: batch}}\n")
+    server = Server(workdir, config=config).start()
     yield server
     server.stop()
 
@@ -88,6 +93,13 @@ def summary(result: Result) -> dict[str, Any]:
     return parsed
 
 
+def file_hash(path: Path) -> str:
+    """The documented per-file part of an explicit key given with several files."""
+    st = path.stat()
+    identity = f"{path.resolve()}\0{st.st_size}\0{st.st_mtime_ns}"
+    return hashlib.sha256(identity.encode()).hexdigest()[:16]
+
+
 def flight_port(server: Server) -> int:
     port = httpx.URL(server.url).port
     assert port is not None
@@ -117,6 +129,32 @@ def free_port() -> int:
         sock.bind(("127.0.0.1", 0))
         port: int = sock.getsockname()[1]
         return port
+
+
+@contextlib.contextmanager
+def dead_proxy(monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
+    """grpc_proxy, https_proxy and http_proxy all naming a port where nothing listens."""
+    dead = f"http://127.0.0.1:{free_port()}"
+    with monkeypatch.context() as env:
+        for name in ("grpc_proxy", "https_proxy", "http_proxy"):
+            env.setenv(name, dead)
+        yield
+
+
+def stream_cut_after(data: pa.Table, batches: int, rows: int) -> bytes:
+    """``data`` as an IPC stream of ``rows``-row batches, cut after ``batches`` of them: no
+    end-of-stream marker, as a producer that died there leaves it."""
+    sink = pa.BufferOutputStream()
+    writer = pa.ipc.new_stream(sink, data.schema)
+    for batch in data.to_batches(max_chunksize=rows)[:batches]:
+        writer.write_batch(batch)
+    return sink.getvalue().to_pybytes()  # the writer is never closed
+
+
+def id_last(rows: int) -> pa.Table:
+    """Ids in the last column: an int64 below 2**32 ends each batch with 4 zero bytes, which a
+    naive check would take for the pre-0.15 end-of-stream marker."""
+    return pa.table({"name": pa.array([f"n{i % 7}" for i in range(rows)]), "id": range(rows)})
 
 
 def spawn(*args: object, pipe_stdin: bool = False) -> subprocess.Popen[bytes]:
@@ -165,6 +203,8 @@ def test_help_states_exit_codes_and_that_stdin_is_not_retried() -> None:
     assert "ingest [OPTIONS] {PATH}..." in text
     assert "1 the server refused the data" in text and "3 no connection" in text
     assert "stdin ('-') is never retried: it cannot be re-read" in text
+    assert "'none': no key, as commit: batch streams need" in text
+    assert "may write rows twice" in text and "--allow-missing-eos" in text
 
 
 # -- inputs and transports -------------------------------------------------------------------
@@ -198,14 +238,17 @@ def test_every_input_format_over_http(shared: Server, tmp_path: Path) -> None:
 
 
 def test_flight_with_an_explicit_key_replays_on_a_rerun(shared: Server, tmp_path: Path) -> None:
-    """--flight sends each file as a DoPut keyed KEY-1, KEY-2; running it again replays both."""
+    """--flight sends each file as a DoPut keyed KEY-HASH, HASH from the file's resolved path,
+    size and mtime; running it again replays both."""
     files = write_inputs(tmp_path)[2:4]  # Feather (ids 5000..) and Parquet (7500..)
     args = (*files, "--stream", "by_flight", "--url", shared.url, "--flight", "--json")
     first = ingest(*args, "--idempotency-key", "load-42", "--chunk-size", 1000)
     assert first.exit_code == 0, first.stderr
     report = summary(first)
     assert report["transport"] == "flight"
-    assert [f["idempotency_key"] for f in report["files"]] == ["load-42-1", "load-42-2"]
+    assert [f["idempotency_key"] for f in report["files"]] == [
+        f"load-42-{file_hash(f)}" for f in files
+    ]
     assert [f["answer"]["committed_rows"] for f in report["files"]] == [ROWS, ROWS]
     assert [f["batches"] for f in report["files"]] == [3, 3]
     again = ingest(*args, "--idempotency-key", "load-42", "--compression", "none")
@@ -225,6 +268,10 @@ def test_http_replay_of_an_explicit_key_writes_nothing(shared: Server, tmp_path:
     second = ingest(*args)
     assert second.exit_code == 0, second.stderr
     assert "replayed: committed earlier with this key, nothing written" in second.stdout
+    other = write_ipc_file(tmp_path / "other.arrow", table(10, offset=ROWS), 10)
+    reused = ingest(other, *args[1:])
+    assert reused.exit_code == 1, reused.stderr
+    assert "committed earlier with 2,500 rows, but this input has 10" in reused.stderr
     assert ids(shared, "keyed") == list(range(ROWS))
 
 
@@ -308,19 +355,21 @@ def test_unreadable_inputs_exit_2_and_later_files_are_skipped(
 
 @pytest.mark.parametrize("transport", [[], ["--flight"]], ids=["http", "flight"])
 def test_input_failing_midway_commits_nothing(
-    shared: Server, tmp_path: Path, transport: list[str]
+    shared: Server, tmp_path: Path, transport: list[str], monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """A CSV whose bad row comes after many batches were sent exits 2, and the server rolls the
-    request back: the table is never created."""
+    request back: the table is never created. With the proxy variables naming a dead port:
+    Flight goes straight to the server, where the CLI can cut the call."""
     lines = ["id,name,score", *(f"{i},n{i},{i * 0.5}" for i in range(300_000))]
     lines[250_000] = "oops,n,1.0"  # well past the reader's first 1 MB block
     path = tmp_path / "late_error.csv"
     path.write_text("\n".join(lines) + "\n")
     stream = f"late_{transport[0][2:] if transport else 'http'}"
     args = ("--stream", stream, "--url", shared.url, "--chunk-size", 10_000, *transport)
-    result = ingest(path, *args, "--json")
+    with dead_proxy(monkeypatch):
+        result = ingest(path, *args, "--json", "--retries", 0)
     assert result.exit_code == 2, result.stderr
-    assert "invalid value 'oops'" in result.stderr
+    assert "invalid value 'oops'" in result.stderr and "committed" not in result.stderr
     assert summary(result)["files"][0]["batches"] >= 10  # sent before the error
     shared.wait_for(
         f"DoPut {stream}: client went away"
@@ -442,6 +491,148 @@ def test_busy_server_is_retried_after_retry_after(
         assert proc.returncode == 0
         assert json.loads(out)["files"][0]["attempts"] >= 2
     assert ids(server, "busy_http") == ids(server, "busy_flight") == list(range(ROWS))
+
+
+def test_flight_call_that_cannot_be_cut_says_it_may_be_committed(
+    shared: Server, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """When the CLI finds no connection to cut (as behind a proxy), an abandoned DoPut ends
+    normally and the server commits what was sent: the error says so, with the rows committed,
+    instead of implying nothing was; the exit code stays that of the input's failure."""
+    from arrowport import cli_ingest
+
+    path = tmp_path / "cut.arrows"
+    path.write_bytes(stream_cut_after(id_last(3000), 2, 1000))
+    monkeypatch.setattr(cli_ingest, "_tcp_sockets", lambda port: set())
+    args = ("--stream", "uncut", "--url", shared.url, "--flight", "--chunk-size", 1000)
+    result = ingest(path, *args)
+    assert result.exit_code == 2, result.stderr
+    assert "no end-of-stream marker" in result.stderr
+    assert "could not be cut off" in result.stderr
+    assert "ended normally: the server committed 2,000 rows of this input" in result.stderr
+    assert ids(shared, "uncut") == list(range(2000))
+
+
+# -- end-of-stream marker ----------------------------------------------------------------
+
+PRODUCER = """
+import sys, os, pyarrow as pa
+data = pa.table({"name": [f"n{i % 7}" for i in range(3000)], "id": range(3000)})
+writer = pa.ipc.new_stream(sys.stdout.buffer, data.schema)
+for batch in data.to_batches(max_chunksize=1000)[:2]:
+    writer.write_batch(batch)
+sys.stdout.buffer.flush()
+os._exit(1)  # dies before its third batch and the end-of-stream marker
+"""
+
+
+def pipe_from_dying_producer(*args: object) -> tuple[int, str]:
+    """``producer | arrowport ingest - ARGS``: the producer writes 2 of its 3 batches (ids
+    0..1999), then dies."""
+    producer = subprocess.Popen([sys.executable, "-c", PRODUCER], stdout=subprocess.PIPE)
+    assert producer.stdout is not None
+    cmd = [sys.executable, "-m", "arrowport", "ingest", "-", *map(str, args)]
+    env = {k: v for k, v in os.environ.items() if k not in ("ARROWPORT_TOKEN", "ARROWPORT_URL")}
+    proc = subprocess.run(cmd, stdin=producer.stdout, capture_output=True, env=env, timeout=60)
+    producer.stdout.close()
+    assert producer.wait(30) == 1
+    return proc.returncode, proc.stderr.decode()
+
+
+def test_stdin_from_a_dead_producer_is_abandoned(shared: Server) -> None:
+    """A producer piped into the CLI dies after 2 of 3 batches: the stream ends cleanly but
+    without its end-of-stream marker. The CLI sends the 2 batches, then abandons the request
+    (exit 2, nothing committed); with --allow-missing-eos it commits them, with a warning."""
+    args = ("--url", shared.url, "--chunk-size", 1000)
+    code, err = pipe_from_dying_producer("--stream", "dead_producer", *args)
+    assert code == 2, err
+    assert "-: the Arrow IPC stream has no end-of-stream marker" in err
+    assert "--allow-missing-eos" in err
+    shared.wait_for("ingest dead_producer: client disconnected")
+    code, err = pipe_from_dying_producer("--stream", "dead_allowed", *args, "--allow-missing-eos")
+    assert code == 0, err
+    assert "warning: the Arrow IPC stream has no end-of-stream marker" in err
+    assert "dead_producer" not in tables(shared)
+    assert ids(shared, "dead_allowed") == list(range(2000))
+
+
+def test_stream_file_without_the_marker_exits_2(
+    shared: Server, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A stream file cut after 2 of 3 batches (its last 4 bytes zeros, like the pre-0.15
+    marker): exit 2 over HTTP and Flight (past a dead proxy), nothing committed. The same file
+    with the pre-0.15 4-byte marker, or the current 8-byte one, is committed."""
+    data = id_last(3000)
+    cut = stream_cut_after(data, 2, 1000)
+    assert cut[-4:] == bytes(4)
+    path = tmp_path / "cut.arrows"
+    path.write_bytes(cut)
+    for stream, transport in (("cut_http", []), ("cut_flight", ["--flight"])):
+        args = ("--stream", stream, "--url", shared.url, "--chunk-size", 1000, *transport)
+        with dead_proxy(monkeypatch):
+            result = ingest(path, *args, "--retries", 0)
+        assert result.exit_code == 2, result.stderr
+        assert f"{path}: the Arrow IPC stream has no end-of-stream marker" in result.stderr
+        assert "committed" not in result.stderr
+    shared.wait_for("ingest cut_http: client disconnected")
+    shared.wait_for("DoPut cut_flight: client went away")
+    legacy, full = tmp_path / "legacy.arrows", tmp_path / "full.arrows"
+    legacy.write_bytes(stream_cut_after(data, 3, 1000) + bytes(4))
+    full.write_bytes(ipc_bytes(data.slice(0, 2000), max_chunksize=1000))
+    ok = ingest(legacy, full, "--stream", "marked", "--url", shared.url, "--chunk-size", 1000)
+    assert ok.exit_code == 0, ok.stderr
+    assert not {"cut_http", "cut_flight"} & tables(shared)
+    assert ids(shared, "marked") == sorted([*range(3000), *range(2000)])
+
+
+# -- batch-mode streams and keys ---------------------------------------------------------
+
+
+def test_batch_stream_needs_idempotency_key_none(shared: Server, tmp_path: Path) -> None:
+    """Stream ``batchy`` is commit: batch, which refuses idempotency keys: with a key the CLI
+    exits 1 and says to use --idempotency-key none; with none, 40 batches commit over HTTP and
+    over Flight (whose acks, one per batch, are read as they come)."""
+    first = write_ipc_file(tmp_path / "a.arrow", table(2000), 2000)
+    second = write_ipc_file(tmp_path / "b.arrow", table(2000, offset=2000), 2000)
+    args = ("--stream", "batchy", "--url", shared.url, "--chunk-size", 50)
+    for transport in ([], ["--flight"]):
+        keyed = ingest(first, *args, *transport)
+        assert keyed.exit_code == 1, keyed.stderr
+        assert "--idempotency-key none" in keyed.stderr and "commit: batch" in keyed.stderr
+    http = ingest(first, *args, "--idempotency-key", "none", "--json")
+    assert http.exit_code == 0, http.stderr
+    entry = summary(http)["files"][0]
+    assert entry["idempotency_key"] is None and entry["batches"] == 40
+    flight = ingest(second, *args, "--idempotency-key", "none", "--flight", "--json")
+    assert flight.exit_code == 0, flight.stderr
+    answer = summary(flight)["files"][0]["answer"]
+    assert (answer["committed_rows"], answer["committed_batches"]) == (2000, 40)
+    assert ids(shared, "batchy") == list(range(4000))
+
+
+def test_resuming_with_the_files_left_sends_each_once(shared: Server, tmp_path: Path) -> None:
+    """a.csv b.csv c.csv with --idempotency-key load1 stops at a bad b.csv; b.csv is fixed and
+    the run resumed with b.csv c.csv and the same key: each file's key comes from the file, not
+    its position, so b and c are sent and a is not replayed in b's place. A rerun of all three
+    replays them; one file alone gets the key itself."""
+    a, b, c = (tmp_path / f"{n}.csv" for n in "abc")
+    for i, path in enumerate((a, b, c)):
+        pacsv.write_csv(table(offset=i * ROWS), path)
+    b.write_text("id,name,score\noops,n,1.0\n")
+    args = ("--stream", "resumed", "--url", shared.url, "--idempotency-key", "load1", "--json")
+    failed = ingest(a, b, c, *args)
+    assert failed.exit_code == 1 and "schema_mismatch" in failed.stderr  # its id is text
+    assert [f["status"] for f in summary(failed)["files"]] == ["ok", "failed", "skipped"]
+    pacsv.write_csv(table(offset=ROWS), b)
+    resumed = ingest(b, c, *args)
+    assert resumed.exit_code == 0, resumed.stderr
+    assert [f["replayed"] for f in summary(resumed)["files"]] == [False, False]
+    again = ingest(a, b, c, *args)
+    assert again.exit_code == 0, again.stderr
+    assert [f["replayed"] for f in summary(again)["files"]] == [True, True, True]
+    alone = ingest(a, *args)
+    assert summary(alone)["files"][0]["idempotency_key"] == "load1"
+    assert ids(shared, "resumed") == sorted([*range(3 * ROWS), *range(ROWS)])
 
 
 # -- TLS ---------------------------------------------------------------------------------
