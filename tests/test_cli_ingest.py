@@ -499,11 +499,11 @@ def test_flight_call_that_cannot_be_cut_says_it_may_be_committed(
     """When the CLI finds no connection to cut (as behind a proxy), an abandoned DoPut ends
     normally and the server commits what was sent: the error says so, with the rows committed,
     instead of implying nothing was; the exit code stays that of the input's failure."""
-    from arrowport import cli_ingest
+    from arrowport.ingest_client import flight
 
     path = tmp_path / "cut.arrows"
     path.write_bytes(stream_cut_after(id_last(3000), 2, 1000))
-    monkeypatch.setattr(cli_ingest, "_tcp_sockets", lambda port: set())
+    monkeypatch.setattr(flight, "_tcp_sockets", lambda port: set())
     args = ("--stream", "uncut", "--url", shared.url, "--flight", "--chunk-size", 1000)
     result = ingest(path, *args)
     assert result.exit_code == 2, result.stderr
