@@ -125,7 +125,14 @@ class DuckDBStore:
         try:
             self._con = duckdb.connect(self.path, config=self._settings)
         except duckdb.IOException as exc:
-            raise StorageError(f"cannot open DuckDB database {self.path!r}: {exc}") from None
+            hint = ""
+            if "lock" in str(exc).lower():
+                hint = (
+                    ". A DuckDB file has one writer process: stop the other one or give this "
+                    "server another --db (several instances writing one table need the Delta "
+                    "backend)"
+                )
+            raise StorageError(f"cannot open DuckDB database {self.path!r}: {exc}{hint}") from None
         except duckdb.Error as exc:
             raise StorageError(f"DuckDB refused the settings {self._settings}: {exc}") from None
         for name in self.extensions:
