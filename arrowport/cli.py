@@ -86,7 +86,8 @@ def serve(
     backend: Annotated[
         Backend | None,
         typer.Option(
-            help="Default storage backend for streams: duckdb or delta "
+            help="Default storage backend for streams: duckdb (one file, one server), "
+            "ducklake (see the ducklake: config section) or delta "
             "(env ARROWPORT_STORAGE_BACKEND; default duckdb)."
         ),
     ] = None,

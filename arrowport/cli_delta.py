@@ -33,6 +33,7 @@ if TYPE_CHECKING:
 
 class Backend(StrEnum):
     duckdb = "duckdb"
+    ducklake = "ducklake"
     delta = "delta"
 
 

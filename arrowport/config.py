@@ -20,7 +20,7 @@ import yaml
 
 from .names import InvalidNameError, validate_name
 
-BACKENDS = ("duckdb", "delta")
+BACKENDS = ("duckdb", "ducklake", "delta")
 COMMIT_MODES = ("request", "batch")
 COMPRESSIONS = ("zstd", "lz4", "none")
 PARQUET_COMPRESSIONS = ("snappy", "zstd", "lz4", "gzip", "none")
@@ -30,6 +30,8 @@ DEFAULT_DELTA_PATH = "arrowport_delta"
 DEFAULT_PORT = 8888
 DEFAULT_HOST = "127.0.0.1"
 DEFAULT_DB = "arrowport.duckdb"
+DEFAULT_DUCKLAKE_CATALOG = "arrowport.ducklake"
+DEFAULT_DUCKLAKE_DATA = "arrowport_lake"
 
 ENV_OVERRIDES = {
     "ARROWPORT_DB": "db_path",
@@ -41,6 +43,8 @@ ENV_OVERRIDES = {
     "ARROWPORT_COMPRESSION": "compression",
     "ARROWPORT_STORAGE_BACKEND": "storage_backend",
     "ARROWPORT_METRICS_PORT": "metrics.port",
+    "ARROWPORT_DUCKLAKE_CATALOG": "ducklake.catalog",
+    "ARROWPORT_DUCKLAKE_DATA_PATH": "ducklake.data_path",
 }
 ENV_CONFIG_PATH = "ARROWPORT_STREAMS_PATH"
 ENV_TOKEN = "ARROWPORT_TOKEN"  # one more token, allowed every stream
@@ -179,6 +183,23 @@ class DeltaConfig:
     checkpoint_interval: int = 100
     enable_cdc: bool = False
     compact_every: int = 0  # background compaction after this many commits to a table; 0: off
+    # for an s3:// table_path: delta-rs / object_store options (endpoint, region, ...)
+    storage_options: Mapping[str, str] = field(default_factory=dict)
+
+
+@dataclass(frozen=True, slots=True)
+class DuckLakeConfig:
+    """``ducklake``: the DuckLake catalog and data path, and its maintenance."""
+
+    catalog: str = DEFAULT_DUCKLAKE_CATALOG  # a .ducklake file, or postgres:<libpq conninfo>
+    data_path: str = DEFAULT_DUCKLAKE_DATA  # a directory, or s3://bucket/prefix/
+    # for an s3:// data_path: DuckDB S3 secret options (endpoint, region, key_id, ...)
+    storage_options: Mapping[str, str] = field(default_factory=dict)
+    merge_interval: float = 300.0  # seconds between background merges of small files; 0: off
+    snapshot_retention_hours: float = 168.0  # time travel window; older snapshots expire
+    cleanup_interval: float = 3600.0  # seconds between expiry + file cleanup runs; 0: off
+    max_retry_count: int = 100  # DuckLake commit retries on a conflict with another writer
+    data_inlining_row_limit: int = 0  # inserts up to this many rows go to the catalog; 0: off
 
 
 @dataclass(frozen=True, slots=True)
@@ -227,6 +248,7 @@ class Config:
     duckdb_extensions: tuple[str, ...] = ()
     duckdb: DuckDBSettings = DuckDBSettings()
     delta_config: DeltaConfig = DeltaConfig()
+    ducklake: DuckLakeConfig = DuckLakeConfig()
     limits: Limits = Limits()
     flight: FlightSettings = FlightSettings()
     auth: AuthSettings = AuthSettings()
@@ -536,6 +558,59 @@ def _delta_config(raw: Mapping[str, Any], key: str) -> DeltaConfig:
         compact_every=_int(
             raw.get("compact_every", base.compact_every), f"{key}.compact_every", minimum=0
         ),
+        storage_options=_str_map(raw.get("storage_options"), f"{key}.storage_options"),
+    )
+
+
+def _str_map(value: object, key: str) -> dict[str, str]:
+    """A mapping of option names to scalar values, as strings (booleans as true/false)."""
+    out = {}
+    for name, item in _mapping(value, key).items():
+        if isinstance(item, Mapping | list) or item is None:
+            raise ConfigError(f"{key}.{name}: expected a string, number or boolean")
+        out[str(name)] = str(item).lower() if isinstance(item, bool) else str(item)
+    return out
+
+
+_DUCKLAKE_KEYS = set(DuckLakeConfig.__dataclass_fields__)
+
+
+def _ducklake(raw: Mapping[str, Any], key: str) -> DuckLakeConfig:
+    _check_keys(raw, _DUCKLAKE_KEYS, f"{key}.")
+    base = DuckLakeConfig()
+    catalog = _str(raw.get("catalog", base.catalog), f"{key}.catalog")
+    if not catalog.strip():
+        raise ConfigError(f"{key}.catalog: must not be empty")
+    if catalog.startswith("ducklake:"):
+        raise ConfigError(
+            f"{key}.catalog: give the catalog without the 'ducklake:' prefix "
+            "(a .ducklake file path, or postgres:<connection string>)"
+        )
+    data_path = _str(raw.get("data_path", base.data_path), f"{key}.data_path")
+    if not data_path.strip():
+        raise ConfigError(f"{key}.data_path: must not be empty")
+
+    def seconds(name: str) -> float:
+        value = _float(raw.get(name, getattr(base, name)), f"{key}.{name}")
+        if value < 0:
+            raise ConfigError(f"{key}.{name}: must not be negative (0 turns it off)")
+        return value
+
+    return DuckLakeConfig(
+        catalog=catalog,
+        data_path=data_path,
+        storage_options=_str_map(raw.get("storage_options"), f"{key}.storage_options"),
+        merge_interval=seconds("merge_interval"),
+        snapshot_retention_hours=seconds("snapshot_retention_hours"),
+        cleanup_interval=seconds("cleanup_interval"),
+        max_retry_count=_int(
+            raw.get("max_retry_count", base.max_retry_count), f"{key}.max_retry_count", minimum=0
+        ),
+        data_inlining_row_limit=_int(
+            raw.get("data_inlining_row_limit", base.data_inlining_row_limit),
+            f"{key}.data_inlining_row_limit",
+            minimum=0,
+        ),
     )
 
 
@@ -587,6 +662,7 @@ _TOP_KEYS = set(_PARSERS) | {
     "duckdb_extensions",
     "duckdb",
     "delta_config",
+    "ducklake",
     "limits",
     "flight",
     "auth",
@@ -684,6 +760,7 @@ def parse_config(
     values["delta_config"] = _delta_config(
         _mapping(raw.get("delta_config"), "delta_config"), "delta_config"
     )
+    values["ducklake"] = _ducklake(_mapping(raw.get("ducklake"), "ducklake"), "ducklake")
     values["limits"] = _limits(_mapping(raw.get("limits"), "limits"), "limits")
     flight = _mapping(raw.get("flight"), "flight")
     _check_keys(flight, set(FlightSettings.__dataclass_fields__), "flight.")
