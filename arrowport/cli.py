@@ -9,7 +9,7 @@ from typing import Annotated, Any
 import typer
 
 from . import __version__, logs
-from .cli_delta import Backend, DeltaPathOption, delta_app, migrate_command
+from .cli_delta import DeltaPathOption, delta_app, migrate_command
 from .cli_ingest import ingest_command
 from .cli_ops import config_app, streams_command
 from .config import ConfigError, load_config
@@ -20,6 +20,12 @@ app = typer.Typer(
     no_args_is_help=True,
     add_completion=False,
 )
+
+
+class Backend(StrEnum):
+    duckdb = "duckdb"
+    ducklake = "ducklake"
+    delta = "delta"
 
 
 class LogLevel(StrEnum):

@@ -277,8 +277,9 @@ class Config:
             delta=conf.delta_options,
         )
 
-    def delta_route(self, table: str) -> Route:
-        """Route ``POST /delta/{table}``: that Delta table, whatever the streams say.
+    def delta_route(self, table: str, backend: str = "delta") -> Route:
+        """Route ``POST /delta/{table}``: that Delta table, whatever the streams say
+        (or that table of ``backend``, for a Flight descriptor naming one).
 
         The ``delta_options`` of a configured stream writing ``table`` apply.
         """
@@ -286,7 +287,7 @@ class Config:
         key = table.lower()
         conf = next((c for c in self.streams.values() if c.target_table.lower() == key), None)
         options = conf.delta_options if conf is not None else DeltaOptions()
-        return Route(table, table, "delta", "request", configured=conf is not None, delta=options)
+        return Route(table, table, backend, "request", configured=conf is not None, delta=options)
 
     def uses(self, backend: str) -> bool:
         """Whether the default or any configured stream writes to ``backend``."""

@@ -139,7 +139,15 @@ class FlightService:
     def store(self, backend: str | None = None) -> Any:
         """The store of ``backend``; by default, of the config's default backend."""
         name = backend or self.state.config.storage_backend
-        return self.state.store_for(name) or self.state.stores["duckdb"]
+        store = self.state.store_for(name)
+        if store is None:
+            raise ArrowportError(
+                f"this server does not run the {name!r} backend (see storage_backend)",
+                error="backend_unavailable",
+                http_status=409,
+                grpc_status=GrpcStatus.FAILED_PRECONDITION,
+            )
+        return store
 
     async def _thread(self, fn: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
         return await trio.to_thread.run_sync(lambda: fn(*args, **kwargs))
@@ -204,9 +212,11 @@ class FlightService:
         )
 
     async def list_flights(self, call: GrpcCall) -> None:
-        """Every table: DuckDB's, then the Delta tables under the Delta root."""
+        """Every table: DuckDB's, DuckLake's (when the server runs it), then Delta's."""
         Criteria.decode(await call.unary_request("Criteria"))  # no filtering: every table
-        for backend in ("duckdb", "delta"):
+        for backend in ("duckdb", "ducklake", "delta"):
+            if self.state.store_for(backend) is None:
+                continue
             for info in await self._thread(self.store(backend).list_tables):
                 await call.send_message(self._flight_info(info, backend).encode())
 
@@ -242,9 +252,15 @@ class FlightService:
     async def do_get(self, call: GrpcCall) -> None:
         ticket = Ticket.decode(await call.unary_request("Ticket"))
         spec = parse_ticket(ticket.ticket)
-        extra = {} if spec.version is None else {"version": spec.version}
+        backend = spec.backend
+        extra = {}
+        if spec.version is not None:
+            extra["version"] = spec.version
+            if backend is None:  # time travel on the default backend, if it has versions
+                default = self.state.config.storage_backend
+                backend = default if default in ("ducklake", "delta") else "delta"
         reader = await self._thread(
-            self.store(spec.backend).scan,
+            self.store(backend).scan,
             spec.table,
             columns=spec.columns,
             limit=spec.limit,
@@ -283,8 +299,8 @@ class FlightService:
                 descriptor = await _first_descriptor(decoder, chunks)
             name, key = descriptor_target(descriptor)
             table, backend = descriptor_backend(descriptor)
-            if table is not None and backend == "delta":  # as ListFlights describes Delta tables
-                route = config.delta_route(table)
+            if table is not None and backend in ("delta", "ducklake"):  # as ListFlights does
+                route = config.delta_route(table, backend)
             else:
                 route = config.route(name or (table or ""))
             authorize_write(call.token, route.stream)

@@ -88,17 +88,19 @@ class TicketSpec:
     columns: list[str] | None = None
     limit: int | None = None
     backend: str | None = None  # None: the server's default backend
-    version: int | None = None  # Delta time travel
+    version: int | None = None  # time travel (DuckLake snapshot, Delta version)
 
 
+BACKENDS = ("duckdb", "ducklake", "delta")
 TICKET_KEYS = ("table", "columns", "limit", "backend", "version")
 
 
 def parse_ticket(raw: bytes) -> TicketSpec:
     """A table name, or JSON ``{"table", "columns", "limit", "backend", "version"}``.
 
-    ``version`` reads that version of a Delta table (time travel) and implies
-    ``"backend": "delta"``.
+    ``version`` reads that version of a DuckLake or Delta table (time travel);
+    without ``backend`` it means the server's default backend if that has
+    versions, else Delta.
     """
     if not raw.lstrip().startswith(b"{"):
         return TicketSpec(_text(raw, "ticket"))
@@ -119,12 +121,10 @@ def parse_ticket(raw: bytes) -> TicketSpec:
     limit = _natural(spec.get("limit"), "limit")
     version = _natural(spec.get("version"), "version")
     backend = spec.get("backend")
-    if backend is not None and backend not in ("duckdb", "delta"):
-        raise bad_request('ticket "backend" must be "duckdb" or "delta"')
-    if version is not None:
-        if backend == "duckdb":
-            raise bad_request('ticket "version" applies to Delta tables only')
-        backend = "delta"
+    if backend is not None and backend not in BACKENDS:
+        raise bad_request(f'ticket "backend" must be one of {", ".join(BACKENDS)}')
+    if version is not None and backend == "duckdb":
+        raise bad_request('ticket "version" applies to DuckLake and Delta tables only')
     return TicketSpec(table, columns, limit, backend, version)
 
 
@@ -144,9 +144,9 @@ def descriptor_backend(descriptor: FlightDescriptor) -> tuple[str | None, str | 
     backend, table = spec.get("backend"), spec.get("table")
     if backend is None:
         return None, None
-    if backend not in ("duckdb", "delta") or not isinstance(table, str):
+    if backend not in BACKENDS or not isinstance(table, str):
         raise bad_request(
-            'a descriptor cmd with "backend" ("duckdb" or "delta") needs "table": a table name'
+            f'a descriptor cmd with "backend" ({", ".join(BACKENDS)}) needs "table": a table name'
         )
     return table, backend
 

@@ -28,6 +28,7 @@ from .auth import authenticate, authorize_write
 from .body import StreamingASGIHTTPConnection, StreamingRequest
 from .delta_http import add_delta_read_routes
 from .ingest import Progress, ingest, refusal_reason, result_of
+from .lake_http import add_ducklake_read_routes
 from .state import ServerState, TooBusyError
 
 log = logging.getLogger("arrowport.http")
@@ -259,6 +260,7 @@ def create_app(state: ServerState) -> QuartTrio:
     app.add_url_rule("/stream/<stream>", "stream", ingest_route, methods=["POST"])
     app.add_url_rule("/delta/<table>", "delta_ingest", delta_route, methods=["POST"])
     add_delta_read_routes(app, state.delta_store)
+    add_ducklake_read_routes(app, state.ducklake_store)
 
     @app.errorhandler(HTTPException)
     async def http_error(exc: HTTPException) -> Response:

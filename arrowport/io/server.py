@@ -21,7 +21,7 @@ import trio
 from hypercorn.config import Config as HypercornConfig
 
 from ..config import Config, ConfigError, load_config
-from ..storage import DeltaStore, DuckDBStore
+from ..storage import DeltaStore, DuckDBStore, DuckLakeStore
 from . import listener, metrics
 from .flight import FlightService
 from .http import create_app
@@ -50,9 +50,34 @@ def open_stores(config: Config) -> dict[str, Any]:
     )
     store.open()
     delta = DeltaStore.from_config(config)
-    if config.uses("delta"):  # else the root appears with the first POST /delta/{table}
-        delta.open()
-    return {"duckdb": store, "delta": delta}
+    stores: dict[str, Any] = {"duckdb": store, "delta": delta}
+    try:
+        if config.uses("delta"):  # else the root appears with the first POST /delta/{table}
+            delta.open()
+        if config.uses("ducklake"):  # else no catalog is created
+            stores["ducklake"] = open_ducklake(config)
+    except BaseException:
+        store.close(checkpoint=False)
+        raise
+    return stores
+
+
+def open_ducklake(config: Config) -> DuckLakeStore:
+    lake, duck = config.ducklake, config.duckdb
+    store = DuckLakeStore(
+        lake.catalog,
+        lake.data_path,
+        storage_options=lake.storage_options,
+        max_retry_count=lake.max_retry_count,
+        data_inlining_row_limit=lake.data_inlining_row_limit,
+        snapshot_retention_hours=lake.snapshot_retention_hours,
+        extensions=config.duckdb_extensions,
+        memory_limit=duck.memory_limit,
+        threads=duck.threads,
+        key_ttl_hours=config.idempotency.key_ttl_hours,
+    )
+    store.open()
+    return store
 
 
 def hypercorn_config(config: Config) -> HypercornConfig:
@@ -129,6 +154,7 @@ RESTART_ONLY = (
     "db_path",
     "storage_backend",
     "delta_config",
+    "ducklake",
     "tls",
     "duckdb_extensions",
     "duckdb",
@@ -157,6 +183,32 @@ async def compaction_loop(store: DeltaStore, interval: float = COMPACTION_POLL) 
                 done.get("numFilesRemoved"),
                 done.get("numFilesAdded"),
             )
+
+
+async def ducklake_maintenance(store: DuckLakeStore, merge: float, cleanup: float) -> None:
+    """Merge small files every ``merge`` seconds; expire snapshots and delete
+    unreferenced files every ``cleanup`` seconds (0: never). Each step is a
+    snapshot of its own; one that races another instance fails, is logged,
+    and runs again next time."""
+    steps = [
+        (merge, store.merge_files, "merge of small files"),
+        (cleanup, store.expire_and_clean, "snapshot expiry and file cleanup"),
+    ]
+    due = {name: interval for interval, _, name in steps if interval > 0}
+    if not due:
+        return
+    now = 0.0
+    while True:
+        wake = min(due.values())
+        await trio.sleep(wake - now)
+        now = wake
+        for interval, step, name in steps:
+            if name in due and due[name] <= now:
+                due[name] = now + interval
+                try:
+                    await trio.to_thread.run_sync(step)
+                except Exception as exc:
+                    log.warning("DuckLake %s failed (retried next time): %s", name, exc)
 
 
 async def checkpoint_loop(store: DuckDBStore, interval: float) -> None:
@@ -195,6 +247,12 @@ async def serve(
                 nursery.start_soon(checkpoint_loop, duck, config.duckdb.checkpoint_interval)
             if config.delta_config.compact_every > 0:
                 nursery.start_soon(compaction_loop, stores["delta"])
+            lake = stores.get("ducklake")
+            if lake is not None:
+                settings = config.ducklake
+                nursery.start_soon(
+                    ducklake_maintenance, lake, settings.merge_interval, settings.cleanup_interval
+                )
             if config.metrics.port is not None:  # read at start, like the main port
                 host = config.metrics.host or config.host
                 await nursery.start(metrics.serve, state, host, config.metrics.port, ssl_context)
@@ -217,6 +275,8 @@ async def serve(
                 config.db_path,
                 stores["delta"].root,
             )
+            if lake is not None:
+                log.info("DuckLake catalog %s, data in %s", lake.catalog_label, lake.data_path)
             if ssl_context is not None:
                 log.info("TLS only (HTTPS, Flight at grpc+tls://); certificate %s", tls.certfile)
             task_status.started(binds)
@@ -225,6 +285,8 @@ async def serve(
             await trio.to_thread.run_sync(
                 lambda: duck.close(checkpoint=config.duckdb.checkpoint_on_shutdown)
             )
+            if "ducklake" in stores:
+                await trio.to_thread.run_sync(stores["ducklake"].close)
         log.info("stopped; database closed")
 
 

@@ -10,7 +10,7 @@ import trio
 from ..config import Config
 from ..protocol.errors import ArrowportError, GrpcStatus
 from ..stats import Stats
-from ..storage import DeltaStore
+from ..storage import DeltaStore, DuckLakeStore
 from .budget import MemoryBudget
 from .ingest import Store, TableLocks
 
@@ -57,6 +57,11 @@ class ServerState:
     def delta_store(self) -> DeltaStore:
         store = self.stores["delta"]
         assert isinstance(store, DeltaStore)
+        return store
+
+    def ducklake_store(self) -> DuckLakeStore | None:
+        store = self.stores.get("ducklake")
+        assert store is None or isinstance(store, DuckLakeStore)
         return store
 
     def streams_report(self) -> dict[str, object]:

@@ -2,6 +2,7 @@
 
 from .delta import DeltaStore, DeltaWrite
 from .duckdb import DuckDBStore
+from .ducklake import DuckLakeStore
 from .errors import (
     ColumnNotFoundError,
     IngestAborted,
@@ -20,6 +21,7 @@ __all__ = [
     "DeltaStore",
     "DeltaWrite",
     "DuckDBStore",
+    "DuckLakeStore",
     "IngestAborted",
     "InvalidReadError",
     "ReplayWrite",

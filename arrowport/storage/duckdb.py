@@ -68,7 +68,7 @@ def load_extension(con: duckdb.DuckDBPyConnection, name: str) -> None:
     except duckdb.Error:
         pass
     try:
-        import duckdb_extensions  # type: ignore[import-not-found]
+        import duckdb_extensions  # type: ignore[import-untyped,unused-ignore]
 
         duckdb_extensions.import_extension(name)
         con.execute(f"LOAD {name}")
@@ -184,6 +184,10 @@ class DuckDBStore:
         with self._cursor() as cur:
             cur.execute("CHECKPOINT")
 
+    def committed_version(self, cur: duckdb.DuckDBPyConnection) -> int | None:
+        """The version ``cur``'s last commit made: a DuckDB file has none."""
+        return None
+
     def _cursor(self) -> duckdb.DuckDBPyConnection:
         with self._cursor_lock:
             if self._con is None:
@@ -206,7 +210,8 @@ class DuckDBStore:
     def table_columns(self, cur: duckdb.DuckDBPyConnection, table: str) -> list[Column] | None:
         rows = cur.execute(
             "SELECT column_name, data_type, is_nullable FROM information_schema.columns "
-            "WHERE table_schema = 'main' AND lower(table_name) = lower(?) "
+            "WHERE table_catalog = current_database() AND table_schema = 'main' "
+            "AND lower(table_name) = lower(?) "
             "ORDER BY ordinal_position",
             [table],
         ).fetchall()

@@ -54,7 +54,7 @@ class TableWrite:
         self.replay: tuple[int, int] | None = None  # the key was committed meanwhile
         self.rows = 0
         self.batches = 0
-        self.version: int | None = None  # DuckDB has no table versions
+        self.version: int | None = None  # DuckLake: the snapshot committed (DuckDB: None)
         self.created = False
         self._prepared = False
         self._in_transaction = False
@@ -123,7 +123,7 @@ class TableWrite:
         self._run(self._finish)
         if self.replay is not None:
             return WriteResult(self.table, *self.replay, False, replayed=True)
-        return WriteResult(self.table, self.rows, self.batches, self.created)
+        return WriteResult(self.table, self.rows, self.batches, self.created, self.version)
 
     def _finish(self) -> None:
         if self.mode == "batch":
@@ -196,6 +196,7 @@ class TableWrite:
         self.cur.commit()
         self._in_transaction = False
         self.store.commits += 1
+        self.version = self.store.committed_version(self.cur)
 
     def _prepare_once(self) -> None:
         if not self._prepared:  # batch mode: the table appears with its first commit

@@ -1,0 +1,342 @@
+"""The DuckLake writer: the DuckDB writer, on a DuckLake attached as ``lake``.
+
+Invariants (beyond ``duckdb.DuckDBStore``'s, which all hold here):
+
+* The store's connection is an in-memory DuckDB with the lake ATTACHed as
+  ``lake``; every cursor starts with ``USE lake``, so the DuckDB writer's SQL
+  (``current_database()``, schema ``main``) reads and writes the lake.
+* One committed transaction is one DuckLake snapshot: a request in request
+  mode is exactly one snapshot, or nothing. Time travel reads a snapshot id
+  (``AT (VERSION => n)``).
+* With a PostgreSQL catalog several processes may write one table: DuckLake
+  settles commit races itself (appends never logically conflict; a commit
+  that lost the race is retried, ``max_retry_count`` times with a growing
+  wait). A commit that still fails is rolled back and answered 503.
+* The idempotency ledger is a lake table (DuckLake has no PRIMARY KEY): a
+  key is looked up, then recorded in the request's own transaction.
+* Extensions load from registry packages; nothing is installed at run time.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import os
+import re
+import time
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+import duckdb
+import pyarrow as pa
+
+from ..names import quote_identifier
+from .duckdb import DuckDBStore, load_extension
+from .errors import InvalidReadError, StorageError
+from .tables import resolve_table, select_list, valid_table_name
+
+log = logging.getLogger("arrowport.storage")
+
+LAKE = "lake"
+LEDGER_DDL = (
+    'CREATE TABLE IF NOT EXISTS "_arrowport_ledger" (key VARCHAR, table_name VARCHAR, '
+    "rows BIGINT, batches BIGINT, committed_at DOUBLE)"
+)
+CLEANUP_GRACE_HOURS = 1.0
+# DuckDB S3 secret options that ``ducklake.storage_options`` may set.
+SECRET_OPTIONS = ("key_id", "secret", "session_token", "region", "endpoint", "url_style", "use_ssl")
+
+
+def _sql_string(value: str) -> str:
+    return "'" + value.replace("'", "''") + "'"
+
+
+class DuckLakeStore(DuckDBStore):
+    """A DuckLake (catalog + Parquet data files) that Arrowport writes into."""
+
+    backend = "ducklake"
+
+    def __init__(
+        self,
+        catalog: str,
+        data_path: str,
+        *,
+        storage_options: Mapping[str, str] | None = None,
+        max_retry_count: int = 100,
+        data_inlining_row_limit: int = 0,
+        snapshot_retention_hours: float = 168.0,
+        **kwargs: Any,
+    ) -> None:
+        super().__init__(":memory:", **kwargs)
+        self.catalog = catalog
+        self.data_path = data_path
+        self.storage_options = dict(storage_options or {})
+        self.max_retry_count = max_retry_count
+        self.data_inlining_row_limit = data_inlining_row_limit
+        self.snapshot_retention_hours = snapshot_retention_hours
+        self.merges = 0
+        self.expired_snapshots = 0
+
+    @property
+    def remote_catalog(self) -> bool:
+        return self.catalog.startswith("postgres:")
+
+    @property
+    def catalog_label(self) -> str:
+        """The catalog for logs and /streams: a file path, or 'postgres:' with the
+        connection string's dbname and host only (never a password)."""
+        if not self.remote_catalog:
+            return self.catalog
+        keep = [
+            p
+            for p in self.catalog[len("postgres:") :].split()
+            if p.split("=")[0] in ("dbname", "host", "port")
+        ]
+        return "postgres:" + " ".join(keep)
+
+    @property
+    def remote_data(self) -> bool:
+        return self.data_path.startswith("s3://")
+
+    # -- lifecycle ----------------------------------------------------------
+
+    def open(self) -> None:
+        try:
+            self._con = duckdb.connect(":memory:", config=self._settings)
+        except duckdb.Error as exc:
+            raise StorageError(f"DuckDB refused the settings {self._settings}: {exc}") from None
+        con = self._con
+        for name in ("ducklake", *self.extensions):
+            load_extension(con, name)
+        if self.remote_catalog:
+            load_extension(con, "postgres")
+        if self.remote_data:
+            load_extension(con, "httpfs")
+            self._create_secret(con)
+        data_path = self.data_path
+        if not self.remote_data:
+            data_path = os.path.abspath(data_path)
+            os.makedirs(data_path, exist_ok=True)
+            data_path = data_path.rstrip(os.sep) + os.sep
+        catalog = self.catalog if self.remote_catalog else os.path.abspath(self.catalog)
+        options = [f"DATA_PATH {_sql_string(data_path)}"]
+        options.append(f"DATA_INLINING_ROW_LIMIT {int(self.data_inlining_row_limit)}")
+        try:
+            con.execute(
+                f"ATTACH {_sql_string('ducklake:' + catalog)} AS {LAKE} ({', '.join(options)})"
+            )
+            con.execute(f"SET ducklake_max_retry_count = {int(self.max_retry_count)}")
+            con.execute(f"USE {LAKE}")
+        except duckdb.Error as exc:
+            raise StorageError(self._attach_failure(exc)) from None
+        self._create_ledger()
+
+    def prune_ledger(self) -> None:
+        """Forget keys older than their TTL (run by maintenance, not at open)."""
+        super().prune_ledger()
+
+    def _attach_failure(self, exc: duckdb.Error) -> str:
+        text = re.sub(r"password\s*=\s*\S+", "password=***", str(exc))
+        hint = ""
+        if "lock" in text.lower() and not self.remote_catalog:
+            hint = (
+                ". A .ducklake file catalog has one writer process: stop the other one, or "
+                "use a PostgreSQL catalog (ducklake.catalog: postgres:...) for several instances"
+            )
+        elif self.remote_catalog:
+            hint = ". Check ducklake.catalog: a libpq connection string after 'postgres:'"
+        where = f"{self.catalog_label!r} (data {self.data_path!r})"
+        return f"cannot attach DuckLake catalog {where}: {text}{hint}"
+
+    def _create_secret(self, con: duckdb.DuckDBPyConnection) -> None:
+        unknown = sorted(set(self.storage_options) - set(SECRET_OPTIONS))
+        if unknown:
+            raise StorageError(
+                f"ducklake.storage_options: unknown option(s) {unknown}; "
+                f"valid: {', '.join(SECRET_OPTIONS)}"
+            )
+        parts = ["TYPE s3"]
+        options = dict(self.storage_options)
+        if "key_id" not in options:
+            load_extension(con, "aws")
+            parts.append("PROVIDER credential_chain")
+        for name, value in options.items():
+            if name == "use_ssl":
+                parts.append(
+                    f"USE_SSL {'true' if value.lower() in ('1', 'true', 'yes') else 'false'}"
+                )
+            else:
+                parts.append(f"{name.upper()} {_sql_string(value)}")
+        try:
+            con.execute(f"CREATE SECRET arrowport_lake_s3 ({', '.join(parts)})")
+        except duckdb.Error as exc:
+            raise StorageError(f"ducklake.storage_options were refused: {exc}") from None
+
+    def _create_ledger(self) -> None:
+        """Create the ledger if missing; another instance may be creating it too."""
+        for attempt in range(5):
+            try:
+                with self._cursor() as cur:
+                    cur.execute(LEDGER_DDL)
+                return
+            except duckdb.Error as exc:
+                if attempt == 4:
+                    raise StorageError(f"cannot prepare the idempotency ledger: {exc}") from None
+                time.sleep(0.1 * (attempt + 1))  # lost a creation race: it exists now
+
+    def close(self, *, checkpoint: bool = True) -> None:
+        """Close the connection. (DuckLake's CHECKPOINT is maintenance: see ``maintain``.)"""
+        con, self._con = self._con, None
+        if con is not None:
+            with contextlib.suppress(duckdb.Error):
+                con.execute("USE memory")
+                con.execute(f"DETACH {LAKE}")
+            con.close()
+
+    def checkpoint(self) -> None:
+        """Nothing to do: each commit is durable in the catalog and data files."""
+
+    def committed_version(self, cur: duckdb.DuckDBPyConnection) -> int | None:
+        """The snapshot ``cur``'s last commit made (None if it made none)."""
+        row = cur.execute(f"SELECT * FROM ducklake_last_committed_snapshot('{LAKE}')").fetchone()
+        return None if row is None or row[0] is None else int(row[0])
+
+    def _cursor(self) -> duckdb.DuckDBPyConnection:
+        cur = super()._cursor()
+        cur.execute(f"USE {LAKE}")
+        return cur
+
+    def statistics(self) -> dict[str, Any]:
+        stats: dict[str, Any] = {
+            "catalog": self.catalog_label,
+            "data_path": self.data_path,
+            "commits": self.commits,
+            "rollbacks": self.rollbacks,
+            "schema_mismatches": self.schema_mismatches,
+            "merges": self.merges,
+            "expired_snapshots": self.expired_snapshots,
+        }
+        if not self.remote_catalog and os.path.exists(self.catalog):
+            stats["catalog_bytes"] = os.path.getsize(self.catalog)
+        return stats
+
+    # -- reads: the current snapshot, or one by id ------------------------------
+
+    def current_snapshot(self) -> int:
+        with self._cursor() as cur:
+            row = cur.execute(f"SELECT id FROM {LAKE}.current_snapshot()").fetchone()
+            return int(row[0]) if row else 0
+
+    def snapshots(self, table: str | None = None, limit: int | None = None) -> list[dict[str, Any]]:
+        """The lake's snapshots, newest first (those that changed ``table`` if given)."""
+        with self._cursor() as cur:
+            try:
+                data = cur.execute(
+                    "SELECT snapshot_id, epoch_ms(snapshot_time) AS at_ms, changes "
+                    f"FROM ducklake_snapshots('{LAKE}') ORDER BY snapshot_id DESC"
+                ).to_arrow_table()
+            except duckdb.Error as exc:
+                raise self.translate(exc) from None
+        out = []
+        resolved = ids = None
+        if table is not None:
+            resolved = self.table_info(table).name.lower()
+            ids = self._table_ids(resolved)
+        for row in data.to_pylist():
+            changes = dict(row["changes"] or ())
+            if resolved is not None:
+                touched = {
+                    str(value).split(".")[-1].strip('"').lower()
+                    for values in changes.values()
+                    for value in values or ()
+                }
+                if resolved not in touched and not touched & (ids or set()):
+                    continue
+            out.append(
+                {
+                    "version": int(row["snapshot_id"]),
+                    "timestamp_ms": int(row["at_ms"]),
+                    "changes": {k: [str(v) for v in vs] for k, vs in changes.items() if vs},
+                }
+            )
+            if limit is not None and len(out) >= limit:
+                break
+        return out
+
+    def _table_ids(self, table: str) -> set[str]:
+        with self._cursor() as cur:
+            rows = cur.execute(
+                f"SELECT table_id FROM ducklake_table_info('{LAKE}') WHERE lower(table_name) = ?",
+                [table],
+            ).fetchall()
+        return {str(r[0]) for r in rows}
+
+    def scan(
+        self,
+        table: str,
+        *,
+        columns: Sequence[str] | None = None,
+        limit: int | None = None,
+        batch_rows: int = 122_880,
+        version: int | None = None,
+    ) -> pa.RecordBatchReader:
+        """``DuckDBStore.scan``, at snapshot ``version`` if given (time travel)."""
+        if version is None:
+            return super().scan(table, columns=columns, limit=limit, batch_rows=batch_rows)
+        name = valid_table_name(table)
+        if isinstance(version, bool) or not isinstance(version, int) or version < 0:
+            raise InvalidReadError(f"version must be a non-negative integer, not {version!r}")
+        if limit is not None and (isinstance(limit, bool) or limit < 0):
+            raise InvalidReadError(f"limit must be a non-negative integer, not {limit!r}")
+        with self._read_cursor() as cur:
+            try:
+                cur.begin()
+                latest = cur.execute(f"SELECT id FROM {LAKE}.current_snapshot()").fetchone()
+                if latest is None or version > int(latest[0]):
+                    raise InvalidReadError(
+                        f"version {version} of table {name!r} does not exist; the lake's "
+                        f"latest snapshot is {0 if latest is None else int(latest[0])}"
+                    )
+                resolved = resolve_table(cur, name)
+                selected = select_list(cur, resolved, columns)
+                sql = (
+                    f"SELECT {selected} FROM {quote_identifier(resolved)} "
+                    f"AT (VERSION => {int(version)})"
+                )
+                if limit is not None:
+                    sql += f" LIMIT {int(limit)}"
+                reader: pa.RecordBatchReader = cur.execute(sql).to_arrow_reader(batch_rows)
+                return reader
+            except duckdb.Error as exc:
+                if isinstance(exc, duckdb.CatalogException | duckdb.InvalidInputException):
+                    raise InvalidReadError(
+                        f"version {version} of table {name!r} cannot be read: "
+                        f"{str(exc).splitlines()[0]}"
+                    ) from None
+                raise self.translate(exc) from None
+
+    # -- maintenance (the server runs these in the background) -----------------
+
+    def merge_files(self) -> None:
+        """Merge small adjacent data files (a snapshot of its own; data unchanged)."""
+        with self._cursor() as cur:
+            cur.execute(f"CALL ducklake_merge_adjacent_files('{LAKE}')").fetchall()
+        self.merges += 1
+
+    def expire_and_clean(self) -> None:
+        """Expire snapshots older than the retention, delete files no snapshot needs,
+        and forget idempotency keys older than their TTL."""
+        hours = float(self.snapshot_retention_hours)
+        grace = min(hours, CLEANUP_GRACE_HOURS)  # for reads still on a just-expired snapshot
+        with self._cursor() as cur:
+            expired = cur.execute(
+                f"CALL ducklake_expire_snapshots('{LAKE}', "
+                f"older_than => now() - INTERVAL '{hours} hours')"
+            ).to_arrow_table()
+            self.expired_snapshots += expired.num_rows
+            cur.execute(
+                f"CALL ducklake_cleanup_old_files('{LAKE}', "
+                f"older_than => now() - INTERVAL '{grace} hours')"
+            ).to_arrow_table()
+        # Keys are pruned here, not at open: the ledger is shared by every instance.
+        self.prune_ledger()
