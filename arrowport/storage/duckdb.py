@@ -129,8 +129,8 @@ class DuckDBStore:
             if "lock" in str(exc).lower():
                 hint = (
                     ". A DuckDB file has one writer process: stop the other one or give this "
-                    "server another --db (several instances writing one table need the Delta "
-                    "backend)"
+                    "server another --db (several instances writing one table need DuckLake "
+                    "with a PostgreSQL catalog, or the Delta backend on S3)"
                 )
             raise StorageError(f"cannot open DuckDB database {self.path!r}: {exc}{hint}") from None
         except duckdb.Error as exc:

@@ -62,6 +62,7 @@ from crash_client import (
     read_probes,
 )
 from deltalake import DeltaTable
+from lake_support import attach_lake
 from support import Server
 
 TABLES = ("crash_a", "crash_b")  # two tables: two writers at once, so a kill hits both
@@ -100,6 +101,7 @@ class Harness:
         self.record = Record(TABLES, random.Random(seed + 1))
         self.db = workdir / "crash.duckdb"
         self.lake = workdir / "lake"
+        self.catalog = workdir / "crash.ducklake"
         self.site = workdir / "site"
         self.site.mkdir()
         (self.site / "sitecustomize.py").write_text(
@@ -121,8 +123,10 @@ class Harness:
             PROBE_ENV: str(self.workdir / f"probe-{name}.log"),
             ARM_ENV: arm,
             "ARROWPORT_DELTA_PATH": str(self.lake),
+            "ARROWPORT_DUCKLAKE_CATALOG": str(self.catalog),
+            "ARROWPORT_DUCKLAKE_DATA_PATH": str(self.workdir / "lakedata"),
         }
-        args = ("--backend", "delta") if self.backend == "delta" else ()
+        args = ("--backend", self.backend)
         self.server = Server(self.workdir, db=self.db, env=env, args=args).start()
         return self.server
 
@@ -266,6 +270,22 @@ class Harness:
                         rows = con.execute(sql.format(table)).fetchall()
                         found[table] = {r[0]: (r[1], r[2]) for r in rows}
             return found
+        if self.backend == "ducklake":
+            if not self.catalog.exists():
+                return found
+            with duckdb.connect() as con:
+                attach_lake(con, self.catalog, self.workdir / "lakedata")
+                have = {
+                    r[0]
+                    for r in con.execute(
+                        "SELECT table_name FROM duckdb_tables() WHERE database_name = 'lake'"
+                    ).fetchall()
+                }
+                for table in TABLES:
+                    if table in have:
+                        rows = con.execute(sql.format(f"lake.{table}")).fetchall()
+                        found[table] = {r[0]: (r[1], r[2]) for r in rows}
+            return found
         for table in TABLES:
             log = self.lake / table / "_delta_log"
             if not any(log.glob("*.json")):
@@ -393,7 +413,7 @@ class Harness:
         return "\n".join(lines)
 
 
-@pytest.mark.parametrize("backend", ["delta", "duckdb"])
+@pytest.mark.parametrize("backend", ["delta", "duckdb", "ducklake"])
 def test_sigkill_at_random_moments_loses_no_ack_and_retries_make_one_copy(
     backend: str, tmp_path: Path, kills: int
 ) -> None:

@@ -201,6 +201,7 @@ def test_second_server_on_same_file_fails_fast(
     assert out.returncode == 1
     assert "cannot open DuckDB database" in out.stderr and "lock" in out.stderr
     assert "one writer process" in out.stderr and "Delta backend" in out.stderr
+    assert "DuckLake with a PostgreSQL catalog" in out.stderr
     assert time.monotonic() - started < 30
     server.assert_serving()
 
