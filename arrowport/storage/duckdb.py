@@ -184,6 +184,13 @@ class DuckDBStore:
         with self._cursor() as cur:
             cur.execute("CHECKPOINT")
 
+    def create_shared_table(
+        self, cur: duckdb.DuckDBPyConnection, table: str, schema: pa.Schema
+    ) -> bool:
+        """Create a missing table ahead of the write where other processes may race
+        to create it; a DuckDB file has one writer, so it is created with the data."""
+        return False
+
     def committed_version(self, cur: duckdb.DuckDBPyConnection) -> int | None:
         """The version ``cur``'s last commit made: a DuckDB file has none."""
         return None

@@ -43,6 +43,7 @@ LEDGER_DDL = (
     "rows BIGINT, batches BIGINT, committed_at DOUBLE)"
 )
 CLEANUP_GRACE_HOURS = 1.0
+CREATE_ATTEMPTS = 8
 # DuckDB S3 secret options that ``ducklake.storage_options`` may set.
 SECRET_OPTIONS = ("key_id", "secret", "session_token", "region", "endpoint", "url_style", "use_ssl")
 
@@ -195,6 +196,38 @@ class DuckLakeStore(DuckDBStore):
 
     def checkpoint(self) -> None:
         """Nothing to do: each commit is durable in the catalog and data files."""
+
+    def create_shared_table(
+        self, cur: duckdb.DuckDBPyConnection, table: str, schema: pa.Schema
+    ) -> bool:
+        """With a PostgreSQL catalog, create a missing table in a snapshot of its own.
+
+        Other instances may create it at the same moment: two creates of one name
+        are a DuckLake conflict that fails the later commit, so a table created
+        with the data would lose the request. Created alone, the loser retries and
+        finds the table; the data commit that follows is a plain append. (A request
+        that then fails leaves the new, empty table.) With a file catalog there is
+        one process, and the table is created in the request's own transaction.
+        """
+        if not self.remote_catalog or self.table_columns(cur, table) is not None:
+            return False
+        for attempt in range(CREATE_ATTEMPTS):
+            try:
+                cur.begin()
+                created = self._prepare_table(cur, table, schema)
+                cur.commit()
+                return created
+            except duckdb.TransactionException:
+                with contextlib.suppress(duckdb.Error):
+                    cur.rollback()
+                if self.table_columns(cur, table) is not None:
+                    return False  # another instance created it first
+                time.sleep(min(0.05 * 2**attempt, 1.0))
+            except BaseException:
+                with contextlib.suppress(duckdb.Error):
+                    cur.rollback()
+                raise
+        raise StorageError(f"could not create table {table!r}: other writers kept conflicting")
 
     def committed_version(self, cur: duckdb.DuckDBPyConnection) -> int | None:
         """The snapshot ``cur``'s last commit made (None if it made none)."""

@@ -91,13 +91,18 @@ class TableWrite:
         self._run(self._start)
 
     def _start(self) -> None:
+        # a store shared with other processes creates a missing table in a snapshot of
+        # its own first: two transactions creating one table conflict, and the loser's
+        # data would be lost with it (see DuckLakeStore.create_shared_table)
+        precreated = self.store.create_shared_table(self.cur, self.table, self.schema)
         if self.mode == "batch":
             existing = self.store.table_columns(self.cur, self.table)
             if existing is not None:  # refuse a mismatch before any batch is read
                 self.store._check_fits(self.cur, self.table, self.schema, existing)
+            self.created = precreated
             return
         self._begin()
-        self.created = self.store._prepare_table(self.cur, self.table, self.schema)
+        self.created = self.store._prepare_table(self.cur, self.table, self.schema) or precreated
         self._prepared = True
 
     def insert(self, group: list[pa.RecordBatch]) -> None:
