@@ -32,7 +32,7 @@ import pyarrow as pa
 
 from ..names import quote_identifier
 from .duckdb import DuckDBStore, load_extension
-from .errors import InvalidReadError, StorageError
+from .errors import InvalidReadError, StorageError, WriteRejectedError
 from .tables import resolve_table, select_list, valid_table_name
 
 log = logging.getLogger("arrowport.storage")
@@ -44,6 +44,7 @@ LEDGER_DDL = (
 )
 CLEANUP_GRACE_HOURS = 1.0
 CREATE_ATTEMPTS = 8
+ORPHAN_GRACE_HOURS = 24.0
 # DuckDB S3 secret options that ``ducklake.storage_options`` may set.
 SECRET_OPTIONS = ("key_id", "secret", "session_token", "region", "endpoint", "url_style", "use_ssl")
 
@@ -229,6 +230,33 @@ class DuckLakeStore(DuckDBStore):
                 raise
         raise StorageError(f"could not create table {table!r}: other writers kept conflicting")
 
+    def _insert(
+        self,
+        cur: duckdb.DuckDBPyConnection,
+        table: str,
+        schema: pa.Schema,
+        batches: list[pa.RecordBatch],
+    ) -> None:
+        """Refuse nulls in NOT NULL columns before inserting: DuckLake 1.5.5 leaves the
+        data file of an INSERT that fails a constraint behind (unreferenced)."""
+        existing = self.table_columns(cur, table) or []
+        required = {c.name.lower() for c in existing if not c.nullable}
+        for index, field in enumerate(schema):
+            if field.name.lower() in required:
+                nulls = sum(batch.column(index).null_count for batch in batches)
+                if nulls:
+                    raise WriteRejectedError(
+                        f"DuckDB refused the rows: NOT NULL constraint failed: "
+                        f"{table}.{field.name} ({nulls} null values)"
+                    )
+        missing = required - {name.lower() for name in schema.names}
+        if missing:
+            raise WriteRejectedError(
+                f"DuckDB refused the rows: NOT NULL constraint failed: the stream has no "
+                f"column {', '.join(sorted(missing))} of table {table!r}"
+            )
+        super()._insert(cur, table, schema, batches)
+
     def committed_version(self, cur: duckdb.DuckDBPyConnection) -> int | None:
         """The snapshot ``cur``'s last commit made (None if it made none)."""
         row = cur.execute(f"SELECT * FROM ducklake_last_committed_snapshot('{LAKE}')").fetchone()
@@ -370,6 +398,12 @@ class DuckLakeStore(DuckDBStore):
             cur.execute(
                 f"CALL ducklake_cleanup_old_files('{LAKE}', "
                 f"older_than => now() - INTERVAL '{grace} hours')"
+            ).to_arrow_table()
+            # data files no snapshot references (a failed INSERT's): long after any
+            # request that could still be writing them
+            cur.execute(
+                f"CALL ducklake_delete_orphaned_files('{LAKE}', "
+                f"older_than => now() - INTERVAL '{ORPHAN_GRACE_HOURS} hours')"
             ).to_arrow_table()
         # Keys are pruned here, not at open: the ledger is shared by every instance.
         self.prune_ledger()

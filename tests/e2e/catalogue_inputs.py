@@ -240,7 +240,7 @@ class FlightInput:
     pyarrow: Callable[[object, str], None] | None = None
 
 
-ServerKind = Literal["plain", "lake", "limited", "auth"]
+ServerKind = Literal["plain", "lake", "ducklake", "limited", "auth"]
 Target = Literal["fresh", "seeded", "not_null", "named"]
 
 
@@ -259,7 +259,7 @@ class Case:
     http: HttpInput | None
     flight: FlightInput | None
     target: Target = "fresh"
-    servers: tuple[ServerKind, ...] = ("plain", "lake")
+    servers: tuple[ServerKind, ...] = ("plain", "lake", "ducklake")
 
 
 # -- builders ------------------------------------------------------------------------------

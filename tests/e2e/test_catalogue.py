@@ -58,6 +58,7 @@ from catalogue_inputs import (
 from deltalake import DeltaTable
 from flight_helpers import put_table
 from h2_client import SERVICE, H2Client, Response
+from lake_support import attach_lake
 from support import Server
 
 from arrowport.protocol.grpc import decode_grpc_message
@@ -66,6 +67,10 @@ TOKEN = "catalogue-token-0123456789abcdef"
 CONFIGS = {
     "plain": "",
     "lake": "storage_backend: delta\ndelta_config: {table_path: ./lake}\n",
+    "ducklake": (
+        "storage_backend: ducklake\n"
+        "ducklake: {catalog: ./meta.ducklake, data_path: ./lakedata, merge_interval: 0}\n"
+    ),
     "limited": (
         "limits:\n"
         f"  max_metadata_size: {LIMIT_METADATA}\n"
@@ -106,13 +111,18 @@ def _start(kind: str, factory: pytest.TempPathFactory) -> Server:
         with duckdb.connect(str(server.db)) as con:
             for table in _not_null_tables():
                 con.execute(f'CREATE TABLE "{table}" (id BIGINT NOT NULL, name VARCHAR)')
+    if kind == "ducklake":  # the same, in a lake
+        with duckdb.connect() as con:
+            attach_lake(con, workdir / "meta.ducklake", workdir / "lakedata", read_only=False)
+            for table in _not_null_tables():
+                con.execute(f'CREATE TABLE lake."{table}" (id BIGINT NOT NULL, name VARCHAR)')
     server.start()
     STARTED[kind] = server
     EXPECTED[kind] = {}
-    if kind == "plain":
+    if kind in ("plain", "ducklake"):
         for table in _not_null_tables():
-            EXPECTED[kind][("duckdb", table)] = 0
-    if kind in ("plain", "lake"):
+            EXPECTED[kind][(_backend(kind), table)] = 0
+    if kind in ("plain", "lake", "ducklake"):
         _seed(server, kind, VICTIM)
     return server
 
@@ -138,7 +148,7 @@ def servers(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Callable[[str]
 
 
 def _backend(kind: str) -> str:
-    return "delta" if kind == "lake" else "duckdb"
+    return {"lake": "delta", "ducklake": "ducklake"}.get(kind, "duckdb")
 
 
 def _auth(kind: str) -> dict[str, str]:
@@ -516,5 +526,15 @@ def test_zz_audit_on_disk() -> None:
             for path in lake_root.iterdir():
                 assert DeltaTable.is_deltatable(str(path)), f"stray directory {path}"
                 delta[("delta", path.name)] = DeltaTable(str(path)).to_pyarrow_table().num_rows
-        assert {**duck, **delta} == expected, kind
+        ducklake = {}
+        if (server.workdir / "meta.ducklake").exists():
+            with duckdb.connect() as con:
+                attach_lake(con, server.workdir / "meta.ducklake", server.workdir / "lakedata")
+                for (n,) in con.execute(
+                    "SELECT table_name FROM duckdb_tables() WHERE database_name = 'lake' "
+                    "AND table_name NOT LIKE '\\_arrowport%' ESCAPE '\\'"
+                ).fetchall():
+                    row = con.execute(f'SELECT count(*) FROM lake."{n}"').fetchone()
+                    ducklake[("ducklake", n)] = row[0] if row else 0
+        assert {**duck, **delta, **ducklake} == expected, kind
         _assert_no_bug_logged(server.log)
