@@ -6,7 +6,8 @@ Invariants:
   config alone only when nothing answers at the URL; the output always says
   which. A server that answers with an error (a 401, say) is an error, never a
   silent fallback.
-* Tokens are never printed: ``config check`` shows ``<redacted>`` instead.
+* Tokens, passwords and storage secrets are never printed: ``config check``
+  shows ``<redacted>`` instead.
 * Exit codes: 0 done; 1 the server answered with an error, or not as an
   Arrowport server; 2 bad usage or config. Errors are one line on stderr.
 * HTTP is the standard library's (urllib) with proxies ignored: the server is
@@ -21,6 +22,7 @@ import contextlib
 import dataclasses
 import json
 import os
+import re
 import ssl
 import urllib.error
 import urllib.parse
@@ -36,6 +38,8 @@ from .config import ENV_CONFIG_PATH, ENV_OVERRIDES, ENV_TOKEN, Config, ConfigErr
 
 COUNTERS = ("rows", "batches", "bytes", "decoded_bytes", "requests", "failed_requests")
 REDACTED = "<redacted>"
+SECRET_WORDS = re.compile(r"secret|token|password", re.IGNORECASE)
+PASSWORD = re.compile(r"password\s*=\s*('[^']*'|\S+)", re.IGNORECASE)
 
 
 class NoAnswer(Exception):
@@ -367,6 +371,12 @@ def effective_settings(config: Config) -> dict[str, Any]:
         REDACTED if t.streams is None else {"token": REDACTED, "streams": list(t.streams)}
         for t in config.auth.tokens
     ]
+    for section in (out["delta_config"], out["ducklake"]):  # credentials: secrets redacted
+        options = section["storage_options"]
+        for key in options:
+            if SECRET_WORDS.search(key):
+                options[key] = REDACTED
+    out["ducklake"]["catalog"] = PASSWORD.sub(f"password={REDACTED}", out["ducklake"]["catalog"])
     delta = out["delta_config"]
     hours = delta["version_retention_hours"]
     if float(hours).is_integer():  # the key takes whole hours

@@ -266,6 +266,32 @@ def test_config_check_marks_env_overrides_and_redacts_tokens(tmp_path: Path) -> 
     assert settings["streams"]["sensors"]["compression"] == {"algorithm": "lz4", "level": None}
 
 
+def test_config_check_redacts_catalog_passwords_and_storage_secrets(tmp_path: Path) -> None:
+    """A PostgreSQL catalog password and S3 secrets are never printed; the rest is."""
+    config = _write(
+        tmp_path / "arrowport.yaml",
+        "storage_backend: ducklake\n"
+        "ducklake:\n"
+        "  catalog: 'postgres:dbname=lake host=db.internal password=hunter2-pw user=ap'\n"
+        "  storage_options: {key_id: AKIDEXAMPLE, secret: s3-secret-value, region: eu-west-1}\n"
+        "delta_config:\n"
+        "  storage_options: {AWS_SECRET_ACCESS_KEY: delta-secret, AWS_SESSION_TOKEN: tok-9,"
+        " AWS_REGION: us-east-1}\n",
+    )
+    for args in (("config", "check", str(config)), ("config", "check", str(config), "--json")):
+        out = _invoke(*args, env={})
+        assert out.exit_code == 0, out.output
+        for secret in ("hunter2-pw", "s3-secret-value", "delta-secret", "tok-9"):
+            assert secret not in out.output
+        for kept in ("dbname=lake host=db.internal", "AKIDEXAMPLE", "eu-west-1", "us-east-1"):
+            assert kept in out.output
+    settings = json.loads(out.stdout)["settings"]
+    assert settings["ducklake"]["catalog"] == (
+        "postgres:dbname=lake host=db.internal password=<redacted> user=ap"
+    )
+    assert settings["delta_config"]["storage_options"]["AWS_SESSION_TOKEN"] == "<redacted>"
+
+
 def test_config_check_yaml_parses_back_to_the_same_config(tmp_path: Path) -> None:
     """The printed YAML is a config file that parses to exactly the config checked."""
     config = _write(
