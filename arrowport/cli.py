@@ -98,6 +98,23 @@ def serve(
         ),
     ] = None,
     delta_path: DeltaPathOption = None,
+    ducklake_catalog: Annotated[
+        str | None,
+        typer.Option(
+            "--ducklake-catalog",
+            help="DuckLake catalog: a .ducklake file (one server), or postgres:<libpq "
+            "connection string> (several servers) (env ARROWPORT_DUCKLAKE_CATALOG; "
+            "default ./arrowport.ducklake).",
+        ),
+    ] = None,
+    ducklake_data_path: Annotated[
+        str | None,
+        typer.Option(
+            "--ducklake-data-path",
+            help="Where DuckLake writes Parquet files: a directory or s3://bucket/prefix/ "
+            "(env ARROWPORT_DUCKLAKE_DATA_PATH; default ./arrowport_lake).",
+        ),
+    ] = None,
     certfile: Annotated[
         str | None,
         typer.Option(
@@ -143,6 +160,8 @@ def serve(
         "db_path": db,
         "storage_backend": backend.value if backend else None,
         "delta_config.table_path": delta_path,
+        "ducklake.catalog": ducklake_catalog,
+        "ducklake.data_path": ducklake_data_path,
         "tls.certfile": certfile,
         "tls.keyfile": keyfile,
         "metrics.port": metrics_port,
