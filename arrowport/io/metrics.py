@@ -25,7 +25,7 @@ from prometheus_client.registry import Collector
 
 from ..protocol import ArrowportError
 from ..stats import LABELS
-from ..storage import DeltaStore, StorageError
+from ..storage import DeltaStore, DuckLakeStore, StorageError
 from ..storage.delta_tables import table_names, table_stats
 from .auth import authenticate
 from .state import ServerState
@@ -78,6 +78,7 @@ class ServerCollector(Collector):
         yield rates
         yield from self._duckdb()
         yield from self._delta_tables()
+        yield from self._ducklake()
 
     def _duckdb(self) -> Iterator[GaugeMetricFamily]:
         store = self.state.stores.get("duckdb")
@@ -91,6 +92,26 @@ class ServerCollector(Collector):
             family = GaugeMetricFamily(name, help_text, labels=["path"])
             family.add_metric([path], _size(file))
             yield family
+
+    def _ducklake(self) -> Iterator[GaugeMetricFamily]:
+        store = self.state.stores.get("ducklake")
+        if not isinstance(store, DuckLakeStore):
+            return
+        try:
+            snapshot = store.current_snapshot()
+        except Exception as exc:  # the catalog is unreachable: say so by leaving it out
+            log.debug("metrics: no DuckLake snapshot: %s", exc)
+        else:
+            yield _gauge("arrowport_ducklake_snapshot", "The lake's latest snapshot id.", snapshot)
+        runs = GaugeMetricFamily(
+            "arrowport_ducklake_maintenance_runs",
+            "Background DuckLake maintenance runs since start, by job and result "
+            "(a run that raced another instance's fails and is retried next time).",
+            labels=["job", "result"],
+        )
+        for (job, result), count in sorted(store.maintenance.items()):
+            runs.add_metric([job, result], count)
+        yield runs
 
     def _delta_tables(self) -> Iterator[GaugeMetricFamily]:
         store = self.state.stores.get("delta")

@@ -24,7 +24,7 @@ import logging
 import os
 import re
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from typing import Any
 
 import duckdb
@@ -78,6 +78,8 @@ class DuckLakeStore(DuckDBStore):
         self.snapshot_retention_hours = snapshot_retention_hours
         self.merges = 0
         self.expired_snapshots = 0
+        # (job, "ok" | "failed") -> runs, for /metrics; jobs are "merge" and "cleanup"
+        self.maintenance: dict[tuple[str, str], int] = {}
 
     @property
     def remote_catalog(self) -> bool:
@@ -380,16 +382,26 @@ class DuckLakeStore(DuckDBStore):
 
     def merge_files(self) -> None:
         """Merge small adjacent data files (a snapshot of its own; data unchanged)."""
-        with self._cursor() as cur:
+        with self._counted("merge"), self._cursor() as cur:
             cur.execute(f"CALL ducklake_merge_adjacent_files('{LAKE}')").fetchall()
         self.merges += 1
+
+    @contextlib.contextmanager
+    def _counted(self, job: str) -> Iterator[None]:
+        result = "failed"
+        try:
+            yield
+            result = "ok"
+        finally:
+            key = (job, result)
+            self.maintenance[key] = self.maintenance.get(key, 0) + 1
 
     def expire_and_clean(self) -> None:
         """Expire snapshots older than the retention, delete files no snapshot needs,
         and forget idempotency keys older than their TTL."""
         hours = float(self.snapshot_retention_hours)
         grace = min(hours, CLEANUP_GRACE_HOURS)  # for reads still on a just-expired snapshot
-        with self._cursor() as cur:
+        with self._counted("cleanup"), self._cursor() as cur:
             expired = cur.execute(
                 f"CALL ducklake_expire_snapshots('{LAKE}', "
                 f"older_than => now() - INTERVAL '{hours} hours')"
@@ -405,5 +417,5 @@ class DuckLakeStore(DuckDBStore):
                 f"CALL ducklake_delete_orphaned_files('{LAKE}', "
                 f"older_than => now() - INTERVAL '{ORPHAN_GRACE_HOURS} hours')"
             ).to_arrow_table()
-        # Keys are pruned here, not at open: the ledger is shared by every instance.
-        self.prune_ledger()
+            # Keys are pruned here, not at open: the ledger is shared by every instance.
+            self.prune_ledger()

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import subprocess
 import sys
 import time
@@ -173,6 +174,13 @@ def test_maintenance_merges_files_and_expires_snapshots(
     else:
         raise AssertionError(f"no merge and expiry seen: {history}")
     assert server.get("/ducklake/small").json()["rows"] == 240
+    metrics = server.get("/metrics").text
+    merges = re.search(
+        r'arrowport_ducklake_maintenance_runs\{job="merge",result="ok"\} (\S+)', metrics
+    )
+    assert merges is not None and float(merges.group(1)) >= 1, metrics
+    snapshot = re.search(r"^arrowport_ducklake_snapshot (\S+)$", metrics, re.M)
+    assert snapshot is not None and float(snapshot.group(1)) >= history[0]["version"]
     files = list((tmp_path / "lakedata").rglob("*.parquet"))
     rows = query(server, "SELECT count(*), count(DISTINCT id) FROM lake.small")
     assert rows == [(240, 240)]
