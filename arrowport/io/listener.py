@@ -77,6 +77,9 @@ async def _no_upgrade(event: Any) -> None:
 hypercorn.trio.tcp_server.ProtocolWrapper = HTTP1Only  # type: ignore[attr-defined,misc]
 
 
+TLS_CLOSE_TIMEOUT = 5.0
+
+
 class PrefixedStream(trio.abc.HalfCloseableStream):
     """A socket stream whose first bytes were already read; they are replayed."""
 
@@ -97,11 +100,18 @@ class PrefixedStream(trio.abc.HalfCloseableStream):
     async def wait_send_all_might_not_block(self) -> None:
         await self.stream.wait_send_all_might_not_block()
 
+    # hypercorn closes a connection from inside the task that sent the response, which
+    # quart-trio may have cancelled by then (its body loop ends on the disconnect that
+    # hypercorn itself sends first): unshielded, the close was cancelled at its first
+    # checkpoint and a keep-alive connection stayed open, unserved, until the graceful
+    # timeout at shutdown. Closing a socket is short and must always finish.
     async def send_eof(self) -> None:
-        await self.stream.send_eof()
+        with trio.CancelScope(shield=True):
+            await self.stream.send_eof()
 
     async def aclose(self) -> None:
-        await self.stream.aclose()
+        with trio.CancelScope(shield=True):
+            await self.stream.aclose()
 
 
 class PrefixedTLSStream(trio.abc.Stream):
@@ -136,7 +146,10 @@ class PrefixedTLSStream(trio.abc.Stream):
         await self.stream.wait_send_all_might_not_block()
 
     async def aclose(self) -> None:
-        await self.stream.aclose()
+        # as PrefixedStream.aclose; bounded, since TLS sends close_notify to a peer that
+        # may not read (cancelled, SSLStream still closes the socket)
+        with trio.CancelScope(shield=True, deadline=trio.current_time() + TLS_CLOSE_TIMEOUT):
+            await self.stream.aclose()
 
 
 def tls_context(certfile: str, keyfile: str) -> ssl.SSLContext:

@@ -7,7 +7,9 @@ import signal
 import socket
 import subprocess
 import sys
+import threading
 import time
+from collections.abc import Iterator
 from pathlib import Path
 
 import httpx
@@ -185,6 +187,52 @@ def test_sigterm_shuts_down_cleanly_and_data_is_durable(server: Server) -> None:
     assert server.post("durable", ipc_bytes(sample_table(77))).status_code == 200
     assert server.stop(signal.SIGTERM) == 0
     assert server.query("SELECT count(*) FROM durable") == [(77,)]
+
+
+def test_keep_alive_connections_close_at_shutdown(server: Server) -> None:
+    """After SIGTERM a kept-alive HTTP/1.1 connection is served or closed, never left hanging,
+    and the server exits as soon as the last upload is done, not at the graceful timeout."""
+    body = ipc_bytes(sample_table(10))
+    headers = {"Content-Type": ARROW}
+
+    def slow() -> Iterator[bytes]:
+        yield body[:10]
+        time.sleep(3)
+        yield body[10:]
+
+    with httpx.Client(timeout=60) as kept:
+        assert kept.post(f"{server.url}/ingest/k", content=body, headers=headers).status_code == 200
+        answers: list[int] = []
+        uploader = threading.Thread(
+            target=lambda: answers.append(
+                httpx.post(
+                    f"{server.url}/ingest/slow", content=slow(), headers=headers, timeout=60
+                ).status_code
+            )
+        )
+        uploader.start()
+        deadline = time.monotonic() + 10
+        while server.get("/streams").json()["in_flight"] < 1:  # the upload is being served
+            assert time.monotonic() < deadline
+            time.sleep(0.02)
+        assert server.proc is not None
+        server.proc.send_signal(signal.SIGTERM)
+        server.wait_for("shutting down")
+        stopped = time.monotonic()
+        outcomes = []
+        for _ in range(3):
+            started = time.monotonic()
+            try:
+                status = kept.post(f"{server.url}/ingest/k", content=body, headers=headers)
+                outcomes.append(status.status_code)
+            except httpx.TransportError as exc:
+                outcomes.append(type(exc).__name__)
+            assert time.monotonic() - started < 10, outcomes
+        uploader.join(30)
+    assert answers == [200]
+    assert server.proc.wait(30) == 0
+    assert time.monotonic() - stopped < 20, "the server waited for the graceful timeout"
+    assert outcomes[-1] == "ConnectError", outcomes
 
 
 def test_second_server_on_same_file_fails_fast(
