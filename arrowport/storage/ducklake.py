@@ -120,7 +120,12 @@ class DuckLakeStore(DuckDBStore):
         data_path = self.data_path
         if not self.remote_data:
             data_path = os.path.abspath(data_path)
-            os.makedirs(data_path, exist_ok=True)
+            try:
+                os.makedirs(data_path, exist_ok=True)
+            except OSError as exc:
+                raise StorageError(
+                    f"cannot create the DuckLake data path {data_path!r}: {exc}"
+                ) from None
             data_path = data_path.rstrip(os.sep) + os.sep
         catalog = self.catalog if self.remote_catalog else os.path.abspath(self.catalog)
         options = [f"DATA_PATH {_sql_string(data_path)}"]
@@ -135,10 +140,6 @@ class DuckLakeStore(DuckDBStore):
             raise StorageError(self._attach_failure(exc)) from None
         self._create_ledger()
 
-    def prune_ledger(self) -> None:
-        """Forget keys older than their TTL (run by maintenance, not at open)."""
-        super().prune_ledger()
-
     def _attach_failure(self, exc: duckdb.Error) -> str:
         text = re.sub(r"password\s*=\s*\S+", "password=***", str(exc))
         hint = ""
@@ -147,6 +148,9 @@ class DuckLakeStore(DuckDBStore):
                 ". A .ducklake file catalog has one writer process: stop the other one, or "
                 "use a PostgreSQL catalog (ducklake.catalog: postgres:...) for several instances"
             )
+        elif "does not match existing data path" in text:
+            text = text.splitlines()[0].rstrip(".")
+            hint = ". ducklake.data_path must be where this lake was created"
         elif self.remote_catalog:
             hint = ". Check ducklake.catalog: a libpq connection string after 'postgres:'"
         where = f"{self.catalog_label!r} (data {self.data_path!r})"

@@ -219,6 +219,37 @@ def test_second_server_on_the_same_catalog_file_fails_fast(lake: Server, tmp_pat
     lake.assert_serving()
 
 
+def test_another_data_path_for_an_existing_lake_is_refused(
+    server_factory: type[Server], tmp_path: Path
+) -> None:
+    """A server given another data_path for an existing lake exits at once, naming both."""
+    first = server_factory(tmp_path, config=lake_config(tmp_path)).start()
+    assert first.post("t", ipc_bytes(sample_table(3))).status_code == 200
+    first.stop()
+    out = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "arrowport",
+            "serve",
+            "--port",
+            "0",
+            "--config",
+            str(lake_config(tmp_path)),
+            "--ducklake-data-path",
+            str(tmp_path / "elsewhere"),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        cwd=tmp_path,
+    )
+    assert out.returncode == 1, out.stderr
+    assert "does not match existing data path" in out.stderr
+    assert "ducklake.data_path must be where this lake was created" in out.stderr
+    assert "Traceback" not in out.stderr
+
+
 def test_listflights_names_ducklake_tables_beside_duckdb(
     server_factory: type[Server], tmp_path: Path
 ) -> None:
