@@ -191,6 +191,14 @@ class DuckDBStore:
         to create it; a DuckDB file has one writer, so it is created with the data."""
         return False
 
+    def enter_create(self, cur: duckdb.DuckDBPyConnection, table: str) -> bool:
+        """Before a write that may create ``table``; True obliges ``exit_create()``.
+        (DuckLake holds its snapshot expiry off meanwhile; DuckDB has nothing to do.)"""
+        return False
+
+    def exit_create(self) -> None:
+        """The end of a write for which ``enter_create`` returned True."""
+
     def committed_version(self, cur: duckdb.DuckDBPyConnection) -> int | None:
         """The version ``cur``'s last commit made: a DuckDB file has none."""
         return None

@@ -12,8 +12,9 @@ Invariants (beyond ``duckdb.DuckDBStore``'s, which all hold here):
   settles commit races itself (appends never logically conflict; a commit
   that lost the race is retried, ``max_retry_count`` times with a growing
   wait). A commit that still fails is rolled back and answered 503.
-* The idempotency ledger is a lake table (DuckLake has no PRIMARY KEY): a
-  key is looked up, then recorded in the request's own transaction.
+* The idempotency ledger is a lake table per UTC day (DuckLake has no PRIMARY
+  KEY, and a DELETE conflicts with concurrent INSERTs): a key is looked up,
+  then inserted in the request's own transaction; expired days are dropped.
 * Extensions load from registry packages; nothing is installed at run time.
 """
 
@@ -23,6 +24,7 @@ import contextlib
 import logging
 import os
 import re
+import threading
 import time
 from collections.abc import Iterator, Mapping, Sequence
 from typing import Any
@@ -38,12 +40,14 @@ from .tables import resolve_table, select_list, valid_table_name
 log = logging.getLogger("arrowport.storage")
 
 LAKE = "lake"
+LEDGER_PREFIX = "_arrowport_ledger_"  # + YYYYMMDD (UTC): one table per day
 LEDGER_DDL = (
-    'CREATE TABLE IF NOT EXISTS "_arrowport_ledger" (key VARCHAR, table_name VARCHAR, '
+    "CREATE TABLE IF NOT EXISTS {name} (key VARCHAR, table_name VARCHAR, "
     "rows BIGINT, batches BIGINT, committed_at DOUBLE)"
 )
 CLEANUP_GRACE_HOURS = 1.0
 CREATE_ATTEMPTS = 8
+EXPIRY_WAIT_SECONDS = 60.0
 ORPHAN_GRACE_HOURS = 24.0
 # DuckDB S3 secret options that ``ducklake.storage_options`` may set.
 SECRET_OPTIONS = ("key_id", "secret", "session_token", "region", "endpoint", "url_style", "use_ssl")
@@ -80,6 +84,13 @@ class DuckLakeStore(DuckDBStore):
         self.expired_snapshots = 0
         # (job, "ok" | "failed") -> runs, for /metrics; jobs are "merge" and "cleanup"
         self.maintenance: dict[tuple[str, str], int] = {}
+        self._ledger_ready = ""  # today's ledger table, once it is known to exist
+        # DuckLake 1.5.5 fails the commit of a transaction that creates a table, or
+        # crashes, when snapshots are expired while it is open: expiry waits for
+        # such transactions of this process to end, and they wait for expiry.
+        self._creations = 0
+        self._expiring = False
+        self._expiry_turn = threading.Condition()
 
     @property
     def remote_catalog(self) -> bool:
@@ -180,17 +191,84 @@ class DuckLakeStore(DuckDBStore):
         except duckdb.Error as exc:
             raise StorageError(f"ducklake.storage_options were refused: {exc}") from None
 
+    # -- the idempotency ledger: a table per UTC day -----------------------------
+    # DuckLake makes a DELETE conflict with every concurrent INSERT into the same
+    # table, so expired keys are never deleted from a table keyed writes insert
+    # into: whole days are dropped instead, and a key is only ever inserted.
+
     def _create_ledger(self) -> None:
-        """Create the ledger if missing; another instance may be creating it too."""
-        for attempt in range(5):
+        self._ensure_ledger_day()
+
+    def _ensure_ledger_day(self) -> str:
+        """The name of today's ledger table, created (in a snapshot of its own) if missing;
+        another instance may be creating it too."""
+        name = LEDGER_PREFIX + time.strftime("%Y%m%d", time.gmtime())
+        if name == self._ledger_ready:
+            return name
+        for attempt in range(CREATE_ATTEMPTS):
             try:
-                with self._cursor() as cur:
-                    cur.execute(LEDGER_DDL)
-                return
+                with self._creating(), self._cursor() as cur:
+                    cur.execute(LEDGER_DDL.format(name=quote_identifier(name)))
+                self._ledger_ready = name
+                return name
             except duckdb.Error as exc:
-                if attempt == 4:
+                if attempt == CREATE_ATTEMPTS - 1:
                     raise StorageError(f"cannot prepare the idempotency ledger: {exc}") from None
-                time.sleep(0.1 * (attempt + 1))  # lost a creation race: it exists now
+                time.sleep(min(0.05 * 2**attempt, 1.0))  # lost a creation race: retry
+        raise AssertionError("unreachable")
+
+    def _ledger_tables(self, cur: duckdb.DuckDBPyConnection) -> list[str]:
+        rows = cur.execute(
+            "SELECT table_name FROM duckdb_tables() WHERE database_name = current_database() "
+            "AND schema_name = 'main' AND starts_with(table_name, ?) ORDER BY table_name",
+            [LEDGER_PREFIX],
+        ).fetchall()
+        return [name for (name,) in rows]
+
+    def ledger_entry(self, cur: duckdb.DuckDBPyConnection, key: str) -> tuple[int, int] | None:
+        tables = self._ledger_tables(cur)
+        if not tables:
+            return None
+        since = time.time() - self.key_ttl_hours * 3600
+        union = " UNION ALL ".join(
+            f"SELECT rows, batches, committed_at FROM {quote_identifier(t)} "
+            "WHERE key = $key AND committed_at > $since"
+            for t in tables
+        )
+        row = cur.execute(
+            f"SELECT rows, batches FROM ({union}) ORDER BY committed_at DESC LIMIT 1",
+            {"key": key, "since": since},
+        ).fetchone()
+        return None if row is None else (int(row[0]), int(row[1]))
+
+    def record_key(
+        self, cur: duckdb.DuckDBPyConnection, key: str, table: str, rows: int, batches: int
+    ) -> None:
+        """Insert ``key`` into the newest day's ledger, in the caller's transaction."""
+        tables = self._ledger_tables(cur)
+        if not tables:
+            raise StorageError("the idempotency ledger is missing; restart the server")
+        cur.execute(
+            f"INSERT INTO {quote_identifier(tables[-1])} VALUES (?, ?, ?, ?, ?)",
+            [key, table, rows, batches, time.time()],
+        )
+
+    def prune_ledger(self) -> None:
+        """Drop the day tables whose keys have all outlived the TTL (by a day's margin)."""
+        today = self._ensure_ledger_day()
+        cutoff = time.strftime(
+            "%Y%m%d", time.gmtime(time.time() - self.key_ttl_hours * 3600 - 86400)
+        )
+        with self._cursor() as cur:
+            old = [t for t in self._ledger_tables(cur) if t[len(LEDGER_PREFIX) :] < cutoff]
+            for name in old:
+                if name != today:
+                    cur.execute(f"DROP TABLE IF EXISTS {quote_identifier(name)}")
+
+    def open_write(self, table: str, schema: pa.Schema, **kwargs: Any) -> Any:
+        if kwargs.get("idempotency_key") is not None:
+            self._ensure_ledger_day()  # before the data transaction: see _ensure_ledger_day
+        return super().open_write(table, schema, **kwargs)
 
     def close(self, *, checkpoint: bool = True) -> None:
         """Close the connection. (DuckLake's CHECKPOINT is maintenance: see ``maintain``.)"""
@@ -218,6 +296,10 @@ class DuckLakeStore(DuckDBStore):
         """
         if not self.remote_catalog or self.table_columns(cur, table) is not None:
             return False
+        with self._creating():
+            return self._create_alone(cur, table, schema)
+
+    def _create_alone(self, cur: duckdb.DuckDBPyConnection, table: str, schema: pa.Schema) -> bool:
         for attempt in range(CREATE_ATTEMPTS):
             try:
                 cur.begin()
@@ -262,6 +344,50 @@ class DuckLakeStore(DuckDBStore):
                 f"column {', '.join(sorted(missing))} of table {table!r}"
             )
         super()._insert(cur, table, schema, batches)
+
+    def enter_create(self, cur: duckdb.DuckDBPyConnection, table: str) -> bool:
+        if self.table_columns(cur, table) is not None:
+            return False
+        self._enter_create()
+        return True
+
+    def _enter_create(self) -> None:
+        with self._expiry_turn:
+            while self._expiring:
+                self._expiry_turn.wait()
+            self._creations += 1
+
+    def exit_create(self) -> None:
+        with self._expiry_turn:
+            self._creations -= 1
+            self._expiry_turn.notify_all()
+
+    @contextlib.contextmanager
+    def _creating(self) -> Iterator[None]:
+        self._enter_create()
+        try:
+            yield
+        finally:
+            self.exit_create()
+
+    @contextlib.contextmanager
+    def _expiry(self) -> Iterator[None]:
+        """Expiry's turn: once no transaction that may create a table is open."""
+        with self._expiry_turn:
+            if not self._expiry_turn.wait_for(
+                lambda: self._creations == 0, timeout=EXPIRY_WAIT_SECONDS
+            ):
+                raise StorageError(
+                    f"snapshot expiry skipped: tables were being created for "
+                    f"{EXPIRY_WAIT_SECONDS:g} s; it runs again next time"
+                )
+            self._expiring = True
+        try:
+            yield
+        finally:
+            with self._expiry_turn:
+                self._expiring = False
+                self._expiry_turn.notify_all()
 
     def committed_version(self, cur: duckdb.DuckDBPyConnection) -> int | None:
         """The snapshot ``cur``'s last commit made (None if it made none)."""
@@ -405,21 +531,23 @@ class DuckLakeStore(DuckDBStore):
         and forget idempotency keys older than their TTL."""
         hours = float(self.snapshot_retention_hours)
         grace = min(hours, CLEANUP_GRACE_HOURS)  # for reads still on a just-expired snapshot
-        with self._counted("cleanup"), self._cursor() as cur:
-            expired = cur.execute(
-                f"CALL ducklake_expire_snapshots('{LAKE}', "
-                f"older_than => now() - INTERVAL '{hours} hours')"
-            ).to_arrow_table()
+        with self._counted("cleanup"):
+            with self._expiry(), self._cursor() as cur:
+                expired = cur.execute(
+                    f"CALL ducklake_expire_snapshots('{LAKE}', "
+                    f"older_than => now() - INTERVAL '{hours} hours')"
+                ).to_arrow_table()
             self.expired_snapshots += expired.num_rows
-            cur.execute(
-                f"CALL ducklake_cleanup_old_files('{LAKE}', "
-                f"older_than => now() - INTERVAL '{grace} hours')"
-            ).to_arrow_table()
-            # data files no snapshot references (a failed INSERT's): long after any
-            # request that could still be writing them
-            cur.execute(
-                f"CALL ducklake_delete_orphaned_files('{LAKE}', "
-                f"older_than => now() - INTERVAL '{ORPHAN_GRACE_HOURS} hours')"
-            ).to_arrow_table()
+            with self._cursor() as cur:
+                cur.execute(
+                    f"CALL ducklake_cleanup_old_files('{LAKE}', "
+                    f"older_than => now() - INTERVAL '{grace} hours')"
+                ).to_arrow_table()
+                # data files no snapshot references (a failed INSERT's): long after any
+                # request that could still be writing them
+                cur.execute(
+                    f"CALL ducklake_delete_orphaned_files('{LAKE}', "
+                    f"older_than => now() - INTERVAL '{ORPHAN_GRACE_HOURS} hours')"
+                ).to_arrow_table()
             # Keys are pruned here, not at open: the ledger is shared by every instance.
             self.prune_ledger()

@@ -57,6 +57,7 @@ class TableWrite:
         self.version: int | None = None  # DuckLake: the snapshot committed (DuckDB: None)
         self.created = False
         self._prepared = False
+        self._creating = False
         self._in_transaction = False
         self._closed = False
 
@@ -95,6 +96,8 @@ class TableWrite:
         # its own first: two transactions creating one table conflict, and the loser's
         # data would be lost with it (see DuckLakeStore.create_shared_table)
         precreated = self.store.create_shared_table(self.cur, self.table, self.schema)
+        # a write that may create its table holds off the store's snapshot expiry
+        self._creating = self.store.enter_create(self.cur, self.table)
         if self.mode == "batch":
             existing = self.store.table_columns(self.cur, self.table)
             if existing is not None:  # refuse a mismatch before any batch is read
@@ -192,6 +195,9 @@ class TableWrite:
         if not self._closed:
             self._closed = True
             self.cur.close()
+        if self._creating:
+            self._creating = False
+            self.store.exit_create()
 
     def _begin(self) -> None:
         self.cur.begin()

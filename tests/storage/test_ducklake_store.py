@@ -1,0 +1,131 @@
+"""DuckLakeStore on a real lake (a .ducklake file and Parquet files on disk)."""
+
+from __future__ import annotations
+
+import threading
+import time
+from pathlib import Path
+
+import pyarrow as pa
+import pytest
+
+from arrowport.storage import DuckLakeStore, InvalidReadError, StorageError, ducklake
+from arrowport.storage.ducklake import LEDGER_PREFIX
+
+
+def table(rows: int, offset: int = 0) -> pa.Table:
+    return pa.table({"id": pa.array(range(offset, offset + rows), pa.int64())})
+
+
+@pytest.fixture
+def store(tmp_path: Path) -> DuckLakeStore:
+    lake = DuckLakeStore(
+        str(tmp_path / "meta.ducklake"), str(tmp_path / "data"), snapshot_retention_hours=0
+    )
+    lake.open()
+    yield lake
+    lake.close()
+
+
+def keyed(store: DuckLakeStore, key: str, data: pa.Table) -> object:
+    write = store.open_write("t", data.schema, idempotency_key=key)
+    for group in write.groups(data.to_batches()):
+        write.insert(group)
+    return write
+
+
+def parquet_files(tmp_path: Path) -> list[Path]:
+    return sorted((tmp_path / "data").rglob("*.parquet"))
+
+
+def test_a_keyed_commit_racing_maintenance_still_commits(
+    store: DuckLakeStore, tmp_path: Path
+) -> None:
+    """Ledger pruning and snapshot expiry during a keyed write do not fail its commit."""
+    store.write("t", table(1).schema, [])  # the table exists: see the next test
+    with store._cursor() as cur:  # an expired day of keys, which the cleanup drops
+        cur.execute(
+            f'CREATE TABLE "{LEDGER_PREFIX}20200101" AS SELECT * FROM '
+            f'"{store._ensure_ledger_day()}" LIMIT 0'
+        )
+        cur.execute(f"INSERT INTO \"{LEDGER_PREFIX}20200101\" VALUES ('old', 't', 1, 1, 0)")
+    write = keyed(store, "k1", table(1000))
+    store.merge_files()
+    store.expire_and_clean()
+    result = write.finish()  # type: ignore[attr-defined]
+    assert (result.rows, result.replayed) == (1000, False)
+    with store._cursor() as cur:
+        assert f"{LEDGER_PREFIX}20200101" not in store._ledger_tables(cur)
+    assert store.count_rows("t") == 1000
+    assert store.maintenance == {("merge", "ok"): 1, ("cleanup", "ok"): 1}
+    again = keyed(store, "k1", table(1000)).finish()  # type: ignore[attr-defined]
+    assert again.replayed and again.rows == 1000
+    assert store.count_rows("t") == 1000
+
+
+def test_expiry_waits_for_a_write_that_creates_its_table(
+    store: DuckLakeStore, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Snapshot expiry (which breaks DuckLake's commit of a table creation) waits for the
+    creating write to end, then runs; one that waits too long is skipped, not forced."""
+    store.write("first", table(1).schema, table(1).to_batches())
+    store.write("first", table(1).schema, table(1).to_batches())  # an old snapshot to expire
+    write = keyed(store, "k3", table(100))  # creates table t, not yet committed
+    done = threading.Event()
+    expiry = threading.Thread(target=lambda: (store.expire_and_clean(), done.set()))
+    expiry.start()
+    assert not done.wait(0.5), "expiry ran while the creating write was open"
+    assert write.finish().rows == 100  # type: ignore[attr-defined]
+    assert done.wait(30)
+    expiry.join()
+    assert store.count_rows("t") == 100 and store.expired_snapshots > 0
+    monkeypatch.setattr(ducklake, "EXPIRY_WAIT_SECONDS", 0.2)
+    write = store.open_write("u", table(1).schema)  # creates u
+    with pytest.raises(StorageError, match="snapshot expiry skipped"):
+        store.expire_and_clean()
+    write.rollback()
+    assert store.maintenance[("cleanup", "failed")] == 1
+
+
+def test_expired_keys_are_written_again(store: DuckLakeStore) -> None:
+    """A key older than the TTL no longer replays: its request is written again."""
+    keyed(store, "k2", table(10)).finish()  # type: ignore[attr-defined]
+    store.key_ttl_hours = 1 / 3600 / 10  # 0.1 s
+    time.sleep(0.2)
+    result = keyed(store, "k2", table(10)).finish()  # type: ignore[attr-defined]
+    assert not result.replayed
+    assert store.count_rows("t") == 20
+
+
+def test_a_failed_request_leaves_no_file_and_no_snapshot(
+    store: DuckLakeStore, tmp_path: Path
+) -> None:
+    """A rolled-back write and a NOT NULL refusal leave no data file and no snapshot."""
+    store.write("t", table(5).schema, table(5).to_batches())
+    files, snapshot = parquet_files(tmp_path), store.current_snapshot()
+    write = store.open_write("t", table(1).schema)
+    write.insert(table(50_000).to_batches())
+    write.rollback()
+    with store._cursor() as cur:
+        cur.execute("CREATE TABLE nn (id BIGINT NOT NULL)")
+    snapshot = store.current_snapshot()
+    nulls = pa.table({"id": pa.array([1, None], pa.int64())})
+    with pytest.raises(Exception, match="NOT NULL"):
+        store.write("nn", nulls.schema, nulls.to_batches())
+    assert parquet_files(tmp_path) == files
+    assert store.current_snapshot() == snapshot
+    assert store.count_rows("t") == 5
+
+
+def test_time_travel_reads_each_snapshot(store: DuckLakeStore) -> None:
+    """scan(version=v) reads the table as of snapshot v; later or earlier ones are refused."""
+    v1 = store.write("t", table(3).schema, table(3).to_batches()).version
+    v2 = store.write("t", table(4).schema, table(4, 3).to_batches()).version
+    assert v1 is not None and v2 == v1 + 1
+    assert store.scan("t", version=v1).read_all().num_rows == 3
+    assert store.scan("t", version=v2).read_all().num_rows == 7
+    with pytest.raises(InvalidReadError, match="does not exist"):
+        store.scan("t", version=v2 + 10)
+    with pytest.raises(InvalidReadError, match="does not exist at version"):
+        store.scan("t", version=v1 - 1)
+    assert [s["version"] for s in store.snapshots("t")] == [v2, v1]
