@@ -48,6 +48,7 @@ LEDGER_DDL = (
 CLEANUP_GRACE_HOURS = 1.0
 CREATE_ATTEMPTS = 8
 EXPIRY_WAIT_SECONDS = 60.0
+LEDGER_INLINE_ROWS = 1000  # a keyed request's ledger row goes into the catalog
 ORPHAN_GRACE_HOURS = 24.0
 # DuckDB S3 secret options that ``ducklake.storage_options`` may set.
 SECRET_OPTIONS = ("key_id", "secret", "session_token", "region", "endpoint", "url_style", "use_ssl")
@@ -208,7 +209,16 @@ class DuckLakeStore(DuckDBStore):
         for attempt in range(CREATE_ATTEMPTS):
             try:
                 with self._creating(), self._cursor() as cur:
-                    cur.execute(LEDGER_DDL.format(name=quote_identifier(name)))
+                    if name not in self._ledger_tables(cur):
+                        cur.execute(LEDGER_DDL.format(name=quote_identifier(name)))
+                        # keys live in the catalog, not in a Parquet file per request (an
+                        # optimisation: if another instance's option wins, so be it)
+                        with contextlib.suppress(duckdb.Error):
+                            cur.execute(
+                                f"CALL ducklake_set_option('{LAKE}', 'data_inlining_row_limit', "
+                                f"{LEDGER_INLINE_ROWS}, table_name => ?)",
+                                [name],
+                            )
                 self._ledger_ready = name
                 return name
             except duckdb.Error as exc:

@@ -15,6 +15,7 @@ import pytest
 from lake_support import lake_query
 from pg_fixtures import postgres  # noqa: F401
 from pg_support import PgServer
+from s3_support import MotoS3
 from support import ARROW, Server, ipc_bytes
 
 PRODUCERS = 16  # threads, spread round-robin over the instances; half HTTP, half Flight
@@ -34,13 +35,26 @@ def batch(producer: int, request: int) -> pa.Table:
     )
 
 
-def start_instances(workdir: Path, conninfo: str, count: int, extra: str = "") -> list[Server]:
+def s3_data(s3: MotoS3) -> str:
+    """The ducklake: keys that put the data files in the moto bucket."""
+    host = s3.endpoint.removeprefix("http://")
+    return (
+        f"  data_path: {s3.root()}/\n"
+        f"  storage_options: {{endpoint: '{host}', use_ssl: false, url_style: path,"
+        " key_id: testing, secret: testing, region: us-east-1}\n"
+    )
+
+
+def start_instances(
+    workdir: Path, conninfo: str, count: int, extra: str = "", data: str | None = None
+) -> list[Server]:
     config = workdir / "shared.yaml"
     config.write_text(
         "storage_backend: ducklake\n"
         "ducklake:\n"
         f"  catalog: 'postgres:{conninfo}'\n"
-        f"  data_path: {workdir / 'lakedata'}\n" + extra
+        + (data or f"  data_path: {workdir / 'lakedata'}\n")
+        + extra
     )
     servers = []
     try:
@@ -153,6 +167,49 @@ def test_instances_append_to_one_table_with_exact_counts(
     assert snapshots == [(len(versions),)]  # every answered version is a real snapshot
     print(f"{count} instances: {raced} catalog transactions rolled back (commit races)")
     assert raced > 0, "no commit race happened: the test did not test concurrency"
+
+
+def test_instances_with_data_files_on_s3(
+    postgres: PgServer,  # noqa: F811
+    instances: list[Server],
+    tmp_path: Path,
+) -> None:
+    """Two instances with the catalog in PostgreSQL and the Parquet files in an
+    S3-compatible store land exact counts, and a refused request leaves no object."""
+    conninfo = postgres.create_database("multi_lake_s3")
+    with MotoS3("lake-data") as s3:
+        data = s3_data(s3)
+        instances += start_instances(tmp_path, conninfo, 2, data=data)
+        answers: list[dict[str, object]] = []
+        threads = [threading.Thread(target=produce, args=(instances, p, answers)) for p in range(4)]
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join(120)
+        assert len(answers) == 4 * REQUESTS
+        objects = s3.keys("")
+        assert objects and all(key.endswith(".parquet") for key in objects)
+        cut = ipc_bytes(batch(9, 0), max_chunksize=100)
+        refused = instances[0].post("shared", cut[: len(cut) // 2])
+        assert refused.status_code == 400
+        assert s3.keys("") == objects  # the cut request's files are gone
+        total = 4 * REQUESTS * ROWS
+        for server in instances:  # each instance reads the whole table back from S3
+            info = server.get("/ducklake/shared").json()
+            assert info["rows"] == total, info
+            server.stop()
+    tables = lake_query(
+        f"postgres:{conninfo}",
+        "SELECT table_name FROM duckdb_tables() WHERE database_name = 'lake'",
+    )
+    listed = [
+        str(f).rsplit("/", 1)[-1]
+        for (name,) in tables
+        for (f,) in lake_query(
+            f"postgres:{conninfo}", f"SELECT data_file FROM ducklake_list_files('lake', '{name}')"
+        )
+    ]
+    assert sorted(listed) == sorted(key.rsplit("/", 1)[-1] for key in objects)
 
 
 def test_a_retry_on_another_instance_is_a_replay(
