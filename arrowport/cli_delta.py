@@ -33,7 +33,6 @@ if TYPE_CHECKING:
 
 class Backend(StrEnum):
     duckdb = "duckdb"
-    ducklake = "ducklake"
     delta = "delta"
 
 
@@ -157,9 +156,9 @@ def delta_list(
         )
         return
     if not infos:
-        typer.echo(f"no Delta tables under {store.root}")
+        typer.echo(f"no Delta tables under {store.uri}")
         return
-    table = _rich_table(f"Delta tables under {store.root}", "table", "rows", "size", "columns")
+    table = _rich_table(f"Delta tables under {store.uri}", "table", "rows", "size", "columns")
     for i in infos:
         table.add_row(i.name, f"{i.rows:,}", _size(i.bytes), ", ".join(i.schema.names))
     _print(table)

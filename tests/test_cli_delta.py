@@ -450,5 +450,6 @@ def test_serve_accepts_the_delta_backend(tmp_path: Path) -> None:
     assert (response.json()["backend"], response.json()["version"]) == ("delta", 0)
     assert DeltaTable(str(lake / "trips")).count() == 10
     helptext = " ".join(_invoke("serve", "--help").stdout.replace("│", " ").split())  # unwrapped
-    assert "duckdb or delta" in helptext and "--delta-path" in helptext
+    assert "ducklake (see the ducklake: config section) or delta" in helptext
+    assert "--delta-path" in helptext and "--ducklake-catalog" in helptext
     assert "Delta Lake" in _invoke("--help").stdout

@@ -36,6 +36,7 @@ CONTENT_TYPE = prom.CONTENT_TYPE_LATEST
 GROWTH_WINDOW = 600.0  # seconds of version history behind the growth rate
 HEAD_LIMIT = 8192  # bytes of request head the metrics port reads
 HEAD_TIMEOUT = 10.0
+S3_STATS_TTL = 10.0  # seconds a Delta table's gauges are reused when its log has no mtime (S3)
 
 
 class ServerCollector(Collector):
@@ -115,7 +116,9 @@ class ServerCollector(Collector):
 
     def _delta_tables(self) -> Iterator[GaugeMetricFamily]:
         store = self.state.stores.get("delta")
-        if not isinstance(store, DeltaStore) or not store.root.is_dir():
+        if not isinstance(store, DeltaStore):
+            return
+        if store.location.local is not None and not store.root.is_dir():
             return
         version = GaugeMetricFamily(
             "arrowport_delta_table_version", "Latest version of a Delta table.", labels=["table"]
@@ -137,7 +140,12 @@ class ServerCollector(Collector):
             labels=["table"],
         )
         now = time.monotonic()
-        for table, (v, n, b) in sorted(self._delta_stats(store).items()):
+        try:
+            stats = self._delta_stats(store)
+        except StorageError as exc:  # an object store that cannot be reached: no gauges
+            log.debug("metrics: no Delta tables: %s", exc.detail)
+            stats = {}
+        for table, (v, n, b) in sorted(stats.items()):
             version.add_metric([table], v)
             files.add_metric([table], n)
             size.add_metric([table], b)
@@ -145,10 +153,14 @@ class ServerCollector(Collector):
         yield from (version, files, size, growth)
 
     def _delta_stats(self, store: DeltaStore) -> dict[str, tuple[int, int, int]]:
-        """Each table's statistics, re-read only when its log has changed."""
+        """Each table's statistics, re-read only when its log has changed (on S3,
+        where a log has no cheap mtime: at most every ``S3_STATS_TTL`` seconds)."""
         out = {}
         for table in table_names(store):
-            stamp = _mtime(store.root / table / "_delta_log")
+            if store.location.local is not None:
+                stamp = _mtime(store.root / table / "_delta_log")
+            else:
+                stamp = int(time.monotonic() // S3_STATS_TTL)
             cached = self._delta.get(table)
             if cached is None or cached[0] != stamp:
                 try:

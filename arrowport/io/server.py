@@ -273,7 +273,7 @@ async def serve(
                 "serving on %s; writing %s (duckdb) and %s (delta)",
                 ", ".join(binds),
                 config.db_path,
-                stores["delta"].root,
+                stores["delta"].uri,
             )
             if lake is not None:
                 log.info("DuckLake catalog %s, data in %s", lake.catalog_label, lake.data_path)

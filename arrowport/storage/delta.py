@@ -2,6 +2,9 @@
 
 Invariants:
 
+* The root is a local directory or ``s3://bucket/prefix`` (``DeltaLocation``:
+  one ``pyarrow.fs`` filesystem for data files, the same ``storage_options``
+  for delta-rs). Local behaviour is unchanged by the S3 support.
 * Memory stays bounded: batches are written to Parquet data files in the
   table's directory as they arrive, rolling to a new file at about the
   stream's ``target_file_size``; delta-rs never sees a whole request
@@ -23,7 +26,12 @@ Invariants:
   writes nothing and answers the original result (delta-rs #2580: delta-rs
   does not reject an app transaction repeated later; one committed
   concurrently is a conflict, retried, and then found by the check).
-* Commit conflicts with other writers are retried with backoff.
+* Commit conflicts with other writers are retried with backoff. On S3,
+  delta-rs commits a version with a conditional PUT (``If-None-Match``), so
+  writers in other processes cannot overwrite each other's commits;
+  ``DeltaLocation.check_options`` refuses options that would undo that, and
+  each commit is looked up in the log afterwards (a commit that is not there
+  was overwritten: an error, never an ack).
 """
 
 from __future__ import annotations
@@ -58,6 +66,7 @@ from deltalake.transaction import (
 
 from ..config import DeltaOptions
 from ..names import InvalidNameError, validate_idempotency_key, validate_name
+from .delta_location import DeltaLocation, describe_error
 from .errors import (
     SchemaMismatchError,
     StorageError,
@@ -79,6 +88,7 @@ META_KEY = "arrowport.idempotency_key"  # commitInfo: the key, rows and batches
 META_ROWS = "arrowport.rows"
 META_BATCHES = "arrowport.batches"
 META_COMMIT = "arrowport.commit"  # commitInfo: a unique id, to find the version committed
+META_READ = "arrowport.read_version"  # commitInfo: the version the writer read (-1: none)
 MAX_OPEN_PARTITIONS = 64  # open Parquet writers per request; the oldest is closed first
 HISTORY_SCAN = 10_000  # commits searched for the original result of a replayed key
 
@@ -165,27 +175,26 @@ def _partition_string(value: Any) -> str | None:
     return str(value)  # ints as decimals, dates as YYYY-MM-DD, strings as is
 
 
-def _commit_info(table: Path, version: int) -> dict[str, Any] | None:
+def _commit_info(location: DeltaLocation, table: str, version: int) -> dict[str, Any] | None:
     """The ``commitInfo`` of ``version`` read from its log file, or None if there is none.
 
     Read from the file, not ``DeltaTable.history()``: deltalake 1.6.6 labels
     commits newer than the loaded version with wrong version numbers.
     """
-    try:
-        with open(table / "_delta_log" / f"{version:020d}.json", encoding="utf-8") as log_file:
-            for line in log_file:
-                if '"commitInfo"' in line:
-                    info = json.loads(line).get("commitInfo")
-                    return info if isinstance(info, dict) else {}
-    except FileNotFoundError:
+    found = location.read_log(table, version)
+    if found is None:
         return None
+    for line in found[0].splitlines():
+        if '"commitInfo"' in line:
+            info = json.loads(line).get("commitInfo")
+            return info if isinstance(info, dict) else {}
     return {}
 
 
-def _latest_version(table: Path, known: int) -> int:
+def _latest_version(location: DeltaLocation, table: str, known: int) -> int:
     """The newest version in the log, at least ``known``."""
     version = known
-    while (table / "_delta_log" / f"{version + 1:020d}.json").exists():
+    while location.exists(location.fs_path(table, "_delta_log", f"{version + 1:020d}.json")):
         version += 1
     return version
 
@@ -209,7 +218,7 @@ class _Replay:
 
 
 class DeltaStore:
-    """Delta tables, one directory each under ``root``.
+    """Delta tables, one directory each under ``root`` (a directory or ``s3://`` URI).
 
     ``open_write`` returns a ``DeltaWrite`` (the same session protocol as
     ``TableWrite``). Methods are synchronous and meant for worker threads.
@@ -229,8 +238,9 @@ class DeltaStore:
         compact_every: int = 0,
         commit_retries: int = 8,
         defaults: DeltaOptions | None = None,
+        storage_options: Any = None,
     ) -> None:
-        self.root = Path(root).resolve()
+        self.location = DeltaLocation(root, storage_options)
         self.version_retention_hours = version_retention_hours
         self.checkpoint_interval = checkpoint_interval
         self.enable_cdc = enable_cdc
@@ -241,6 +251,7 @@ class DeltaStore:
         self.rollbacks = 0
         self.files_written = 0
         self.conflicts_retried = 0
+        self.commits_raced = 0  # commits that landed after losing a version to another writer
         self.replays = 0
         self._since_compaction: dict[str, int] = {}
         self.compactions_due: dict[str, DeltaOptions] = {}
@@ -254,9 +265,30 @@ class DeltaStore:
             checkpoint_interval=delta.checkpoint_interval,
             enable_cdc=delta.enable_cdc,
             compact_every=delta.compact_every,
+            storage_options=delta.storage_options,
         )
 
+    @property
+    def uri(self) -> str:
+        """The root as a user wrote it: a directory, or ``s3://bucket/prefix``."""
+        return self.location.uri
+
+    @property
+    def root(self) -> Path:
+        """The local root directory (``StorageError`` for an object-store root)."""
+        if self.location.local is None:
+            raise StorageError(f"the Delta root {self.uri} is not a local directory")
+        return self.location.local
+
+    @property
+    def storage_options(self) -> dict[str, str] | None:
+        return self.location.storage_options
+
     def open(self) -> None:
+        """Create a local root; check an object-store root's options (no network)."""
+        if self.location.local is None:
+            self.location.check_concurrency()
+            return
         try:
             self.root.mkdir(parents=True, exist_ok=True)
         except OSError as exc:
@@ -271,11 +303,12 @@ class DeltaStore:
             "rollbacks": self.rollbacks,
             "files": self.files_written,
             "conflicts_retried": self.conflicts_retried,
+            "commits_raced": self.commits_raced,
             "replays": self.replays,
         }
 
-    def table_path(self, table: str) -> Path:
-        """The directory of ``table``; refuses names that would leave the root.
+    def table_path(self, table: str) -> str:
+        """The directory (or URI) of ``table``; refuses names that would leave the root.
 
         Names are case-insensitive, as in DuckDB: an existing directory
         spelled differently is the table's.
@@ -283,23 +316,42 @@ class DeltaStore:
         validate_name(table, "table")
         if table.lower().startswith(INTERNAL_PREFIX):
             raise InvalidNameError(f"table names starting with {INTERNAL_PREFIX!r} are reserved")
-        path = self.root / table
-        if not path.exists() and self.root.is_dir():
+        location = self.location
+        if location.local is None:
+            uri = location.table_uri(table)
+            try:
+                if location.exists(location.fs_path(uri)):
+                    return uri
+            except (OSError, pa.ArrowException) as exc:
+                raise StorageError(describe_error(exc, f"cannot look up table {table!r}")) from None
             key = table.lower()
-            path = next((p for p in self.root.iterdir() if p.name.lower() == key), path)
+            found = next((d for d in location.list_dirs() if d.lower() == key), table)
+            return location.table_uri(found)
+        root = location.local
+        path = root / table
+        if not path.exists() and root.is_dir():
+            key = table.lower()
+            path = next((p for p in root.iterdir() if p.name.lower() == key), path)
         path = path.resolve()
-        if path.parent != self.root:
+        if path.parent != root:
             raise InvalidNameError(f"table name {table!r} resolves outside the Delta root")
-        return path
+        return str(path)
 
     def open_table(self, table: str) -> DeltaTable | None:
         path = self.table_path(table)
+        options = self.storage_options
         try:
-            if not DeltaTable.is_deltatable(str(path)):
+            if not DeltaTable.is_deltatable(path, storage_options=options):
                 return None
-            return DeltaTable(str(path))
+            return DeltaTable(path, storage_options=options)
         except (DeltaError, OSError) as exc:
-            raise StorageError(f"cannot open Delta table {table!r}: {first_line(exc)}") from None
+            raise StorageError(self.describe(exc, f"cannot open Delta table {table!r}")) from None
+
+    def describe(self, exc: BaseException, where: str) -> str:
+        """``where: <cause>``: the first line locally, the object-store cause on S3."""
+        if self.location.local is not None:
+            return f"{where}: {first_line(exc)}"
+        return describe_error(exc, where)
 
     # -- the read side, as DuckDBStore's (Flight): see ``delta_tables``
 
@@ -358,6 +410,7 @@ class DeltaStore:
         if commit not in ("request", "batch"):
             raise ValueError(f"unknown commit mode {commit!r}")
         options = options or self.defaults
+        self.location.check_concurrency()
         path = self.table_path(table)
         if idempotency_key is not None:
             validate_idempotency_key(idempotency_key)
@@ -400,10 +453,11 @@ class DeltaStore:
         """The original result if ``key`` is committed in ``dt``, else None."""
         if dt.transaction_version(KEY_PREFIX + key) is None:
             return None
-        path = Path(unquote(urlparse(dt.table_uri).path))
-        latest = _latest_version(path, dt.version())
+        uri = str(dt.table_uri).rstrip("/")
+        path = uri if uri.startswith("s3://") else str(Path(unquote(urlparse(uri).path)))
+        latest = _latest_version(self.location, path, dt.version())
         for version in range(latest, max(latest - HISTORY_SCAN, -1), -1):
-            info = _commit_info(path, version)
+            info = _commit_info(self.location, path, version)
             if info is None:
                 break  # removed by log cleanup
             if info.get(META_KEY) == key:
@@ -442,13 +496,12 @@ class DeltaStore:
             raise StorageError(f"compaction of {table!r} failed: {exc}") from None
         return dict(metrics)
 
-    @staticmethod
-    def translate(exc: BaseException) -> BaseException:
+    def translate(self, exc: BaseException) -> BaseException:
         """Map a delta-rs, Arrow or OS exception to the error a client is shown."""
         if isinstance(exc, pa.ArrowInvalid | pa.ArrowNotImplementedError):
             return WriteRejectedError(f"Delta write refused the rows: {first_line(exc)}")
         if isinstance(exc, DeltaError | OSError | pa.ArrowException):
-            return StorageError(f"Delta write failed: {first_line(exc)}")
+            return StorageError(self.describe(exc, "Delta write failed"))
         return exc
 
 
@@ -497,7 +550,7 @@ def _evolve(table: str, incoming: Schema, existing: Schema, mode: str) -> Schema
 
 @dataclass(slots=True)
 class _OpenFile:
-    path: Path
+    path: str  # in the location's filesystem
     relative: str
     partition: dict[str, str | None]
     sink: pa.NativeFile
@@ -511,7 +564,7 @@ class _Files:
 
     open: OrderedDict[tuple[str | None, ...], _OpenFile] = field(default_factory=OrderedDict)
     pending: list[AddAction] = field(default_factory=list)
-    made: list[Path] = field(default_factory=list)  # every file made and not committed
+    made: list[str] = field(default_factory=list)  # every file made and not committed
 
 
 class DeltaWrite:
@@ -525,7 +578,7 @@ class DeltaWrite:
         self,
         store: DeltaStore,
         table: str,
-        path: Path,
+        path: str,
         target: Schema,
         mode: str,
         options: DeltaOptions,
@@ -536,6 +589,7 @@ class DeltaWrite:
         replay: _Replay | None = None,
     ) -> None:
         self.store, self.table, self.path, self.mode = store, table, path, mode
+        self.location = store.location
         self.options = options
         self.delta_schema = target
         self.arrow_schema = pa.schema(target.to_arrow())
@@ -619,7 +673,7 @@ class DeltaWrite:
         self._files.open.clear()
         had = bool(self._files.made)
         for file in self._files.made:
-            file.unlink(missing_ok=True)
+            self.location.delete(file)
         self._files.made.clear()
         self._files.pending.clear()
         for directory in reversed(self._made_dirs):  # only if still empty
@@ -698,12 +752,14 @@ class DeltaWrite:
         parts = [_partition_dir(c, v) for c, v in partition.items()]
         codec = self.options.compression
         name = f"part-{uuid.uuid4()}.{codec}.parquet"
-        file = self.path.joinpath(*parts, name)
+        file = self.location.fs_path(self.path, *parts, name)
         self._files.made.append(file)  # before creating it, so rollback finds it
-        for attempt in range(3):
+        if self.location.local is None:  # S3: no directories; the upload streams in parts
+            sink = self.location.fs.open_output_stream(file)
+        for attempt in range(3 if self.location.local is not None else 0):
             self._make_dirs(parts)
             try:
-                sink = pa.OSFile(str(file), "wb")
+                sink = pa.OSFile(file, "wb")
                 break
             except FileNotFoundError:  # another writer's rollback removed an empty directory
                 if attempt == 2:
@@ -721,7 +777,7 @@ class DeltaWrite:
 
     def _make_dirs(self, parts: list[str]) -> None:
         """Create the table's and partitions' directories; concurrent writers may too."""
-        directory = self.path
+        directory = Path(self.path)
         for part in ["", *parts]:
             directory = directory / part if part else directory
             try:
@@ -735,11 +791,14 @@ class DeltaWrite:
     def _close(self, key: tuple[str | None, ...]) -> None:
         f = self._files.open.pop(key)
         f.writer.close()
+        size = f.sink.tell() if self.location.local is None else 0
         f.sink.close()
+        if self.location.local is not None:
+            size = Path(f.path).stat().st_size
         self._files.pending.append(
             AddAction(
                 path=f.relative,
-                size=f.path.stat().st_size,
+                size=size,
                 partition_values=f.partition,
                 modification_time=int(time.time() * 1000),
                 data_change=True,
@@ -809,9 +868,20 @@ class DeltaWrite:
         self._made_dirs = []
 
     def _properties(
-        self, batches: int, rows: int, commit_id: str, *, retries: int | None = None
+        self,
+        batches: int,
+        rows: int,
+        commit_id: str,
+        *,
+        retries: int | None = None,
+        read_version: int = -1,
     ) -> CommitProperties:
-        meta: dict[str, Any] = {META_COMMIT: commit_id, META_ROWS: rows, META_BATCHES: batches}
+        meta: dict[str, Any] = {
+            META_COMMIT: commit_id,
+            META_ROWS: rows,
+            META_BATCHES: batches,
+            META_READ: read_version,
+        }
         if self.key is None:
             return CommitProperties(custom_metadata=meta, max_commit_retries=retries)
         return CommitProperties(
@@ -823,7 +893,7 @@ class DeltaWrite:
     def _committed_version(self, read_version: int, commit_id: str) -> int | None:
         """The version our commit landed at (later than read + 1 if others won races)."""
         version = read_version + 1
-        while (info := _commit_info(self.path, version)) is not None:
+        while (info := _commit_info(self.location, self.path, version)) is not None:
             if info.get(META_COMMIT) == commit_id:
                 return version
             version += 1
@@ -831,7 +901,6 @@ class DeltaWrite:
 
     def _commit_once(self, batches: int, rows: int) -> None:
         commit_id = uuid.uuid4().hex
-        props = self._properties(batches, rows, commit_id)
         existing = self.store.open_table(self.table)
         if existing is None:
             self._attempt = (commit_id, -1)
@@ -839,12 +908,13 @@ class DeltaWrite:
                 # no retries: delta-rs would retry a lost creation race as a second
                 # CREATE TABLE at version 1; the loser appends instead (below)
                 create_table_with_add_actions(
-                    str(self.path),
+                    self.path,
                     self.delta_schema,
                     list(self._files.pending),
                     mode="error",
                     partition_by=list(self.partition_by) or None,
                     configuration=self.store.table_properties(self.partition_by),
+                    storage_options=self.store.storage_options,
                     commit_properties=self._properties(batches, rows, commit_id, retries=0),
                 )
                 self.version = 0
@@ -873,9 +943,17 @@ class DeltaWrite:
             mode="append",
             schema=schema,
             partition_by=list(self.partition_by) or None,
-            commit_properties=props,
+            commit_properties=self._properties(batches, rows, commit_id, read_version=read_version),
         )
         self.version = self._committed_version(read_version, commit_id)
+        if self.version is None:
+            raise StorageError(
+                f"Delta commit to {self.table!r} was overwritten by another writer after "
+                "it landed: the object store does not honour conditional puts "
+                "(If-None-Match), so concurrent commits are not safe on it"
+            )
+        if self.version > read_version + 1:  # lost a race for read + 1: delta-rs retried
+            self.store.commits_raced += 1
 
     def _table_schema(self, existing: DeltaTable) -> Schema:
         """The table's schema, with this write's new columns added first (merge mode)."""

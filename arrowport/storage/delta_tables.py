@@ -5,6 +5,8 @@ Invariants:
 * Plain synchronous functions for worker threads (and the CLI); each takes
   the store first, opens the table afresh (no state is cached between
   calls), and reads one version of it.
+* The root is a local directory or ``s3://bucket/prefix`` (the store's
+  ``location``); delta-rs gets the store's ``storage_options`` everywhere.
 * A table is a directory under the store's root whose name is a valid
   Arrowport identifier and which holds a Delta log. Names resolve like
   DuckDB's: the exact spelling first, then ignoring case; ``_arrowport*``
@@ -43,6 +45,7 @@ from deltalake.exceptions import DeltaError
 from deltalake.exceptions import TableNotFoundError as DeltaTableNotFound
 
 from ..names import InvalidNameError
+from .delta_location import describe_error
 from .errors import (
     ColumnNotFoundError,
     InvalidReadError,
@@ -66,20 +69,43 @@ BATCH_READAHEAD = 4
 # -- names -------------------------------------------------------------------
 
 
-def _is_table(path: Path) -> bool:
+def _is_table(store: DeltaStore, path: str) -> bool:
     """Whether ``path`` holds a Delta log; ``StorageError`` if it cannot be read.
 
     deltalake raises ``OSError`` for a log directory it cannot walk
     (unreadable, a symlink loop); ``Path.is_dir`` for an unreadable parent.
     """
+    name = path.rstrip("/").rsplit("/", 1)[-1]
     try:
-        return (path / "_delta_log").is_dir() and DeltaTable.is_deltatable(str(path))
+        if store.location.local is None:
+            return bool(DeltaTable.is_deltatable(path, storage_options=store.storage_options))
+        local = Path(path)
+        return (local / "_delta_log").is_dir() and DeltaTable.is_deltatable(str(local))
     except OSError as exc:
-        raise storage_error(path.name, "reading the log", exc) from None
+        raise storage_error(name, "reading the log", exc) from None
+
+
+def _names_from(store: DeltaStore, entries: list[str]) -> list[str]:
+    names = []
+    for entry in entries:
+        try:
+            if is_internal(entry):
+                continue
+            valid_table_name(entry)
+            if _is_table(store, store.location.table_uri(entry)):
+                names.append(entry)
+        except InvalidNameError:
+            continue
+        except (StorageError, OSError) as exc:  # one unreadable table hides only itself
+            detail = exc.detail if isinstance(exc, StorageError) else first_line(exc)
+            log.warning("skipping Delta table %s: %s", entry, detail)
+    return sorted(names, key=lambda name: (name.lower(), name))
 
 
 def table_names(store: DeltaStore) -> list[str]:
     """The Delta tables under the root, sorted by name ignoring case."""
+    if store.location.local is None:
+        return _names_from(store, store.location.list_dirs())
     try:
         entries = list(os.scandir(store.root))
     except FileNotFoundError:
@@ -88,20 +114,14 @@ def table_names(store: DeltaStore) -> list[str]:
         raise StorageError(
             f"cannot list the Delta root {str(store.root)!r}: {first_line(exc)}"
         ) from None
-    names = []
+    dirs = []
     for entry in entries:
         try:
-            if not entry.is_dir(follow_symlinks=False) or is_internal(entry.name):
-                continue
-            valid_table_name(entry.name)
-            if _is_table(Path(entry.path)):
-                names.append(entry.name)
-        except InvalidNameError:
-            continue
-        except (StorageError, OSError) as exc:  # one unreadable table hides only itself
-            detail = exc.detail if isinstance(exc, StorageError) else first_line(exc)
-            log.warning("skipping Delta table %s: %s", entry.name, detail)
-    return sorted(names, key=lambda name: (name.lower(), name))
+            if entry.is_dir(follow_symlinks=False):
+                dirs.append(entry.name)
+        except OSError as exc:
+            log.warning("skipping Delta table %s: %s", entry.name, first_line(exc))
+    return _names_from(store, dirs)
 
 
 def resolve(store: DeltaStore, name: str) -> str:
@@ -109,8 +129,8 @@ def resolve(store: DeltaStore, name: str) -> str:
     table = valid_table_name(name)
     if not is_internal(table):
         path = _table_path(store, table)  # may already match another case
-        if _is_table(path):
-            return path.name
+        if _is_table(store, path):
+            return path.rstrip("/").rsplit("/", 1)[-1] if "://" in path else Path(path).name
         for found in table_names(store):
             if found.lower() == table.lower():
                 return found
@@ -119,9 +139,9 @@ def resolve(store: DeltaStore, name: str) -> str:
 
 def load_table(store: DeltaStore, table: str, version: int | None = None) -> DeltaTable:
     """The Delta table ``table`` (already resolved), at ``version`` or the latest."""
-    path = str(_table_path(store, table))
+    path = _table_path(store, table)
     try:
-        return DeltaTable(path, version=version)
+        return DeltaTable(path, version=version, storage_options=store.storage_options)
     except DeltaTableNotFound:
         raise TableNotFoundError.named(table, table_names(store)) from None
     except (DeltaError, OSError) as exc:
@@ -133,7 +153,7 @@ def load_table(store: DeltaStore, table: str, version: int | None = None) -> Del
         raise storage_error(table, "loading", exc) from None
 
 
-def _table_path(store: DeltaStore, table: str) -> Path:
+def _table_path(store: DeltaStore, table: str) -> str:
     """``store.table_path(table)``; an OS error looking at the root is a ``StorageError``."""
     try:
         return store.table_path(table)
@@ -153,7 +173,10 @@ def open_table(store: DeltaStore, name: str) -> tuple[str, DeltaTable]:
 def storage_error(table: str, action: str, exc: BaseException) -> StorageError:
     """``StorageError`` naming the table and action, with ``exc``'s first line only
     (delta-rs appends Rust backtraces and ANSI-coloured causes)."""
-    return StorageError(f"Delta table {table!r}: {action} failed: {first_line(exc)}")
+    where = f"Delta table {table!r}: {action} failed"
+    if "S3 error" in str(exc) or "object store" in str(exc).lower():
+        return StorageError(describe_error(exc, where))
+    return StorageError(f"{where}: {first_line(exc)}")
 
 
 def _iso(millis: object) -> str | None:
@@ -320,7 +343,7 @@ def describe(store: DeltaStore, name: str) -> dict[str, Any]:
         fields = {f.name: f for f in dt.schema().fields}
     except (DeltaError, OSError, pa.ArrowException) as exc:
         raise storage_error(table, "describing", exc) from None
-    last = _commits(table, path, dt, 1)
+    last = _commits(store, table, path, dt, 1)
     return {
         "table": table,
         "path": str(path),
@@ -524,10 +547,12 @@ def history(store: DeltaStore, name: str, limit: int | None = None) -> list[dict
     """
     limit = _check_limit(limit)
     table, dt = open_table(store, name)
-    return _commits(table, _table_path(store, table), dt, limit)
+    return _commits(store, table, _table_path(store, table), dt, limit)
 
 
-def _commits(table: str, path: Path, dt: DeltaTable, limit: int | None) -> list[dict[str, Any]]:
+def _commits(
+    store: DeltaStore, table: str, path: str, dt: DeltaTable, limit: int | None
+) -> list[dict[str, Any]]:
     """``history`` of the version ``dt`` has loaded: its commits from the log files.
 
     Read from ``path``'s log, version by version down from ``dt.version()``
@@ -540,7 +565,7 @@ def _commits(table: str, path: Path, dt: DeltaTable, limit: int | None) -> list[
     version = latest_version(dt)
     try:
         while version >= 0 and (limit is None or len(entries) < limit):
-            info = _commit_info(path, version)
+            info = _commit_info(store, path, version)
             if info is None:
                 break
             entries.append(_commit_entry({**info, "version": version}))
@@ -550,28 +575,30 @@ def _commits(table: str, path: Path, dt: DeltaTable, limit: int | None) -> list[
     return entries
 
 
-def _commit_info(path: Path, version: int) -> dict[str, Any] | None:
+def _commit_info(store: DeltaStore, path: str, version: int) -> dict[str, Any] | None:
     """The ``commitInfo`` of ``version`` in its log file; None if that file is gone.
 
     Without a ``timestamp`` in it (some writers omit commitInfo), the file's
     modification time stands in, as in Delta's own history.
     """
-    log_file = path / "_delta_log" / f"{version:020d}.json"
     try:
-        with open(log_file, encoding="utf-8") as lines:
-            info: dict[str, Any] = {}
-            for line in lines:
-                if '"commitInfo"' in line:
-                    action = json.loads(line)
-                    found = action.get("commitInfo") if isinstance(action, dict) else None
-                    if isinstance(found, dict):
-                        info = found
-                        break
-            if not isinstance(info.get("timestamp"), int | float):
-                info = {**info, "timestamp": int(os.fstat(lines.fileno()).st_mtime * 1000)}
-            return info
-    except FileNotFoundError:
+        read = store.location.read_log(path, version)
+    except pa.ArrowException as exc:
+        raise OSError(describe_error(exc)) from None
+    if read is None:
         return None
+    text, mtime = read
+    info: dict[str, Any] = {}
+    for line in text.splitlines():
+        if '"commitInfo"' in line:
+            action = json.loads(line)
+            found = action.get("commitInfo") if isinstance(action, dict) else None
+            if isinstance(found, dict):
+                info = found
+                break
+    if not isinstance(info.get("timestamp"), int | float):
+        info = {**info, "timestamp": mtime}
+    return info
 
 
 _KNOWN_COMMIT_KEYS = {
