@@ -118,6 +118,18 @@ class ServerCollector(Collector):
         store = self.state.stores.get("delta")
         if not isinstance(store, DeltaStore):
             return
+        yield _gauge(
+            "arrowport_delta_commits_raced",
+            "Delta commits that lost their version to another writer and landed at a later "
+            "one (delta-rs retried them), since start.",
+            store.commits_raced,
+        )
+        yield _gauge(
+            "arrowport_delta_commit_retries",
+            "Delta commits Arrowport retried with backoff after delta-rs gave up on a "
+            "conflict, since start.",
+            store.conflicts_retried,
+        )
         if store.location.local is not None and not store.root.is_dir():
             return
         version = GaugeMetricFamily(

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 import threading
 import time
 from collections.abc import Iterator
@@ -159,6 +160,14 @@ def test_instances_append_to_one_s3_table_with_exact_counts(
     }
     print(f"{count} instances: {raced:.0f} commits raced and retried; {elapsed:.1f} s")
     assert raced > 0, "no commit race happened: the test did not test concurrency"
+    reported = 0.0
+    for server in instances:  # each instance's /metrics counts its own raced commits
+        found = re.search(
+            r"^arrowport_delta_commits_raced (\S+)$", server.get("/metrics").text, re.M
+        )
+        assert found is not None
+        reported += float(found.group(1))
+    assert reported == raced
 
 
 def test_a_bad_bucket_is_a_clear_503_and_the_server_keeps_serving(
