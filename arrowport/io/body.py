@@ -14,7 +14,7 @@ from collections.abc import Generator
 from typing import Any
 
 import trio
-from hypercorn.typing import ASGIReceiveCallable
+from hypercorn.typing import ASGIReceiveCallable, ASGISendCallable
 from quart.wrappers import Request
 from quart_trio.asgi import TrioASGIHTTPConnection
 from quart_trio.wrappers.request import TrioRequest
@@ -103,7 +103,25 @@ class StreamingRequest(TrioRequest):
 
 
 class StreamingASGIHTTPConnection(TrioASGIHTTPConnection):
-    """quart-trio's HTTP connection, with a receive loop that honours backpressure."""
+    """quart-trio's HTTP connection, with a receive loop that honours backpressure.
+
+    quart-trio cancels the request handler when the client disconnects. But
+    hypercorn also says "disconnect" once the last answer message is sent, from
+    inside that very send, and then goes on in the handler's task to recycle the
+    connection (restart its idle timer, or close it at shutdown). Cancelled
+    there, a kept-alive connection was never timed out nor closed. So once the
+    last message of the answer is on its way, a disconnect no longer cancels.
+    """
+
+    answered = False
+
+    async def __call__(self, receive: ASGIReceiveCallable, send: ASGISendCallable) -> None:
+        async def sending(message: Any) -> None:
+            if message["type"] == "http.response.body" and not message.get("more_body", False):
+                self.answered = True
+            await send(message)
+
+        await super().__call__(receive, sending)
 
     async def handle_messages(  # type: ignore[override]
         self, nursery: trio.Nursery, request: Request, receive: ASGIReceiveCallable
@@ -119,4 +137,5 @@ class StreamingASGIHTTPConnection(TrioASGIHTTPConnection):
                     body.set_complete()
             elif message["type"] == "http.disconnect":
                 break
-        nursery.cancel_scope.cancel()
+        if not self.answered:  # the client went away: stop the handler
+            nursery.cancel_scope.cancel()

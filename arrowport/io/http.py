@@ -79,6 +79,8 @@ def create_app(state: ServerState) -> QuartTrio:
         rid = logs.REQUEST_ID.get()
         if rid:
             response.headers["X-Request-Id"] = rid
+        if state.draining:
+            response.headers["Connection"] = "close"
         return response
 
     @app.before_request

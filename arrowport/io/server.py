@@ -257,12 +257,16 @@ async def serve(
                 host = config.metrics.host or config.host
                 await nursery.start(metrics.serve, state, host, config.metrics.port, ssl_context)
 
+            async def stop_when_told() -> None:
+                await (shutdown_trigger or wait_for_signal)()
+                state.draining = True
+
             async def run_http(task_status: trio.TaskStatus[list[str]]) -> None:
                 await listener.serve(
                     app,
                     hypercorn_config(config),
                     FlightService(state),
-                    shutdown_trigger=shutdown_trigger or wait_for_signal,
+                    shutdown_trigger=stop_when_told,
                     ssl_context=ssl_context,
                     task_status=task_status,
                 )

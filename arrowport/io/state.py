@@ -29,6 +29,9 @@ class ServerState:
         default_factory=lambda: trio.CapacityLimiter(DEFAULT_WRITERS)
     )
     budget: MemoryBudget = field(default_factory=lambda: MemoryBudget(0))
+    # set when shutdown begins: HTTP/1.1 answers then say "Connection: close", so a
+    # proxy does not send another request on a connection that is about to close
+    draining: bool = False
 
     def __post_init__(self) -> None:
         self.budget.limit = self.config.limits.max_inflight_bytes

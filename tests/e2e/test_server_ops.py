@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import re
 import signal
 import socket
 import subprocess
@@ -225,6 +226,7 @@ def test_keep_alive_connections_close_at_shutdown(server: Server) -> None:
             try:
                 status = kept.post(f"{server.url}/ingest/k", content=body, headers=headers)
                 outcomes.append(status.status_code)
+                assert status.headers.get("connection") == "close"  # don't reuse it
             except httpx.TransportError as exc:
                 outcomes.append(type(exc).__name__)
             assert time.monotonic() - started < 10, outcomes
@@ -233,6 +235,60 @@ def test_keep_alive_connections_close_at_shutdown(server: Server) -> None:
     assert server.proc.wait(30) == 0
     assert time.monotonic() - stopped < 20, "the server waited for the graceful timeout"
     assert outcomes[-1] == "ConnectError", outcomes
+
+
+def _open_keep_alive(server: Server) -> socket.socket:
+    """A raw HTTP/1.1 connection that has had one answer and stays open (keep-alive)."""
+    url = httpx.URL(server.url)
+    sock = socket.create_connection((url.host, url.port), timeout=30)
+    sock.sendall(b"GET /health HTTP/1.1\r\nHost: x\r\n\r\n")
+    answer = b""
+    while b"\r\n\r\n" not in answer:
+        answer += sock.recv(65536)
+    head, _, body = answer.partition(b"\r\n\r\n")
+    length = int(re.search(rb"(?i)content-length: *(\d+)", head).group(1))  # type: ignore[union-attr]
+    while len(body) < length:
+        body += sock.recv(65536)
+    assert answer.startswith(b"HTTP/1.1 200")
+    return sock
+
+
+def _closed_within(sock: socket.socket, seconds: float) -> bool:
+    sock.settimeout(seconds)
+    try:
+        return sock.recv(1) == b""
+    except TimeoutError:
+        return False
+    except ConnectionResetError:
+        return True
+
+
+def test_an_idle_kept_alive_connection_times_out_after_an_answer(
+    server_factory: type[Server], tmp_path: Path
+) -> None:
+    """limits.connection_idle_timeout closes a connection idle after an answer, too."""
+    config = tmp_path / "arrowport.yaml"
+    config.write_text("limits:\n  connection_idle_timeout: 1\n")
+    server = server_factory(tmp_path, config=config).start()
+    sock = _open_keep_alive(server)
+    try:
+        assert _closed_within(sock, 10), "the idle connection was never closed"
+    finally:
+        sock.close()
+
+
+def test_an_idle_kept_alive_connection_does_not_hold_shutdown(server: Server) -> None:
+    """SIGTERM with an idle kept-alive connection open: the server exits at once."""
+    sock = _open_keep_alive(server)
+    try:
+        assert server.proc is not None
+        started = time.monotonic()
+        server.proc.send_signal(signal.SIGTERM)
+        assert server.proc.wait(30) == 0
+        assert time.monotonic() - started < 10, "the idle connection held the shutdown"
+        assert _closed_within(sock, 5)
+    finally:
+        sock.close()
 
 
 def test_second_server_on_same_file_fails_fast(
