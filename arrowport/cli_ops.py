@@ -35,11 +35,10 @@ import typer
 
 from .cli_delta import ConfigOption, JsonOption, _fail, _print, _print_json, _rich_table
 from .config import ENV_CONFIG_PATH, ENV_OVERRIDES, ENV_TOKEN, Config, ConfigError, load_config
+from .redact import REDACTED, redact
 
 COUNTERS = ("rows", "batches", "bytes", "decoded_bytes", "requests", "failed_requests")
-REDACTED = "<redacted>"
 SECRET_WORDS = re.compile(r"secret|token|password", re.IGNORECASE)
-PASSWORD = re.compile(r"password\s*=\s*('[^']*'|\S+)", re.IGNORECASE)
 
 
 class NoAnswer(Exception):
@@ -376,7 +375,7 @@ def effective_settings(config: Config) -> dict[str, Any]:
         for key in options:
             if SECRET_WORDS.search(key):
                 options[key] = REDACTED
-    out["ducklake"]["catalog"] = PASSWORD.sub(f"password={REDACTED}", out["ducklake"]["catalog"])
+    out["ducklake"]["catalog"] = redact(out["ducklake"]["catalog"])
     delta = out["delta_config"]
     hours = delta["version_retention_hours"]
     if float(hours).is_integer():  # the key takes whole hours

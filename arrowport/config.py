@@ -277,11 +277,14 @@ class Config:
             delta=conf.delta_options,
         )
 
-    def delta_route(self, table: str, backend: str = "delta") -> Route:
-        """Route ``POST /delta/{table}``: that Delta table, whatever the streams say
-        (or that table of ``backend``, for a Flight descriptor naming one).
+    def table_route(self, table: str, backend: str) -> Route:
+        """Route a write to one table of one backend, whatever the streams say.
 
-        The ``delta_options`` of a configured stream writing ``table`` apply.
+        ``POST /delta/{table}`` writes that Delta table; a Flight DoPut whose
+        descriptor is ``{"table": …, "backend": …}`` (as ListFlights and
+        GetFlightInfo describe tables not of the default backend) writes that
+        table of that backend. The commit mode is ``request``; the
+        ``delta_options`` of a configured stream writing ``table`` apply.
         """
         validate_name(table, "table")
         key = table.lower()

@@ -114,7 +114,9 @@ def _to_delta(
     reader = duck.scan(source)
     try:
         # a configured stream writing this table lends its delta_options (partitions, ...)
-        write = delta.open_write(name, reader.schema, options=config.delta_route(name).delta)
+        write = delta.open_write(
+            name, reader.schema, options=config.table_route(name, "delta").delta
+        )
         try:
             for batch in reader:
                 write.insert([batch])  # the writer rolls its files by size

@@ -12,7 +12,7 @@ or storage:
 * Flight (``io/flight.py`` ``do_put``): ``FlightDataDecoder(validate=False)``
   read until its first event, which must be a ``DescriptorReceived``
   (``_first_descriptor``); then ``descriptor_target``, ``descriptor_backend``,
-  ``Config.route`` or ``Config.delta_route`` and ``validate_idempotency_key``, or
+  ``Config.route`` or ``Config.table_route`` and ``validate_idempotency_key``, or
   ``metadata_idempotency_key`` on the first event after the schema;
   then the same ingest loop.
 
@@ -192,10 +192,10 @@ class _Request:
                 self._bug("descriptor_json_recursion", f"RecursionError for {descriptor!r:.200}")
                 raise _KnownBug("descriptor_json_recursion") from None
             table, backend = descriptor_backend(descriptor)
-            if table is not None and backend == "delta":  # as ListFlights describes Delta tables
-                CONFIG.delta_route(table)
+            if table is not None and backend is not None:  # as ListFlights describes tables
+                CONFIG.table_route(table, backend)
             else:
-                CONFIG.route(name or (table or ""))
+                CONFIG.route(name)
             if key is not None:
                 validate_idempotency_key(key)
             self.key_in_metadata = key is None

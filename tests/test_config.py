@@ -238,15 +238,18 @@ def test_delta_settings_parse_into_typed_options() -> None:
     assert (plain.compression, plain.schema_mode, plain.partition_by) == ("snappy", "merge", ())
 
 
-def test_delta_route_takes_the_options_of_the_stream_writing_that_table() -> None:
-    """POST /delta/{table} writes Delta with the options of the stream targeting the table."""
+def test_table_route_takes_the_options_of_the_stream_writing_that_table() -> None:
+    """POST /delta/{table} writes Delta with the options of the stream targeting the table;
+    a table route of another backend names that backend, whatever the streams say."""
     config = parse_config(
         {"streams": {"ev": {"target_table": "Events", "delta_options": {"partition_by": ["d"]}}}}
     )
-    route = config.delta_route("events")
+    route = config.table_route("events", "delta")
     assert (route.table, route.backend, route.commit) == ("events", "delta", "request")
     assert route.delta.partition_by == ("d",)
-    assert config.delta_route("other").delta.partition_by == ()
+    assert config.table_route("other", "delta").delta.partition_by == ()
+    ev = config.table_route("ev", "duckdb")  # the stream "ev" writes Events: not this route
+    assert (ev.stream, ev.table, ev.backend, ev.configured) == ("ev", "ev", "duckdb", False)
 
 
 def test_delta_path_from_the_environment_and_flags(tmp_path: Path) -> None:

@@ -8,8 +8,14 @@ Invariants:
 
 * DoPut feeds the request's DATA through a ``FlightDataDecoder`` into the same
   ingest pipeline as HTTP: the same routing, limits, schema policy and
-  transactions. A ``PutResult`` is sent only after a commit; a client that
-  disconnects or cancels before ending its stream gets a rollback.
+  transactions. A descriptor names a stream (its path, or a JSON cmd's
+  ``"stream"``), or one table of one backend: ``{"table": …, "backend": …}``,
+  as ListFlights and GetFlightInfo describe tables not of the default
+  backend (``Config.table_route``). A ``PutResult`` is sent only after a
+  commit; a client that disconnects or cancels before ending its stream gets
+  a rollback.
+* A backend the server does not run is FAILED_PRECONDITION (HTTP 400
+  ``backend_unavailable``), whatever the method.
 * DoGet reads one batch at a time in a worker thread and sends it before
   reading the next, so a slow reader holds the server's memory flat.
 * Storage calls run in worker threads; nothing here blocks the event loop.
@@ -49,7 +55,7 @@ from ..protocol.flight_pb import (
 )
 from ..stats import Labels
 from .auth import authenticate, authorize_write, handshake_token
-from .delta_http import next_batch
+from .backends import backend_unavailable
 from .flight_messages import (
     MessageSink,
     ack_json,
@@ -66,6 +72,7 @@ from .flight_messages import (
 from .grpc import GRPC_CONTENT_TYPE, GrpcCall
 from .h2conn import H2Stream, StreamGone
 from .ingest import Commit, Progress, ingest, refusal_reason, result_of
+from .read_http import next_batch
 from .state import ServerState
 
 log = logging.getLogger("arrowport.flight")
@@ -136,17 +143,16 @@ class FlightService:
             return
         await call.finish(GrpcStatus.OK)
 
-    def store(self, backend: str | None = None) -> Any:
-        """The store of ``backend``; by default, of the config's default backend."""
+    def store(self, backend: str | None = None, stream: str | None = None) -> Any:
+        """The store of ``backend``; by default, of the config's default backend.
+
+        Raises ``BackendUnavailable`` (FAILED_PRECONDITION) when the server does
+        not run it; ``stream`` names the stream routed there, for the message.
+        """
         name = backend or self.state.config.storage_backend
         store = self.state.store_for(name)
         if store is None:
-            raise ArrowportError(
-                f"this server does not run the {name!r} backend (see storage_backend)",
-                error="backend_unavailable",
-                http_status=409,
-                grpc_status=GrpcStatus.FAILED_PRECONDITION,
-            )
+            raise backend_unavailable(name, stream)
         return store
 
     async def _thread(self, fn: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
@@ -236,7 +242,7 @@ class FlightService:
             route = self.state.config.route(name)  # a stream name: look up its table
             if route.table.lower() == name.lower() and route.backend == backend:
                 raise
-            store = self.store(route.backend)
+            store = self.store(route.backend, route.stream)
             return await self._thread(store.table_info, route.table), route.backend
 
     async def get_flight_info(self, call: GrpcCall) -> None:
@@ -299,10 +305,10 @@ class FlightService:
                 descriptor = await _first_descriptor(decoder, chunks)
             name, key = descriptor_target(descriptor)
             table, backend = descriptor_backend(descriptor)
-            if table is not None and backend in ("delta", "ducklake"):  # as ListFlights does
-                route = config.delta_route(table, backend)
+            if table is not None and backend is not None:  # as ListFlights describes tables
+                route = config.table_route(table, backend)
             else:
-                route = config.route(name or (table or ""))
+                route = config.route(name)
             authorize_write(call.token, route.stream)
             if key is not None:
                 validate_idempotency_key(key)
@@ -317,15 +323,11 @@ class FlightService:
         except ArrowportError as exc:
             stats.refused(refusal_reason(exc))
             raise
-        store = self.state.store_for(route.backend)
-        if store is None:
+        try:
+            store = self.store(route.backend, route.stream)
+        except ArrowportError:
             stats.refused("bad_input")
-            raise ArrowportError(
-                f"stream {route.stream!r} routes to the {route.backend!r} backend, "
-                "which this server does not run",
-                error="backend_unavailable",
-                grpc_status=GrpcStatus.FAILED_PRECONDITION,
-            )
+            raise
 
         async def acknowledge(commit: Commit) -> None:
             # batch mode sends acks holding the table: a client that reads none cannot hold it

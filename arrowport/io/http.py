@@ -2,8 +2,10 @@
 
 Routes: ``POST /ingest/{stream}`` (alias ``/stream/{stream}``), ``POST
 /delta/{table}`` (the Delta backend, whatever the config routes), ``GET
-/health``, ``GET /streams``, and the Delta read routes (``delta_http``).
-Errors are JSON ``{error, detail}`` with a specific status.
+/health``, ``GET /streams``, ``GET /metrics``, and the Delta and DuckLake read
+routes (``delta_http``, ``lake_http``). Errors are JSON ``{error, detail}``
+with a specific status; a stream routed to a backend the server does not run
+gets 400 ``backend_unavailable`` (``backends``).
 """
 
 from __future__ import annotations
@@ -25,10 +27,12 @@ from ..protocol import ArrowportError
 from ..stats import Labels
 from . import metrics
 from .auth import authenticate, authorize_write
+from .backends import backend_unavailable
 from .body import StreamingASGIHTTPConnection, StreamingRequest
 from .delta_http import add_delta_read_routes
 from .ingest import Progress, ingest, refusal_reason, result_of
 from .lake_http import add_ducklake_read_routes
+from .read_http import error_json
 from .state import ServerState, TooBusyError
 
 log = logging.getLogger("arrowport.http")
@@ -124,7 +128,7 @@ def create_app(state: ServerState) -> QuartTrio:
         return await _ingest(lambda config: config.route(stream))
 
     async def delta_route(table: str) -> Response:
-        return await _ingest(lambda config: config.delta_route(table))
+        return await _ingest(lambda config: config.table_route(table, "delta"))
 
     async def _ingest(resolve: Callable[[Config], Route]) -> Response:
         started = time.monotonic()
@@ -181,12 +185,7 @@ def create_app(state: ServerState) -> QuartTrio:
         if store is None:
             state.stats.refused("bad_input")
             await _drain_body()
-            return error_response(
-                400,
-                "backend_unavailable",
-                f"stream {stream!r} routes to the {route.backend!r} backend, "
-                "which this server does not run",
-            )
+            return error_json(backend_unavailable(route.backend, stream))
         progress = Progress()
         state.stats.in_flight += 1
         try:

@@ -4,7 +4,9 @@
 ``/snapshots`` lists the snapshots that changed it (newest first), and
 ``/version/{v}`` streams the table as of snapshot ``v`` as Arrow IPC. As for
 Delta (``delta_http``), the storage call raises its specific error before a
-response starts, and Arrow responses are streamed a batch at a time.
+response starts, and Arrow responses are streamed a batch at a time
+(``read_http``). A server that does not run DuckLake answers 400
+``backend_unavailable`` (``backends``).
 """
 
 from __future__ import annotations
@@ -17,15 +19,17 @@ import trio
 from quart import Response, jsonify
 from quart_trio import QuartTrio
 
-from ..protocol import ArrowportError, GrpcStatus
+from ..protocol import ArrowportError
 from ..storage import DuckLakeStore, InvalidReadError
-from .delta_http import ARROW_STREAM, READ_BATCH_ROWS, _arrow_stream, _columns_arg, _error, _int_arg
-
-
-class BackendUnavailable(ArrowportError):
-    error = "backend_unavailable"
-    http_status = 409
-    grpc_status = GrpcStatus.FAILED_PRECONDITION
+from .backends import backend_unavailable
+from .read_http import (
+    ARROW_STREAM,
+    READ_BATCH_ROWS,
+    arrow_stream,
+    columns_arg,
+    error_json,
+    int_arg,
+)
 
 
 def add_ducklake_read_routes(app: QuartTrio, store: Callable[[], DuckLakeStore | None]) -> None:
@@ -34,10 +38,7 @@ def add_ducklake_read_routes(app: QuartTrio, store: Callable[[], DuckLakeStore |
     async def run(fn: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
         lake = store()
         if lake is None:
-            raise BackendUnavailable(
-                "this server does not run the DuckLake backend: set storage_backend: ducklake "
-                "(or a stream's storage_backend) and restart"
-            )
+            raise backend_unavailable("ducklake")
         return await trio.to_thread.run_sync(lambda: fn(lake, *args, **kwargs))
 
     @app.get("/ducklake/<table>")
@@ -46,7 +47,7 @@ def add_ducklake_read_routes(app: QuartTrio, store: Callable[[], DuckLakeStore |
             info = await run(DuckLakeStore.table_info, table)
             version = await run(DuckLakeStore.current_snapshot)
         except ArrowportError as exc:
-            return _error(exc)
+            return error_json(exc)
         return jsonify(
             {
                 "table": info.name,
@@ -60,10 +61,10 @@ def add_ducklake_read_routes(app: QuartTrio, store: Callable[[], DuckLakeStore |
     @app.get("/ducklake/<table>/snapshots")
     async def ducklake_snapshots(table: str) -> Response:
         try:
-            limit = _int_arg("limit", minimum=1)
+            limit = int_arg("limit", minimum=1)
             snapshots = await run(DuckLakeStore.snapshots, table, limit)
         except ArrowportError as exc:
-            return _error(exc)
+            return error_json(exc)
         return jsonify({"table": table, "snapshots": snapshots})
 
     @app.get("/ducklake/<table>/version/<version>")
@@ -75,10 +76,10 @@ def add_ducklake_read_routes(app: QuartTrio, store: Callable[[], DuckLakeStore |
                 DuckLakeStore.scan,
                 table,
                 version=int(version),
-                columns=_columns_arg(),
-                limit=_int_arg("limit"),
+                columns=columns_arg(),
+                limit=int_arg("limit"),
                 batch_rows=READ_BATCH_ROWS,
             )
         except ArrowportError as exc:
-            return _error(exc)
-        return Response(_arrow_stream(reader), mimetype=ARROW_STREAM)
+            return error_json(exc)
+        return Response(arrow_stream(reader), mimetype=ARROW_STREAM)

@@ -4,6 +4,10 @@ Shutdown is graceful: on SIGINT/SIGTERM the listener stops accepting, HTTP/2
 connections get a GOAWAY (new calls refused), in-flight requests and calls
 finish (up to ``graceful_timeout``), then the database is checkpointed and
 closed.
+
+Backends are opened at start only. A configured stream that routes to one the
+server does not run (say, a DuckLake stream added by a reload) is logged as a
+WARNING at start and after each reload; its requests get ``backend_unavailable``.
 """
 
 from __future__ import annotations
@@ -23,6 +27,7 @@ from hypercorn.config import Config as HypercornConfig
 from ..config import Config, ConfigError, load_config
 from ..storage import DeltaStore, DuckDBStore, DuckLakeStore
 from . import listener, metrics
+from .backends import warn_unserved
 from .flight import FlightService
 from .http import create_app
 from .state import ServerState
@@ -146,6 +151,7 @@ async def watch_config(
                 log.warning("config reload: %s changed; it takes effect after a restart", key)
         state.config = replace(new, **{key: getattr(old, key) for key in RESTART_ONLY})
         log.info("config reloaded from %s (%d streams)", path, len(new.streams))
+        warn_unserved(state.config, state.store_for)
 
 
 RESTART_ONLY = (
@@ -236,6 +242,7 @@ async def serve(
     )
     stores = await trio.to_thread.run_sync(open_stores, config)
     state = ServerState(config=config, stores=stores)
+    warn_unserved(config, state.store_for)
     metrics.install(state)
     app = create_app(state)
     duck: DuckDBStore = stores["duckdb"]

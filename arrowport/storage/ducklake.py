@@ -33,6 +33,9 @@ import duckdb
 import pyarrow as pa
 
 from ..names import quote_identifier
+from ..protocol import ArrowportError
+from ..redact import conninfo_secrets, redact
+from . import ducklake_ledger as ledger
 from .duckdb import DuckDBStore, load_extension
 from .errors import InvalidReadError, StorageError, WriteRejectedError
 from .tables import resolve_table, select_list, valid_table_name
@@ -40,11 +43,6 @@ from .tables import resolve_table, select_list, valid_table_name
 log = logging.getLogger("arrowport.storage")
 
 LAKE = "lake"
-LEDGER_PREFIX = "_arrowport_ledger_"  # + YYYYMMDD (UTC): one table per day
-LEDGER_DDL = (
-    "CREATE TABLE IF NOT EXISTS {name} (key VARCHAR, table_name VARCHAR, "
-    "rows BIGINT, batches BIGINT, committed_at DOUBLE)"
-)
 CLEANUP_GRACE_HOURS = 1.0
 CREATE_ATTEMPTS = 8
 EXPIRY_WAIT_SECONDS = 60.0
@@ -81,6 +79,10 @@ class DuckLakeStore(DuckDBStore):
         self.max_retry_count = max_retry_count
         self.data_inlining_row_limit = data_inlining_row_limit
         self.snapshot_retention_hours = snapshot_retention_hours
+        # literal credentials, hidden in every message this store lets out
+        self._secrets = conninfo_secrets(catalog) + [
+            v for k, v in self.storage_options.items() if k in ("secret", "session_token")
+        ]
         self.merges = 0
         self.expired_snapshots = 0
         # (job, "ok" | "failed") -> runs, for /metrics; jobs are "merge" and "cleanup"
@@ -103,6 +105,8 @@ class DuckLakeStore(DuckDBStore):
         connection string's dbname and host only (never a password)."""
         if not self.remote_catalog:
             return self.catalog
+        if "://" in self.catalog:  # a URI: without its user, password and parameters
+            return re.sub(r"//[^@/]*@", "//", self.catalog.split("?")[0])
         keep = [
             p
             for p in self.catalog[len("postgres:") :].split()
@@ -121,7 +125,14 @@ class DuckLakeStore(DuckDBStore):
             self._con = duckdb.connect(":memory:", config=self._settings)
         except duckdb.Error as exc:
             raise StorageError(f"DuckDB refused the settings {self._settings}: {exc}") from None
-        con = self._con
+        try:
+            self._attach(self._con)
+            self._create_ledger()
+        except BaseException:
+            self.close()
+            raise
+
+    def _attach(self, con: duckdb.DuckDBPyConnection) -> None:
         for name in ("ducklake", *self.extensions):
             load_extension(con, name)
         if self.remote_catalog:
@@ -142,18 +153,27 @@ class DuckLakeStore(DuckDBStore):
         catalog = self.catalog if self.remote_catalog else os.path.abspath(self.catalog)
         options = [f"DATA_PATH {_sql_string(data_path)}"]
         options.append(f"DATA_INLINING_ROW_LIMIT {int(self.data_inlining_row_limit)}")
+        attach = f"ATTACH {_sql_string('ducklake:' + catalog)} AS {LAKE} ({', '.join(options)})"
+        for attempt in range(CREATE_ATTEMPTS):
+            try:
+                con.execute(attach)
+                break
+            except duckdb.Error as exc:
+                # instances started together on a new PostgreSQL catalog race to create
+                # its tables; the losers find them there on the next try
+                if not self.remote_catalog or "already exists" not in str(exc):
+                    raise StorageError(self._attach_failure(exc)) from None
+                if attempt == CREATE_ATTEMPTS - 1:
+                    raise StorageError(self._attach_failure(exc)) from None
+                time.sleep(min(0.05 * 2**attempt, 1.0))
         try:
-            con.execute(
-                f"ATTACH {_sql_string('ducklake:' + catalog)} AS {LAKE} ({', '.join(options)})"
-            )
             con.execute(f"SET ducklake_max_retry_count = {int(self.max_retry_count)}")
             con.execute(f"USE {LAKE}")
         except duckdb.Error as exc:
             raise StorageError(self._attach_failure(exc)) from None
-        self._create_ledger()
 
     def _attach_failure(self, exc: duckdb.Error) -> str:
-        text = re.sub(r"password\s*=\s*\S+", "password=***", str(exc))
+        text = redact(str(exc), self._secrets)
         hint = ""
         if "lock" in text.lower() and not self.remote_catalog:
             hint = (
@@ -190,12 +210,10 @@ class DuckLakeStore(DuckDBStore):
         try:
             con.execute(f"CREATE SECRET arrowport_lake_s3 ({', '.join(parts)})")
         except duckdb.Error as exc:
-            raise StorageError(f"ducklake.storage_options were refused: {exc}") from None
+            refused = StorageError(f"ducklake.storage_options were refused: {exc}")
+            raise self._hide(refused) from None
 
-    # -- the idempotency ledger: a table per UTC day -----------------------------
-    # DuckLake makes a DELETE conflict with every concurrent INSERT into the same
-    # table, so expired keys are never deleted from a table keyed writes insert
-    # into: whole days are dropped instead, and a key is only ever inserted.
+    # -- the idempotency ledger: a table per UTC day (see ducklake_ledger) --------
 
     def _create_ledger(self) -> None:
         self._ensure_ledger_day()
@@ -203,14 +221,14 @@ class DuckLakeStore(DuckDBStore):
     def _ensure_ledger_day(self) -> str:
         """The name of today's ledger table, created (in a snapshot of its own) if missing;
         another instance may be creating it too."""
-        name = LEDGER_PREFIX + time.strftime("%Y%m%d", time.gmtime())
+        name = ledger.day_table(time.time())
         if name == self._ledger_ready:
             return name
         for attempt in range(CREATE_ATTEMPTS):
             try:
                 with self._creating(), self._cursor() as cur:
-                    if name not in self._ledger_tables(cur):
-                        cur.execute(LEDGER_DDL.format(name=quote_identifier(name)))
+                    if name not in ledger.tables(cur):
+                        cur.execute(ledger.DDL.format(name=quote_identifier(name)))
                         # keys live in the catalog, not in a Parquet file per request (an
                         # optimisation: if another instance's option wins, so be it)
                         with contextlib.suppress(duckdb.Error):
@@ -223,62 +241,37 @@ class DuckLakeStore(DuckDBStore):
                 return name
             except duckdb.Error as exc:
                 if attempt == CREATE_ATTEMPTS - 1:
-                    raise StorageError(f"cannot prepare the idempotency ledger: {exc}") from None
+                    raise self._hide(
+                        StorageError(f"cannot prepare the idempotency ledger: {exc}")
+                    ) from None
                 time.sleep(min(0.05 * 2**attempt, 1.0))  # lost a creation race: retry
         raise AssertionError("unreachable")
 
-    def _ledger_tables(self, cur: duckdb.DuckDBPyConnection) -> list[str]:
-        rows = cur.execute(
-            "SELECT table_name FROM duckdb_tables() WHERE database_name = current_database() "
-            "AND schema_name = 'main' AND starts_with(table_name, ?) ORDER BY table_name",
-            [LEDGER_PREFIX],
-        ).fetchall()
-        return [name for (name,) in rows]
-
     def ledger_entry(self, cur: duckdb.DuckDBPyConnection, key: str) -> tuple[int, int] | None:
-        tables = self._ledger_tables(cur)
-        if not tables:
-            return None
-        since = time.time() - self.key_ttl_hours * 3600
-        union = " UNION ALL ".join(
-            f"SELECT rows, batches, committed_at FROM {quote_identifier(t)} "
-            "WHERE key = $key AND committed_at > $since"
-            for t in tables
-        )
-        row = cur.execute(
-            f"SELECT rows, batches FROM ({union}) ORDER BY committed_at DESC LIMIT 1",
-            {"key": key, "since": since},
-        ).fetchone()
-        return None if row is None else (int(row[0]), int(row[1]))
+        return ledger.lookup(cur, key, self.key_ttl_hours, time.time())
 
     def record_key(
         self, cur: duckdb.DuckDBPyConnection, key: str, table: str, rows: int, batches: int
     ) -> None:
         """Insert ``key`` into the newest day's ledger, in the caller's transaction."""
-        tables = self._ledger_tables(cur)
-        if not tables:
+        if not ledger.record(cur, key, table, rows, batches, time.time()):
             raise StorageError("the idempotency ledger is missing; restart the server")
-        cur.execute(
-            f"INSERT INTO {quote_identifier(tables[-1])} VALUES (?, ?, ?, ?, ?)",
-            [key, table, rows, batches, time.time()],
-        )
 
     def prune_ledger(self) -> None:
         """Drop the day tables whose keys have all outlived the TTL (by a day's margin)."""
         today = self._ensure_ledger_day()
-        cutoff = time.strftime(
-            "%Y%m%d", time.gmtime(time.time() - self.key_ttl_hours * 3600 - 86400)
-        )
         with self._cursor() as cur:
-            old = [t for t in self._ledger_tables(cur) if t[len(LEDGER_PREFIX) :] < cutoff]
-            for name in old:
+            for name in ledger.expired(ledger.tables(cur), self.key_ttl_hours, time.time()):
                 if name != today:
                     cur.execute(f"DROP TABLE IF EXISTS {quote_identifier(name)}")
 
     def open_write(self, table: str, schema: pa.Schema, **kwargs: Any) -> Any:
-        if kwargs.get("idempotency_key") is not None:
-            self._ensure_ledger_day()  # before the data transaction: see _ensure_ledger_day
-        return super().open_write(table, schema, **kwargs)
+        try:
+            if kwargs.get("idempotency_key") is not None:
+                self._ensure_ledger_day()  # before the data transaction: see _ensure_ledger_day
+            return super().open_write(table, schema, **kwargs)
+        except duckdb.Error as exc:  # the ledger lookup, outside a TableWrite
+            raise self.translate(exc) from None
 
     def close(self, *, checkpoint: bool = True) -> None:
         """Close the connection. (DuckLake's CHECKPOINT is maintenance: see ``maintain``.)"""
@@ -401,13 +394,37 @@ class DuckLakeStore(DuckDBStore):
 
     def committed_version(self, cur: duckdb.DuckDBPyConnection) -> int | None:
         """The snapshot ``cur``'s last commit made (None if it made none)."""
-        row = cur.execute(f"SELECT * FROM ducklake_last_committed_snapshot('{LAKE}')").fetchone()
+        try:
+            row = cur.execute(
+                f"SELECT * FROM ducklake_last_committed_snapshot('{LAKE}')"
+            ).fetchone()
+        except duckdb.Error as exc:  # the commit stands; only its answer lacks the version
+            log.warning("DuckLake: the committed snapshot id is unknown: %s", self._hide(exc))
+            return None
         return None if row is None or row[0] is None else int(row[0])
 
     def _cursor(self) -> duckdb.DuckDBPyConnection:
         cur = super()._cursor()
-        cur.execute(f"USE {LAKE}")
+        try:
+            cur.execute(f"USE {LAKE}")
+        except duckdb.Error as exc:
+            cur.close()
+            raise self.translate(exc) from None
         return cur
+
+    def translate(self, exc: BaseException) -> BaseException:  # type: ignore[override]
+        """``DuckDBStore.translate``, with credentials hidden (drivers quote them)."""
+        return self._hide(DuckDBStore.translate(exc))
+
+    def _hide(self, exc: BaseException) -> BaseException:
+        """``exc`` with credentials in its message redacted (in place)."""
+        text = str(exc)
+        clean = redact(text, self._secrets)
+        if clean != text:
+            exc.args = (clean,)
+            if isinstance(exc, ArrowportError):
+                exc.detail = clean
+        return exc
 
     def statistics(self) -> dict[str, Any]:
         stats: dict[str, Any] = {
@@ -434,10 +451,13 @@ class DuckLakeStore(DuckDBStore):
         """The lake's snapshots, newest first (those that changed ``table`` if given)."""
         with self._cursor() as cur:
             try:
-                data = cur.execute(
+                sql = (
                     "SELECT snapshot_id, epoch_ms(snapshot_time) AS at_ms, changes "
                     f"FROM ducklake_snapshots('{LAKE}') ORDER BY snapshot_id DESC"
-                ).to_arrow_table()
+                )
+                if table is None and limit is not None:
+                    sql += f" LIMIT {int(limit)}"
+                data = cur.execute(sql).to_arrow_table()
             except duckdb.Error as exc:
                 raise self.translate(exc) from None
         out = []
@@ -532,6 +552,8 @@ class DuckLakeStore(DuckDBStore):
         try:
             yield
             result = "ok"
+        except duckdb.Error as exc:
+            raise self.translate(exc) from None
         finally:
             key = (job, result)
             self.maintenance[key] = self.maintenance.get(key, 0) + 1

@@ -123,6 +123,7 @@ class TableWrite:
             self._prepare_once()
             self.store._insert(self.cur, self.table, self.schema, [batch])
             self._commit()
+            self._created_now()  # the table exists: the rest of the stream only appends
             self.rows += batch.num_rows
             self.batches += 1
 
@@ -195,6 +196,10 @@ class TableWrite:
         if not self._closed:
             self._closed = True
             self.cur.close()
+        self._created_now()
+
+    def _created_now(self) -> None:
+        """The write can no longer create its table: release the store's hold."""
         if self._creating:
             self._creating = False
             self.store.exit_create()
@@ -211,7 +216,8 @@ class TableWrite:
 
     def _prepare_once(self) -> None:
         if not self._prepared:  # batch mode: the table appears with its first commit
-            self.created = self.store._prepare_table(self.cur, self.table, self.schema)
+            created = self.store._prepare_table(self.cur, self.table, self.schema)
+            self.created = created or self.created  # or created ahead (create_shared_table)
             self._prepared = True
 
     def _run(self, fn: Callable[..., None], *args: Any) -> None:

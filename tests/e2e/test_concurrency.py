@@ -198,8 +198,14 @@ def stream_cmd(stream: str) -> fl.FlightDescriptor:
     return fl.FlightDescriptor.for_command(json.dumps({"stream": stream}).encode())
 
 
+def table_cmd(table: str, backend: str) -> fl.FlightDescriptor:
+    """The JSON cmd descriptor ListFlights gives a table of a non-default backend."""
+    cmd = json.dumps({"table": table, "backend": backend}).encode()
+    return fl.FlightDescriptor.for_command(cmd)
+
+
 def mixed_producers() -> list[Producer]:
-    """48 producers (under the default limit of 64 uploads at once) on five tables."""
+    """50 producers (under the default limit of 64 uploads at once) on five tables."""
 
     def http(
         n: int, table: str, backend: str, commit: str, batches: int, path: str
@@ -224,9 +230,10 @@ def mixed_producers() -> list[Producer]:
         *http(4, "lake_events", "delta", "request", 300, "/delta/lake_events"),
         *flight(4, "lake_events", "delta", "request", 300, "lake_events"),
         *flight(4, "lake_events", "delta", "request", 300, stream_cmd("lake_events")),
-        # a Delta table no stream routes, so only /delta/{table} reaches it (a DoPut to the
-        # {"table", "backend": "delta"} descriptor ListFlights gives is refused: reported)
+        # a Delta table no stream routes: /delta/{table}, and DoPuts to the
+        # {"table", "backend": "delta"} descriptor ListFlights gives for it
         *http(4, "lake_direct", "delta", "request", 300, "/delta/lake_direct"),
+        *flight(2, "lake_direct", "delta", "request", 300, table_cmd("lake_direct", "delta")),
         # commit: batch on Delta: a Delta version per batch
         *http(2, "lake_ticks", "delta", "batch", 60, "/ingest/lake_ticks"),
         *flight(2, "lake_ticks", "delta", "batch", 60, "lake_ticks"),
@@ -272,7 +279,7 @@ def check_flight(spec: Producer, acks: list[dict[str, Any]], rows: int) -> list[
 def test_mixed_http_flight_duckdb_delta_concurrently(
     server_factory: type[Server], tmp_path: Path
 ) -> None:
-    """48 producers at once: HTTP and Flight, two DuckDB and three Delta tables, request and
+    """50 producers at once: HTTP and Flight, two DuckDB and three Delta tables, request and
     batch commit mode. Afterwards every table holds exactly the ids sent to it (none lost,
     none twice), every producer was told its rows were committed, and every Delta commit got
     a version of its own (versions 0..n-1, n = the number of commits)."""

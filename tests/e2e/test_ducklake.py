@@ -284,3 +284,54 @@ def test_listflights_names_ducklake_tables_beside_duckdb(
     finally:
         client.close()
     assert query(server, "SELECT count(*) FROM lake.lakeside") == [(17,)]
+
+
+def test_a_stream_reloaded_onto_ducklake_is_warned_and_refused_alike(
+    server_factory: type[Server], tmp_path: Path
+) -> None:
+    """A reload routing a stream to DuckLake, which the server did not open, logs a WARNING
+    naming both; HTTP and Flight then refuse it alike: 400 backend_unavailable,
+    FAILED_PRECONDITION, saying what to configure."""
+    config = tmp_path / "arrowport.yaml"
+    config.write_text("reload_interval: 0.1\nstreams:\n  plain: {}\n")
+    server = server_factory(tmp_path, config=config).start()
+    config.write_text(
+        "reload_interval: 0.1\nstreams:\n  plain: {}\n  lakeside: {storage_backend: ducklake}\n"
+    )
+    server.wait_for("which this server does not run")
+    (warning,) = [line for line in server.log if "does not run" in line]
+    assert " WARNING arrowport.server" in warning
+    assert "'lakeside'" in warning and "'ducklake'" in warning
+    hint = "set storage_backend: ducklake"
+    refused = [
+        server.post("lakeside", ipc_bytes(sample_table(5))),
+        server.get("/ducklake/lakeside"),
+        server.get("/ducklake/lakeside/version/1"),
+    ]
+    for response in refused:
+        assert response.status_code == 400, response.text
+        assert response.json()["error"] == "backend_unavailable"
+        assert hint in response.json()["detail"] and "restart" in response.json()["detail"]
+    assert "stream 'lakeside' routes to the 'ducklake' backend" in refused[0].json()["detail"]
+    client = flight(server)
+    try:
+        lake_cmd = fl.FlightDescriptor.for_command(
+            json.dumps({"table": "lakeside", "backend": "ducklake"})
+        )
+        calls = [
+            lambda: put_table(client, "lakeside", sample_table(5)),
+            lambda: put_table(client, lake_cmd, sample_table(5)),
+            lambda: client.get_flight_info(lake_cmd),
+            lambda: client.do_get(
+                fl.Ticket(json.dumps({"table": "lakeside", "backend": "ducklake"}).encode())
+            ).read_all(),
+        ]
+        for call in calls:
+            with pytest.raises(pa.ArrowInvalid, match="precondition failed") as raised:
+                call()
+            assert hint in str(raised.value)
+        assert put_table(client, "plain", sample_table(3))[0]["committed_rows"] == 3
+    finally:
+        client.close()
+    server.assert_serving()
+    assert not (tmp_path / "arrowport.ducklake").exists()

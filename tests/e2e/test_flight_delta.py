@@ -207,3 +207,31 @@ def test_doput_to_the_descriptor_listflights_gives_and_batch_acks_carry_versions
     ticks = put_table(client, "lake_ticks", ids(0, 20), max_chunksize=10)
     assert [(a["committed_rows"], a["version"]) for a in ticks] == [(10, 0), (20, 1)]
     assert DeltaTable(str(tmp_path / "lake" / "events")).count() == 15
+
+
+def test_doput_descriptor_naming_duckdb_writes_duckdb_on_a_delta_server(
+    server_factory: type[Server], tmp_path: Path
+) -> None:
+    """With Delta the default, a DoPut to {"table", "backend": "duckdb"} writes that DuckDB
+    table, not the stream of that name's route, as ListFlights describes it."""
+    config = tmp_path / "arrowport.yaml"
+    config.write_text(
+        "storage_backend: delta\ndelta_config: {table_path: ./lake}\n"
+        "streams:\n  dk: {target_table: elsewhere, commit: batch}\n"
+    )
+    server = server_factory(tmp_path, config=config).start()
+    client = flight_client(server)
+    acks = put_table(client, _cmd({"table": "dk", "backend": "duckdb"}), ids(0, 30))
+    assert [(a["stream"], a["table"], a["committed_rows"]) for a in acks] == [("dk", "dk", 30)]
+    assert "version" not in acks[0]  # DuckDB has no versions; a request-mode commit
+    (listed,) = [i for i in client.list_flights() if not i.descriptor.path]
+    assert json.loads(listed.descriptor.command) == {"table": "dk", "backend": "duckdb"}
+    assert listed.total_records == 30
+    put_table(client, listed.descriptor, ids(30, 5))  # the descriptor ListFlights gives
+    got = get(client, {"table": "dk", "backend": "duckdb"}).column("id").to_pylist()
+    assert sorted(got) == list(range(35))
+    assert client.get_flight_info(listed.descriptor).total_records == 35
+    client.close()
+    assert list((tmp_path / "lake").iterdir()) == []  # nothing written to Delta
+    assert server.query("SELECT count(*), min(id), max(id) FROM dk") == [(35, 0, 34)]
+    assert server.tables() == {"dk"}

@@ -10,7 +10,8 @@ import pyarrow as pa
 import pytest
 
 from arrowport.storage import DuckLakeStore, InvalidReadError, StorageError, ducklake
-from arrowport.storage.ducklake import LEDGER_PREFIX
+from arrowport.storage import ducklake_ledger as ledger
+from arrowport.storage.ducklake_ledger import PREFIX as LEDGER_PREFIX
 
 
 def table(rows: int, offset: int = 0) -> pa.Table:
@@ -55,7 +56,7 @@ def test_a_keyed_commit_racing_maintenance_still_commits(
     result = write.finish()  # type: ignore[attr-defined]
     assert (result.rows, result.replayed) == (1000, False)
     with store._cursor() as cur:
-        assert f"{LEDGER_PREFIX}20200101" not in store._ledger_tables(cur)
+        assert f"{LEDGER_PREFIX}20200101" not in ledger.tables(cur)
     assert store.count_rows("t") == 1000
     assert store.maintenance == {("merge", "ok"): 1, ("cleanup", "ok"): 1}
     again = keyed(store, "k1", table(1000)).finish()  # type: ignore[attr-defined]
@@ -85,6 +86,23 @@ def test_expiry_waits_for_a_write_that_creates_its_table(
         store.expire_and_clean()
     write.rollback()
     assert store.maintenance[("cleanup", "failed")] == 1
+
+
+def test_a_batch_mode_stream_holds_expiry_off_only_until_its_table_exists(
+    store: DuckLakeStore, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A long batch-mode stream creates its table with its first commit; after that it
+    only appends, so snapshot expiry does not wait for the rest of the stream."""
+    monkeypatch.setattr(ducklake, "EXPIRY_WAIT_SECONDS", 0.5)
+    write = store.open_write("b", table(1).schema, commit="batch")
+    with pytest.raises(StorageError, match="snapshot expiry skipped"):
+        store.expire_and_clean()  # the table does not exist yet: expiry must wait
+    write.insert(table(10).to_batches())  # type: ignore[union-attr]
+    store.expire_and_clean()  # the stream goes on, but expiry runs
+    write.insert(table(10, 10).to_batches())  # type: ignore[union-attr]
+    result = write.finish()  # type: ignore[union-attr]
+    assert (result.rows, result.created) == (20, True)
+    assert store.count_rows("b") == 20
 
 
 def test_expired_keys_are_written_again(store: DuckLakeStore) -> None:

@@ -1,0 +1,85 @@
+"""DuckLake's idempotency ledger: one lake table per UTC day.
+
+DuckLake has no PRIMARY KEY, and a DELETE conflicts with every concurrent
+INSERT into the same table. So a key is looked up, then inserted in the
+request's own transaction, into the current day's table; expired keys are
+never deleted, whole days are dropped instead.
+
+Invariants:
+
+* A lookup reads only the day tables that can hold a key younger than the
+  TTL (chosen by name), so it never reads a day that pruning may drop: a day
+  is dropped only once it is a full day older than that window.
+* Pure SQL on a cursor the caller gives; the caller owns transactions.
+"""
+
+from __future__ import annotations
+
+import time
+
+import duckdb
+
+from ..names import quote_identifier
+
+PREFIX = "_arrowport_ledger_"  # + YYYYMMDD (UTC)
+DDL = (
+    "CREATE TABLE IF NOT EXISTS {name} (key VARCHAR, table_name VARCHAR, "
+    "rows BIGINT, batches BIGINT, committed_at DOUBLE)"
+)
+DAY = 86400.0
+
+
+def day_table(at: float) -> str:
+    """The ledger table for the UTC day of ``at`` (seconds since the epoch)."""
+    return PREFIX + time.strftime("%Y%m%d", time.gmtime(at))
+
+
+def tables(cur: duckdb.DuckDBPyConnection) -> list[str]:
+    """The ledger's day tables, oldest first."""
+    rows = cur.execute(
+        "SELECT table_name FROM duckdb_tables() WHERE database_name = current_database() "
+        "AND schema_name = 'main' AND starts_with(table_name, ?) ORDER BY table_name",
+        [PREFIX],
+    ).fetchall()
+    return [name for (name,) in rows]
+
+
+def lookup(
+    cur: duckdb.DuckDBPyConnection, key: str, ttl_hours: float, now: float
+) -> tuple[int, int] | None:
+    """(rows, batches) of ``key``'s commit within the TTL, or None."""
+    since = now - ttl_hours * 3600
+    first = day_table(since)
+    live = [t for t in tables(cur) if t >= first]
+    if not live:
+        return None
+    union = " UNION ALL ".join(
+        f"SELECT rows, batches, committed_at FROM {quote_identifier(t)} "
+        "WHERE key = $key AND committed_at > $since"
+        for t in live
+    )
+    row = cur.execute(
+        f"SELECT rows, batches FROM ({union}) ORDER BY committed_at DESC LIMIT 1",
+        {"key": key, "since": since},
+    ).fetchone()
+    return None if row is None else (int(row[0]), int(row[1]))
+
+
+def record(
+    cur: duckdb.DuckDBPyConnection, key: str, table: str, rows: int, batches: int, now: float
+) -> bool:
+    """Insert ``key`` into the newest day table; False if there is none."""
+    days = tables(cur)
+    if not days:
+        return False
+    cur.execute(
+        f"INSERT INTO {quote_identifier(days[-1])} VALUES (?, ?, ?, ?, ?)",
+        [key, table, rows, batches, now],
+    )
+    return True
+
+
+def expired(days: list[str], ttl_hours: float, now: float) -> list[str]:
+    """The day tables whose keys have all outlived the TTL by a day's margin."""
+    cutoff = day_table(now - ttl_hours * 3600 - DAY)
+    return [t for t in days if t < cutoff]
