@@ -6,6 +6,10 @@ werkzeug, threaded, on a free port), creates a bucket, and gives the
 here talks to real AWS: every client is pointed at the local endpoint and the
 EC2 metadata lookup is disabled.
 
+``outage()`` makes the store fail every request (or those of some methods)
+with an S3 error until it ends, keeping the objects: moto keeps them only in
+the server's memory, so stopping and restarting it would lose them.
+
 moto checks ``If-None-Match: *`` on PutObject, but the check and the write are
 two steps; real S3 makes them one. The server therefore runs conditional PUTs
 one at a time, so the store is as atomic as S3 is (``honour_conditional_put=False``
@@ -18,7 +22,11 @@ import os
 import subprocess
 import sys
 import threading
+import urllib.parse
+import urllib.request
 import uuid
+from collections.abc import Iterator
+from contextlib import contextmanager
 from typing import Any
 
 NO_AWS_ENV = {
@@ -29,6 +37,8 @@ NO_AWS_ENV = {
     "AWS_DEFAULT_REGION": "us-east-1",
 }
 os.environ.setdefault("AWS_EC2_METADATA_DISABLED", "true")  # never ask EC2 for credentials
+OUTAGE_PATH = "/__arrowport_outage__"  # the test's switch, answered before moto sees it
+OUTAGE_ERRORS = {503: "ServiceUnavailable", 403: "AccessDenied"}
 
 
 class MotoS3:
@@ -71,6 +81,21 @@ class MotoS3:
             self.proc.kill()
             self.proc.wait()
         self.proc = None
+
+    @contextmanager
+    def outage(self, methods: str = "*", status: int = 503) -> Iterator[None]:
+        """Answer every request (``methods``: only these, e.g. ``"PUT,DELETE"``) with
+        an S3 error (503 ServiceUnavailable, or 403 AccessDenied) until the block ends."""
+        self._switch(methods, status)
+        try:
+            yield
+        finally:
+            self._switch("", status)
+
+    def _switch(self, methods: str, status: int) -> None:
+        query = urllib.parse.urlencode({"methods": methods, "status": status})
+        with urllib.request.urlopen(f"{self.endpoint}{OUTAGE_PATH}?{query}", timeout=10):
+            pass
 
     def __enter__(self) -> MotoS3:
         return self.start()
@@ -128,8 +153,23 @@ def _serve(mode: str) -> None:
 
     app = DomainDispatcherApplication(create_backend_app)
     conditional = threading.Lock()
+    outage: dict[str, Any] = {"methods": set(), "status": 503}
 
     def serialized(environ: dict[str, Any], start_response: Any) -> Any:
+        if environ["PATH_INFO"] == OUTAGE_PATH:
+            query = urllib.parse.parse_qs(environ.get("QUERY_STRING", ""))
+            outage["methods"] = set(query.get("methods", [""])[0].split(",")) - {""}
+            outage["status"] = int(query.get("status", ["503"])[0])
+            start_response("204 No Content", [])
+            return [b""]
+        methods = outage["methods"]
+        if "*" in methods or environ["REQUEST_METHOD"] in methods:
+            code = OUTAGE_ERRORS[outage["status"]]
+            body = f"<Error><Code>{code}</Code><Message>outage (test)</Message></Error>".encode()
+            reason = "Service Unavailable" if outage["status"] == 503 else "Forbidden"
+            headers = [("Content-Type", "application/xml"), ("Content-Length", str(len(body)))]
+            start_response(f"{outage['status']} {reason}", headers)
+            return [body]
         if environ["REQUEST_METHOD"] == "PUT" and environ.get("HTTP_IF_NONE_MATCH"):
             if mode == "ignore":
                 del environ["HTTP_IF_NONE_MATCH"]

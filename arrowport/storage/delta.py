@@ -11,9 +11,15 @@ Invariants:
   (delta-rs #2968 may collect a RecordBatchReader into memory).
 * Request mode makes exactly one Delta commit, in ``finish()``, adding every
   file the request wrote. Until then no file is in the log, so nothing is
-  visible; ``rollback()`` deletes the files, leaving no commit and no file.
+  visible; ``rollback()`` deletes the files, leaving no commit and no data file.
   (One exception, documented: with ``schema_mode: merge`` new columns are
   added by a metadata commit just before the data commit.)
+* A rollback whose deletes fail (the store is unavailable) logs a warning
+  and leaves the remaining files as orphans: no commit references them, so
+  they are invisible, and ``vacuum --full`` removes them. It never replaces
+  the error that caused it. A commit that failed is looked up in the log;
+  if the log cannot be read, the commit may have landed, so its files are
+  kept (never deleted from under a commit) and the failure is reported.
 * Batch mode commits the files of each ``insert`` at once.
 * A table name is an identifier and its directory resolves under the root.
 * Every data file is written with the table's Arrow schema: incoming columns
@@ -81,7 +87,7 @@ from .tables import INTERNAL_PREFIX, TableInfo
 if TYPE_CHECKING:
     from ..config import Config
 
-log = logging.getLogger("arrowport.delta")
+log = logging.getLogger("arrowport.storage")
 
 KEY_PREFIX = "arrowport:"  # txn appId of an idempotency key
 META_KEY = "arrowport.idempotency_key"  # commitInfo: the key, rows and batches
@@ -602,6 +608,7 @@ class DeltaWrite:
         self.replayed = replay is not None
         self.version: int | None = None
         self._attempt: tuple[str, int] | None = None  # the commit being tried: (id, read version)
+        self._unread = ""  # why the log could not be read after a failed commit
         self.rows = 0
         self.batches = 0
         self._files = _Files()
@@ -671,15 +678,45 @@ class DeltaWrite:
                 with contextlib.suppress(Exception):
                     closeable.close()
         self._files.open.clear()
-        had = bool(self._files.made)
-        for file in self._files.made:
-            self.location.delete(file)
-        self._files.made.clear()
+        made = self._files.made
+        for done, file in enumerate(made):
+            try:
+                self.location.delete(file)
+            except Exception as exc:  # store unavailable: the rest stay, as orphans
+                self._orphaned(made[done:], exc)
+                break
+        self._files.made = []
         self._files.pending.clear()
         for directory in reversed(self._made_dirs):  # only if still empty
             with contextlib.suppress(OSError):
                 directory.rmdir()
-        return had
+        return bool(made)
+
+    def _orphaned(self, files: list[str], exc: BaseException) -> None:
+        """Log the uncommitted ``files`` a rollback leaves behind (and why).
+
+        Stops at the first failure: in an outage every delete would fail,
+        each after the S3 client's retries, and the request waits for them.
+        """
+        names = ", ".join(f.rsplit("/", 1)[-1] for f in files[:3])
+        more = f" and {len(files) - 3} more" if len(files) > 3 else ""
+        log.warning(
+            "rollback of a write to %s could not delete %d uncommitted data file(s) in %s "
+            "(%s%s); they stay as orphans: no commit references them, so readers never see "
+            "them, and `arrowport delta vacuum %s --full --no-dry-run` removes them once they "
+            "are older than the retention. Cause: %s",
+            self.table,
+            len(files),
+            self.path,
+            names,
+            more,
+            self.table,
+            self._reason(exc),
+        )
+
+    def _reason(self, exc: BaseException) -> str:
+        """``exc`` as one line (the object-store cause named on S3)."""
+        return first_line(exc) if self.location.local is not None else describe_error(exc)
 
     # ---- data files -------------------------------------------------------
 
@@ -836,7 +873,11 @@ class DeltaWrite:
                 delay = min(0.05 * 2**attempt, 2.0)
                 time.sleep(delay * (0.5 + random.random()))
             except BaseException as exc:
-                if not self._landed():
+                landed = self._landed()
+                if landed is None:  # it may have landed: keep the files it adds
+                    self._keep_files(exc)
+                    raise
+                if not landed:
                     raise
                 self._committed()
                 if not isinstance(exc, Exception):  # KeyboardInterrupt: the data stays
@@ -845,7 +886,7 @@ class DeltaWrite:
                     "commit %s of %s landed, but a step after it failed: %s",
                     self.version,
                     self.table,
-                    first_line(exc),
+                    self._reason(exc),
                 )
                 return
         if self.replay is not None:  # another request with our key committed first
@@ -853,13 +894,38 @@ class DeltaWrite:
         self._committed()
         self._checkpoint()
 
-    def _landed(self) -> bool:
-        """Whether the commit being attempted is in the log (then ``version`` is set)."""
+    def _landed(self) -> bool | None:
+        """Whether the commit being attempted is in the log (then ``version`` is set);
+        None if the log cannot be read (the store is unavailable), so it may have."""
         if self._attempt is None:
             return False
         commit_id, read_version = self._attempt
-        self.version = self._committed_version(read_version, commit_id)
+        try:
+            self.version = self._committed_version(read_version, commit_id)
+        except Exception as exc:
+            self._unread = self._reason(exc)
+            return None
         return self.version is not None
+
+    def _keep_files(self, exc: BaseException) -> None:
+        """The commit failed, and whether it landed cannot be read: keep its files."""
+        files = self._files.made
+        log.warning(
+            "commit to %s failed and the log cannot be read to tell whether it landed, so "
+            "its %d data file(s) in %s are kept; if it did not land, no commit references "
+            "them and `arrowport delta vacuum %s --full --no-dry-run` removes them. "
+            "Commit: %s. Log: %s",
+            self.table,
+            len(files),
+            self.path,
+            self.table,
+            self._reason(exc),
+            self._unread,
+        )
+        self._attempt = None  # reported once: a later look reads "not landed"
+        self._files.made = []
+        self._files.pending = []
+        self._made_dirs = []
 
     def _committed(self) -> None:
         self.store.committed(self.table, self.options)
@@ -919,8 +985,12 @@ class DeltaWrite:
                 )
                 self.version = 0
                 return
-            except DeltaError:
-                if self._landed():  # created, but a step after the commit failed
+            except DeltaError as exc:
+                landed = self._landed()
+                if landed is None:  # it may have been created: keep the files, never retry
+                    self._keep_files(exc)
+                    raise self.store.translate(exc) from None
+                if landed:  # created, but a step after the commit failed
                     raise
                 existing = self.store.open_table(self.table)
                 if existing is None:
@@ -992,7 +1062,9 @@ class DeltaWrite:
         try:
             dt.create_checkpoint()
         except DeltaError as exc:  # the commit stands; a later checkpoint covers it
-            log.warning("checkpoint of %s at version %d failed: %s", self.table, version, exc)
+            log.warning(
+                "checkpoint of %s at version %d failed: %s", self.table, version, self._reason(exc)
+            )
 
     def _run(self, fn: Any, *args: Any) -> None:
         if self._done:

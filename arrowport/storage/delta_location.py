@@ -19,6 +19,9 @@ Invariants:
   ignores the header; it is a safety net, not a guarantee.)
 * Object-store failures become ``StorageError`` naming the cause (store
   unreachable, bucket missing, credentials refused), never a Rust backtrace.
+  No credential reaches an error or a log line: ``describe_error`` masks
+  access key ids and the signature details some S3 error bodies echo, and a
+  ``table_path`` with credentials in it is refused without being repeated.
 """
 
 from __future__ import annotations
@@ -36,10 +39,24 @@ import pyarrow.fs as pafs
 
 from .errors import StorageError
 
-log = logging.getLogger("arrowport.delta")
+log = logging.getLogger("arrowport.storage")
 
 UNSAFE_OPTION = "AWS_S3_ALLOW_UNSAFE_RENAME"
 _ANSI = re.compile(r"\x1b\[[0-9;]*m")
+# what an S3 error can echo of the request's credentials: the access key id (in
+# SignatureDoesNotMatch bodies and presigned URLs) and the signature's inputs
+_SECRETS = (
+    (
+        re.compile(
+            r"<(AWSAccessKeyId|StringToSign(?:Bytes)?|SignatureProvided|CanonicalRequest"
+            r"(?:Bytes)?)>.*?</\1>",
+            re.S,
+        ),
+        r"<\1>***</\1>",
+    ),
+    (re.compile(r"(X-Amz-(?:Credential|Signature|Security-Token)=)[^&\s\"']+", re.I), r"\1***"),
+    (re.compile(r"\b(?:AKIA|ASIA)[A-Z0-9]{12,}\b"), "***"),
+)
 _TRUE = {"1", "true", "yes", "on"}
 
 
@@ -55,8 +72,10 @@ def describe_error(exc: BaseException, where: str = "") -> str:
     delta-rs nests causes over several ANSI-coloured lines; they are joined,
     and common causes named first.
     """
-    text = " ".join(
-        part.strip(" ↳") for part in _ANSI.sub("", str(exc)).splitlines() if part.strip(" ↳")
+    text = redact(
+        " ".join(
+            part.strip(" ↳") for part in _ANSI.sub("", str(exc)).splitlines() if part.strip(" ↳")
+        )
     )
     lower = text.lower()
     cause = ""
@@ -65,11 +84,22 @@ def describe_error(exc: BaseException, where: str = "") -> str:
         "404 not found" in lower and ("list" in lower or "multipart" in lower)
     ):
         cause = "the bucket does not exist"
-    elif any(
+    elif re.search(r"\b403\b", lower) or any(  # \b: not the digits of a file's uuid
         s in lower
-        for s in ("403", "accessdenied", "access denied", "invalidaccesskeyid", "signature")
+        for s in (
+            "accessdenied",
+            "access denied",
+            "access_denied",
+            "invalidaccesskeyid",
+            "signature",
+        )
     ):
         cause = "the object store refused the credentials (403)"
+    elif re.search(r"\b503\b", lower) or any(
+        s in lower
+        for s in ("serviceunavailable", "service unavailable", "service_unavailable", "slowdown")
+    ):
+        cause = "the object store is unavailable (503)"
     elif any(
         s in lower
         for s in ("error sending request", "connect", "network_connection", "dns", "timed out")
@@ -80,6 +110,13 @@ def describe_error(exc: BaseException, where: str = "") -> str:
     return f"{prefix}{cause}: {text}" if cause else f"{prefix}{text}"
 
 
+def redact(text: str) -> str:
+    """``text`` with the credentials an S3 error may echo masked."""
+    for pattern, replacement in _SECRETS:
+        text = pattern.sub(replacement, text)
+    return text
+
+
 class DeltaLocation:
     """The root of the Delta tables and the filesystem that holds it."""
 
@@ -88,6 +125,11 @@ class DeltaLocation:
         parsed = urlparse(text) if isinstance(text, str) else None
         self.options: dict[str, str] = {str(k): str(v) for k, v in (storage_options or {}).items()}
         if parsed is not None and parsed.scheme == "s3":
+            if "@" in parsed.netloc:  # not repeated: it would show the credentials
+                raise StorageError(
+                    "Delta table_path: an s3:// URI cannot hold credentials; give them in "
+                    "delta_config.storage_options or the AWS_* environment"
+                )
             if not parsed.netloc:
                 raise StorageError(f"Delta table_path {text!r} names no bucket")
             self.local: Path | None = None

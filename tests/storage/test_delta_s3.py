@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -14,6 +15,7 @@ from arrowport.config import DeltaOptions
 from arrowport.storage import DeltaStore, SchemaMismatchError, StorageError
 from arrowport.storage import delta_maintenance as dtm
 from arrowport.storage import delta_tables as dtb
+from arrowport.storage.delta_location import describe_error
 
 
 @pytest.fixture(scope="module")
@@ -140,6 +142,125 @@ def test_s3_errors_name_their_cause(s3: MotoS3) -> None:
     unreachable = DeltaStore("s3://arrowport-test/x", storage_options=options)
     with pytest.raises(StorageError, match="cannot be reached"):
         unreachable.open_write("t", schema)
+
+
+KEY_ID, SECRET = "canary-key-id", "canary-secret-value"  # moto takes any credentials
+
+
+def _canary_store(s3: MotoS3) -> DeltaStore:
+    options = {**s3.storage_options, "AWS_ACCESS_KEY_ID": KEY_ID, "AWS_SECRET_ACCESS_KEY": SECRET}
+    store = DeltaStore(s3.root(), storage_options=options)
+    store.open()
+    return store
+
+
+def _start_write(s3: MotoS3, store: DeltaStore, table: str) -> tuple[object, list[str]]:
+    """Version 0 with 10 rows, then a write whose 3 files are uploaded, not committed."""
+    _write(store, table, _batches(1))
+    options = DeltaOptions(target_file_size=1)  # each batch closes (uploads) its file
+    w = store.open_write(table, _batches(1)[0].schema, options=options)
+    before = set(_parquet(s3, store, table))
+    for batch in _batches(3, start=1000):
+        w.insert([batch])
+    uploaded = sorted(set(_parquet(s3, store, table)) - before)
+    assert len(uploaded) == 3
+    return w, uploaded
+
+
+def _assert_untouched(s3: MotoS3, store: DeltaStore, table: str, orphans: list[str]) -> None:
+    """Version 0 and its rows only; ``orphans`` are in no version, and ``vacuum --full``
+    (not the plain one) removes exactly them."""
+    dt = _table(store, table)
+    assert dt.version() == 0 and _log(s3, store, table) == [f"{0:020d}.json"]
+    assert sorted(dt.to_pyarrow_table().column("a").to_pylist()) == list(range(10))
+    names = {k.rsplit("/", 1)[1] for k in orphans}
+    assert names.isdisjoint(u.rsplit("/", 1)[1] for u in dt.file_uris())
+    assert set(orphans) <= set(_parquet(s3, store, table))
+    assert dtm.vacuum(store, table, retention_hours=0, dry_run=True) == []  # plain: not these
+    removed = dtm.vacuum(store, table, retention_hours=0, dry_run=False, full=True)
+    assert {r.rsplit("/", 1)[-1] for r in removed} == names
+    assert not set(orphans) & set(_parquet(s3, store, table))
+    assert _table(store, table).to_pyarrow_table().num_rows == 10
+
+
+@pytest.mark.parametrize(
+    ("methods", "status", "error"),
+    [
+        ("*", 503, r"cannot look up table 'down'.*unavailable \(503\)"),  # the store is down
+        ("PUT,DELETE", 403, r"Delta write failed.*\(403\).*_delta_log/0+1\.json"),  # writes
+    ],
+    ids=["store-down", "writes-refused"],
+)
+def test_a_rollback_in_an_outage_keeps_the_original_error(
+    s3: MotoS3, caplog: pytest.LogCaptureFixture, methods: str, status: int, error: str
+) -> None:
+    """The commit fails, and so do the deletes of the rollback: the client gets the
+    commit's StorageError (503), a warning names the orphans, and once the store is
+    back the table is as before and ``vacuum --full`` removes them."""
+    store = _canary_store(s3)
+    w, uploaded = _start_write(s3, store, "down")
+    with caplog.at_level(logging.WARNING, logger="arrowport.storage"):
+        with s3.outage(methods, status), pytest.raises(StorageError, match=error) as raised:
+            w.finish()  # type: ignore[attr-defined]
+        w.rollback()  # type: ignore[attr-defined]  # as the server does afterwards: a no-op
+    assert raised.value.http_status == 503
+    assert "delet" not in str(raised.value).lower()  # not the cleanup's error
+    [warning] = [r for r in caplog.records if r.name == "arrowport.storage"]
+    assert warning.levelno == logging.WARNING
+    message = warning.getMessage()
+    assert "could not delete 3 uncommitted data file(s)" in message
+    assert uploaded[0].rsplit("/", 1)[1] in message  # names them
+    assert "Cause: the object store" in message and "vacuum down --full" in message
+    for text in (str(raised.value), caplog.text):
+        assert SECRET not in text and KEY_ID not in text
+    assert store.statistics()["rollbacks"] == 1
+    _assert_untouched(s3, store, "down", uploaded)
+
+
+def test_a_commit_whose_outcome_cannot_be_read_keeps_its_files(
+    s3: MotoS3, caplog: pytest.LogCaptureFixture, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The commit fails and the log cannot be read back: it may have landed, so its
+    files are kept (never deleted from under a commit) and the commit's error raised."""
+    store = _canary_store(s3)
+    w, uploaded = _start_write(s3, store, "unsure")
+
+    def unreadable(*args: object) -> None:
+        raise OSError("AWS Error NETWORK_CONNECTION during GetObject operation")
+
+    monkeypatch.setattr(store.location, "read_log", unreadable)
+    with (
+        caplog.at_level(logging.WARNING, logger="arrowport.storage"),
+        s3.outage("PUT", 403),
+        pytest.raises(StorageError, match="Delta write failed"),
+    ):
+        w.finish()  # type: ignore[attr-defined]
+    monkeypatch.undo()
+    [warning] = [r for r in caplog.records if r.name == "arrowport.storage"]
+    message = warning.getMessage()
+    assert "cannot be read to tell whether it landed" in message
+    assert "3 data file(s)" in message and "NETWORK_CONNECTION" in message
+    assert SECRET not in caplog.text and KEY_ID not in caplog.text
+    assert set(uploaded) <= set(_parquet(s3, store, "unsure"))  # no delete was tried
+    _assert_untouched(s3, store, "unsure", uploaded)
+
+
+def test_errors_do_not_repeat_credentials() -> None:
+    """What an S3 error body may echo of the request's credentials is masked, and a
+    table_path holding credentials is refused without repeating it."""
+    body = (
+        "Client error with status 403 Forbidden: <Error><Code>SignatureDoesNotMatch</Code>"
+        "<AWSAccessKeyId>AKIAIOSFODNN7EXAMPLE</AWSAccessKeyId><StringToSign>AWS4-HMAC-SHA256"
+        "</StringToSign><SignatureProvided>abc123</SignatureProvided></Error> "
+        "https://b.s3.amazonaws.com/k?X-Amz-Credential=ASIAIOSFODNN7EXAMPLE%2F2026&x=1"
+    )
+    text = describe_error(OSError(body), "Delta write failed")
+    assert text.startswith("Delta write failed: the object store refused the credentials")
+    for secret in ("IOSFODNN7EXAMPLE", "abc123", "AWS4-HMAC"):
+        assert secret not in text
+    with pytest.raises(StorageError) as raised:
+        DeltaStore("s3://AKIAKEY:hunter2@bucket/x")
+    assert "hunter2" not in str(raised.value) and "AKIAKEY" not in str(raised.value)
 
 
 @pytest.mark.parametrize(
