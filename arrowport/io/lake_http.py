@@ -44,8 +44,7 @@ def add_ducklake_read_routes(app: QuartTrio, store: Callable[[], DuckLakeStore |
     @app.get("/ducklake/<table>")
     async def ducklake_info(table: str) -> Response:
         try:
-            info = await run(DuckLakeStore.table_info, table)
-            version = await run(DuckLakeStore.current_snapshot)
+            info, version = await run(DuckLakeStore.table_info_at, table)
         except ArrowportError as exc:
             return error_json(exc)
         return jsonify(

@@ -38,7 +38,14 @@ from ..redact import conninfo_secrets, redact
 from . import ducklake_ledger as ledger
 from .duckdb import DuckDBStore, load_extension
 from .errors import InvalidReadError, StorageError, WriteRejectedError
-from .tables import resolve_table, select_list, valid_table_name
+from .tables import (
+    TableInfo,
+    describe_table,
+    resolve_table,
+    select_list,
+    snapshot,
+    valid_table_name,
+)
 
 log = logging.getLogger("arrowport.storage")
 
@@ -441,6 +448,18 @@ class DuckLakeStore(DuckDBStore):
         return stats
 
     # -- reads: the current snapshot, or one by id ------------------------------
+
+    def table_info_at(self, name: str) -> tuple[TableInfo, int]:
+        """``table_info`` and the snapshot it describes, read in one transaction."""
+        table = valid_table_name(name)
+        with self._read_cursor() as cur:
+            try:
+                with snapshot(cur):
+                    info = describe_table(cur, resolve_table(cur, table))
+                    row = cur.execute(f"SELECT id FROM {LAKE}.current_snapshot()").fetchone()
+            except duckdb.Error as exc:
+                raise self.translate(exc) from None
+        return info, int(row[0]) if row else 0
 
     def current_snapshot(self) -> int:
         with self._cursor() as cur:
