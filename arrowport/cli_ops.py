@@ -22,7 +22,6 @@ import contextlib
 import dataclasses
 import json
 import os
-import re
 import ssl
 import urllib.error
 import urllib.parse
@@ -35,10 +34,9 @@ import typer
 
 from .cli_delta import ConfigOption, JsonOption, _fail, _print, _print_json, _rich_table
 from .config import ENV_CONFIG_PATH, ENV_OVERRIDES, ENV_TOKEN, Config, ConfigError, load_config
-from .redact import REDACTED, redact
+from .redact import REDACTED, SECRET_WORDS, conninfo_secrets, redact
 
 COUNTERS = ("rows", "batches", "bytes", "decoded_bytes", "requests", "failed_requests")
-SECRET_WORDS = re.compile(r"secret|token|password", re.IGNORECASE)
 
 
 class NoAnswer(Exception):
@@ -375,7 +373,8 @@ def effective_settings(config: Config) -> dict[str, Any]:
         for key in options:
             if SECRET_WORDS.search(key):
                 options[key] = REDACTED
-    out["ducklake"]["catalog"] = redact(out["ducklake"]["catalog"])
+    catalog = out["ducklake"]["catalog"]
+    out["ducklake"]["catalog"] = redact(catalog, conninfo_secrets(catalog))
     delta = out["delta_config"]
     hours = delta["version_retention_hours"]
     if float(hours).is_integer():  # the key takes whole hours

@@ -19,6 +19,7 @@ from typing import Any
 import yaml
 
 from .names import InvalidNameError, validate_name
+from .redact import conninfo_secrets, option_secrets
 
 BACKENDS = ("duckdb", "ducklake", "delta")
 COMMIT_MODES = ("request", "batch")
@@ -291,6 +292,15 @@ class Config:
         conf = next((c for c in self.streams.values() if c.target_table.lower() == key), None)
         options = conf.delta_options if conf is not None else DeltaOptions()
         return Route(table, table, backend, "request", configured=conf is not None, delta=options)
+
+    def credentials(self) -> list[str]:
+        """The literal secrets in this config (the catalog's password, secret storage
+        options), for ``redact.remember``; auth tokens are never echoed by drivers."""
+        return (
+            conninfo_secrets(self.ducklake.catalog)
+            + option_secrets(self.ducklake.storage_options)
+            + option_secrets(self.delta_config.storage_options)
+        )
 
     def uses(self, backend: str) -> bool:
         """Whether the default or any configured stream writes to ``backend``."""

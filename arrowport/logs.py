@@ -1,5 +1,7 @@
 """Logging: text or JSON lines, with the request id on every line a request logs.
 
+Every line passes through ``redact.redact``: credentials never reach the log.
+
 The id lives in a context variable. trio hands context to the tasks a
 request starts and to its worker threads, so storage code logging on a
 request's behalf carries its id too. A client may send its own id
@@ -15,6 +17,8 @@ import logging
 import re
 import secrets
 import time
+
+from .redact import redact
 
 REQUEST_ID: contextvars.ContextVar[str | None] = contextvars.ContextVar(
     "arrowport_request_id", default=None
@@ -51,14 +55,24 @@ class JsonFormatter(logging.Formatter):
             + f".{int(record.msecs):03d}Z",
             "level": record.levelname.lower(),
             "logger": record.name,
-            "message": record.getMessage(),
+            "message": redact(record.getMessage()),
         }
         rid = getattr(record, "request_id", None)
         if rid:
             line["request_id"] = rid
         if record.exc_info:
-            line["exc"] = self.formatException(record.exc_info)
+            line["exc"] = redact(self.formatException(record.exc_info))
         return json.dumps(line, ensure_ascii=False)
+
+
+class TextFormatter(logging.Formatter):
+    """``TEXT_FORMAT`` lines, credentials redacted (tracebacks included)."""
+
+    def __init__(self) -> None:
+        super().__init__(TEXT_FORMAT)
+
+    def format(self, record: logging.LogRecord) -> str:
+        return redact(super().format(record))
 
 
 def configure(level: str = "info", fmt: str = "text") -> None:
@@ -69,7 +83,7 @@ def configure(level: str = "info", fmt: str = "text") -> None:
         raise ValueError(f"log format must be one of {', '.join(FORMATS)}, got {fmt!r}")
     handler = logging.StreamHandler()
     handler.addFilter(RequestIdFilter())
-    handler.setFormatter(JsonFormatter() if fmt == "json" else logging.Formatter(TEXT_FORMAT))
+    handler.setFormatter(JsonFormatter() if fmt == "json" else TextFormatter())
     root = logging.getLogger()
     for old in list(root.handlers):
         root.removeHandler(old)

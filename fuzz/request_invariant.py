@@ -192,8 +192,8 @@ class _Request:
                 self._bug("descriptor_json_recursion", f"RecursionError for {descriptor!r:.200}")
                 raise _KnownBug("descriptor_json_recursion") from None
             table, backend = descriptor_backend(descriptor)
-            if table is not None and backend is not None:  # as ListFlights describes tables
-                CONFIG.table_route(table, backend)
+            if table is not None:  # as ListFlights describes tables
+                CONFIG.table_route(table, backend or CONFIG.storage_backend)
             else:
                 CONFIG.route(name)
             if key is not None:

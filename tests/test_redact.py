@@ -12,7 +12,7 @@ from arrowport.redact import REDACTED, conninfo_secrets, redact
     [
         (
             'at "dbname=lake host=db password=s3cret-pw": refused',
-            f'at "dbname=lake host=db password={REDACTED}": refused',
+            f'at "dbname=lake host=db password={REDACTED} refused',  # to the whitespace
         ),
         ("password = 's3cret pw' host=db", f"password = {REDACTED} host=db"),
         (r"password='it\'s s3cret' host=db", f"password={REDACTED} host=db"),
@@ -22,11 +22,18 @@ from arrowport.redact import REDACTED, conninfo_secrets, redact
             f"postgresql://lake:{REDACTED}@db:5432/lake?sslmode=require",
         ),
         (
-            "postgresql://db/lake?password=s3cret-pw&x=1",
-            f"postgresql://db/lake?password={REDACTED}&x=1",
+            # the value runs to the next whitespace: the parameters after it go too
+            "postgresql://db/lake?password=s3cret-pw&x=1 refused",
+            f"postgresql://db/lake?password={REDACTED} refused",
         ),
-        ("dbname=lake host=db", "dbname=lake host=db"),
-        ("s3://bucket/prefix", "s3://bucket/prefix"),
+        # libpq ends an unquoted value only at whitespace
+        ("password=s3cret,pw;x) host=db", f"password={REDACTED} host=db"),
+        ('password="s3cret pw" host=db', f"password={REDACTED} host=db"),
+        ('{"password": "s3cret pw", "user": "u"}', f'{{"password": {REDACTED}, "user": "u"}}'),
+        ("PGPASSWORD=s3cret-pw psql", f"PGPASSWORD={REDACTED} psql"),
+        ("Password: s3cret-pw", f"Password: {REDACTED}"),
+        ("AWS_SECRET_ACCESS_KEY=s3cret/key+x", f"AWS_SECRET_ACCESS_KEY={REDACTED}"),
+        ("postgresql://u:s3cret%40pw@db/lake", f"postgresql://u:{REDACTED}@db/lake"),
     ],
 )
 def test_redact_hides_passwords(text: str, expected: str) -> None:
@@ -34,11 +41,29 @@ def test_redact_hides_passwords(text: str, expected: str) -> None:
     assert "s3cret" not in redact(text)
 
 
+@pytest.mark.parametrize(
+    "text",
+    [
+        "dbname=lake host=db",
+        "s3://bucket/prefix",
+        "the secret = value of life",  # prose: no credential key
+        "passwords are hidden; set a password in ~/.pgpass",
+        "cannot attach DuckLake catalog 'postgres:dbname=lake host=db'",
+    ],
+)
+def test_redact_leaves_other_text_alone(text: str) -> None:
+    assert redact(text) == text
+
+
 def test_redact_hides_literal_secrets_in_any_form() -> None:
     secret = "AKIA/very+secret=="
     text = f"refused: SECRET value {secret} was wrong ({secret!r})"
     assert secret not in redact(text, [secret])
     assert redact("short ab", ["ab"]) == "short ab"  # too short to hide safely
+    # whole tokens only: a password "lake" does not eat "ducklake"
+    assert redact("ducklake:postgres password lake", ["lake"]) == (
+        f"ducklake:postgres password {REDACTED}"
+    )
 
 
 @pytest.mark.parametrize(
@@ -47,8 +72,30 @@ def test_redact_hides_literal_secrets_in_any_form() -> None:
         ("dbname=lake password=s3cret", ["s3cret"]),
         (r"dbname=lake password='a b\'c'", ["a b'c"]),
         ("postgresql://u:s3cret@db/lake", ["s3cret"]),
+        ("postgresql://u:s3%40cret@db/lake", ["s3%40cret", "s3@cret"]),
+        ("postgresql://db/lake?sslmode=require&password=s3cret", ["s3cret"]),
         ("dbname=lake host=db", []),
     ],
 )
 def test_conninfo_secrets(conninfo: str, secrets: list[str]) -> None:
     assert conninfo_secrets(conninfo) == secrets
+
+
+def test_remembered_secrets_are_hidden_in_log_lines(capfd: pytest.CaptureFixture[str]) -> None:
+    """The server remembers its config's credentials; every log line is redacted."""
+    import logging
+
+    from arrowport import logs
+    from arrowport import redact as redact_module
+
+    redact_module.remember(["remembered-s3cret"])
+    for fmt in logs.FORMATS:
+        logs.configure("info", fmt)
+        try:
+            raise OSError('at "host=db password=other-s3cret": remembered-s3cret refused')
+        except OSError:
+            logging.getLogger("arrowport.test").exception("failed: remembered-s3cret")
+        err = capfd.readouterr().err
+        assert "failed" in err and "refused" in err
+        assert "s3cret" not in err, err
+    logging.getLogger().handlers.clear()

@@ -15,7 +15,7 @@ from __future__ import annotations
 import base64
 import hmac
 
-from ..config import AuthSettings, Token
+from ..config import AuthSettings, Config, Token
 from ..protocol.errors import ArrowportError, GrpcStatus
 
 
@@ -88,6 +88,22 @@ def authorize_write(token: Token | None, stream: str) -> None:
     """Raise ``ForbiddenError`` unless ``token`` may write ``stream``."""
     if token is not None and not token.allows(stream):
         raise ForbiddenError(f"this token may not write stream {stream!r}")
+
+
+def authorize_table(token: Token | None, config: Config, table: str, backend: str) -> None:
+    """Raise ``ForbiddenError`` unless ``token`` may write ``table`` of ``backend``
+    directly (``POST /delta/{table}``, a ``{"table", "backend"}`` DoPut): a token
+    limited to some streams may write only the tables those streams write."""
+    if token is None or token.streams is None:
+        return
+    for stream in token.streams:
+        route = config.route(stream)
+        if route.table.lower() == table.lower() and route.backend == backend:
+            return
+    raise ForbiddenError(
+        f"this token may not write table {table!r} of the {backend} backend: none of its "
+        f"streams ({', '.join(token.streams)}) writes that table"
+    )
 
 
 def handshake_token(auth: AuthSettings, header: str | None, payload: bytes) -> Token | None:

@@ -54,7 +54,7 @@ from ..protocol.flight_pb import (
     Ticket,
 )
 from ..stats import Labels
-from .auth import authenticate, authorize_write, handshake_token
+from .auth import authenticate, authorize_table, authorize_write, handshake_token
 from .backends import backend_unavailable
 from .flight_messages import (
     MessageSink,
@@ -229,7 +229,8 @@ class FlightService:
     async def _described_table(self, call: GrpcCall) -> tuple[Any, str]:
         descriptor = FlightDescriptor.decode(await call.unary_request("FlightDescriptor"))
         table, backend = descriptor_backend(descriptor)
-        if table is not None and backend is not None:
+        if table is not None:
+            backend = backend or self.state.config.storage_backend
             return await self._thread(self.store(backend).table_info, table), backend
         name = descriptor_name(descriptor)
         backend = self.state.config.storage_backend
@@ -242,7 +243,7 @@ class FlightService:
             route = self.state.config.route(name)  # a stream name: look up its table
             if route.table.lower() == name.lower() and route.backend == backend:
                 raise
-            store = self.store(route.backend, route.stream)
+            store = self.store(route.backend, None if table is not None else route.stream)
             return await self._thread(store.table_info, route.table), route.backend
 
     async def get_flight_info(self, call: GrpcCall) -> None:
@@ -305,11 +306,12 @@ class FlightService:
                 descriptor = await _first_descriptor(decoder, chunks)
             name, key = descriptor_target(descriptor)
             table, backend = descriptor_backend(descriptor)
-            if table is not None and backend is not None:  # as ListFlights describes tables
-                route = config.table_route(table, backend)
+            if table is not None:  # {"table", "backend"}: as ListFlights describes tables
+                route = config.table_route(table, backend or config.storage_backend)
+                authorize_table(call.token, config, route.table, route.backend)
             else:
                 route = config.route(name)
-            authorize_write(call.token, route.stream)
+                authorize_write(call.token, route.stream)
             if key is not None:
                 validate_idempotency_key(key)
         except trio.TooSlowError:
@@ -324,7 +326,7 @@ class FlightService:
             stats.refused(refusal_reason(exc))
             raise
         try:
-            store = self.store(route.backend, route.stream)
+            store = self.store(route.backend, None if table is not None else route.stream)
         except ArrowportError:
             stats.refused("bad_input")
             raise

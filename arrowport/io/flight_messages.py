@@ -135,15 +135,20 @@ def _natural(value: object, key: str) -> int | None:
 
 
 def descriptor_backend(descriptor: FlightDescriptor) -> tuple[str | None, str | None]:
-    """A JSON cmd's ``{"table": …, "backend": …}`` (as ListFlights describes
-    Delta tables), else ``(None, None)``."""
+    """A JSON cmd's ``{"table": …, "backend": …}`` (as ListFlights describes the
+    tables of a backend other than the default), else ``(None, None)``. Without
+    ``"backend"`` the table is the default backend's: ``(table, None)``."""
     cmd = descriptor.cmd
     if descriptor.path or not cmd or not cmd.lstrip().startswith(b"{"):
         return None, None
     spec = _json_object(cmd, "descriptor cmd")
     backend, table = spec.get("backend"), spec.get("table")
     if backend is None:
-        return None, None
+        if table is None or spec.get("stream"):
+            return None, None
+        if not isinstance(table, str):
+            raise bad_request('"table" in the descriptor cmd must be a table name')
+        return table, None
     if backend not in BACKENDS or not isinstance(table, str):
         raise bad_request(
             f'a descriptor cmd with "backend" ({", ".join(BACKENDS)}) needs "table": a table name'

@@ -24,6 +24,7 @@ from ..protocol.grpc import (
     prefix,
     status_trailers,
 )
+from ..redact import redact
 from .h2conn import H2Stream, StreamGone
 
 log = logging.getLogger("arrowport.grpc")
@@ -151,4 +152,5 @@ class GrpcCall:
             await self.finish(grpc_status(exc), exc.detail)
         else:
             log.error("%s failed with a bug", self.method, exc_info=exc)
-            await self.finish(GrpcStatus.INTERNAL, f"internal error: {type(exc).__name__}: {exc}")
+            detail = redact(f"internal error: {type(exc).__name__}: {exc}")
+            await self.finish(GrpcStatus.INTERNAL, detail)

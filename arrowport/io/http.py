@@ -24,9 +24,10 @@ from .. import __version__, logs
 from ..config import Config, Route
 from ..names import validate_idempotency_key
 from ..protocol import ArrowportError
+from ..redact import redact
 from ..stats import Labels
 from . import metrics
-from .auth import authenticate, authorize_write
+from .auth import authenticate, authorize_table, authorize_write
 from .backends import backend_unavailable
 from .body import StreamingASGIHTTPConnection, StreamingRequest
 from .delta_http import add_delta_read_routes
@@ -96,15 +97,14 @@ def create_app(state: ServerState) -> QuartTrio:
             return None
         try:
             token = authenticate(state.config.auth, request.headers.get("Authorization"))
-            written = (request.view_args or {}).get("stream") or (request.view_args or {}).get(
-                "table"
-            )
-            if request.method == "POST" and written is not None:
-                authorize_write(token, written)
+            args = request.view_args or {}
+            if request.method == "POST" and "stream" in args:
+                authorize_write(token, args["stream"])
+            elif request.method == "POST" and "table" in args:  # POST /delta/{table}
+                authorize_table(token, state.config, args["table"], "delta")
         except ArrowportError as exc:
             state.stats.refused("auth")
-            response = jsonify(exc.to_json())
-            response.status_code = exc.http_status
+            response = error_json(exc)
             if exc.http_status == 401:
                 response.headers["WWW-Authenticate"] = 'Bearer realm="arrowport"'
             if request.method == "POST":  # the body is never read: end the connection
@@ -168,8 +168,7 @@ def create_app(state: ServerState) -> QuartTrio:
             state.admit(config)
         except TooBusyError as exc:
             state.stats.refused("limit")
-            response = jsonify(exc.to_json())
-            response.status_code = exc.http_status
+            response = error_json(exc)
             response.headers["Retry-After"] = str(exc.retry_after)
             response.headers["Connection"] = "close"  # the body is not read
             return response
@@ -272,7 +271,7 @@ def create_app(state: ServerState) -> QuartTrio:
     @app.errorhandler(Exception)
     async def internal_error(exc: Exception) -> Response:
         log.exception("internal error")
-        return error_response(500, "internal_error", f"{type(exc).__name__}: {exc}")
+        return error_response(500, "internal_error", redact(f"{type(exc).__name__}: {exc}"))
 
     return app
 

@@ -24,6 +24,7 @@ import hypercorn.trio.tcp_server
 import trio
 from hypercorn.config import Config as HypercornConfig
 
+from .. import redact
 from ..config import Config, ConfigError, load_config
 from ..storage import DeltaStore, DuckDBStore, DuckLakeStore
 from . import listener, metrics
@@ -240,6 +241,7 @@ async def serve(
         if tls.certfile is not None and tls.keyfile is not None
         else None
     )
+    redact.remember(config.credentials())  # hidden in every log line and error from now on
     stores = await trio.to_thread.run_sync(open_stores, config)
     state = ServerState(config=config, stores=stores)
     warn_unserved(config, state.store_for)

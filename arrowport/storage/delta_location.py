@@ -37,26 +37,13 @@ from urllib.parse import urlparse
 import pyarrow as pa
 import pyarrow.fs as pafs
 
+from ..redact import redact
 from .errors import StorageError
 
 log = logging.getLogger("arrowport.storage")
 
 UNSAFE_OPTION = "AWS_S3_ALLOW_UNSAFE_RENAME"
 _ANSI = re.compile(r"\x1b\[[0-9;]*m")
-# what an S3 error can echo of the request's credentials: the access key id (in
-# SignatureDoesNotMatch bodies and presigned URLs) and the signature's inputs
-_SECRETS = (
-    (
-        re.compile(
-            r"<(AWSAccessKeyId|StringToSign(?:Bytes)?|SignatureProvided|CanonicalRequest"
-            r"(?:Bytes)?)>.*?</\1>",
-            re.S,
-        ),
-        r"<\1>***</\1>",
-    ),
-    (re.compile(r"(X-Amz-(?:Credential|Signature|Security-Token)=)[^&\s\"']+", re.I), r"\1***"),
-    (re.compile(r"\b(?:AKIA|ASIA)[A-Z0-9]{12,}\b"), "***"),
-)
 _TRUE = {"1", "true", "yes", "on"}
 
 
@@ -108,13 +95,6 @@ def describe_error(exc: BaseException, where: str = "") -> str:
     text = text if len(text) <= 400 else text[:397] + "..."
     prefix = f"{where}: " if where else ""
     return f"{prefix}{cause}: {text}" if cause else f"{prefix}{text}"
-
-
-def redact(text: str) -> str:
-    """``text`` with the credentials an S3 error may echo masked."""
-    for pattern, replacement in _SECRETS:
-        text = pattern.sub(replacement, text)
-    return text
 
 
 class DeltaLocation:

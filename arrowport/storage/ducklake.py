@@ -168,16 +168,25 @@ class DuckLakeStore(DuckDBStore):
             except duckdb.Error as exc:
                 # instances started together on a new PostgreSQL catalog race to create
                 # its tables; the losers find them there on the next try
-                if not self.remote_catalog or "already exists" not in str(exc):
+                if attempt == CREATE_ATTEMPTS - 1 or not self._lost_catalog_creation(exc):
                     raise StorageError(self._attach_failure(exc)) from None
-                if attempt == CREATE_ATTEMPTS - 1:
-                    raise StorageError(self._attach_failure(exc)) from None
+                with contextlib.suppress(duckdb.Error):
+                    con.execute(f"DETACH DATABASE IF EXISTS {LAKE}")
                 time.sleep(min(0.05 * 2**attempt, 1.0))
         try:
             con.execute(f"SET ducklake_max_retry_count = {int(self.max_retry_count)}")
             con.execute(f"USE {LAKE}")
         except duckdb.Error as exc:
             raise StorageError(self._attach_failure(exc)) from None
+
+    def _lost_catalog_creation(self, exc: duckdb.Error) -> bool:
+        """Whether ATTACH failed because another process was creating the catalog's
+        tables (PostgreSQL: a duplicate relation, type or key)."""
+        text = str(exc)
+        return self.remote_catalog and (
+            "duplicate key" in text
+            or bool(re.search(r'(relation|type) "ducklake_\w*" already exists', text))
+        )
 
     def _attach_failure(self, exc: duckdb.Error) -> str:
         text = redact(str(exc), self._secrets)
@@ -463,7 +472,10 @@ class DuckLakeStore(DuckDBStore):
 
     def current_snapshot(self) -> int:
         with self._cursor() as cur:
-            row = cur.execute(f"SELECT id FROM {LAKE}.current_snapshot()").fetchone()
+            try:
+                row = cur.execute(f"SELECT id FROM {LAKE}.current_snapshot()").fetchone()
+            except duckdb.Error as exc:
+                raise self.translate(exc) from None
             return int(row[0]) if row else 0
 
     def snapshots(self, table: str | None = None, limit: int | None = None) -> list[dict[str, Any]]:
@@ -507,10 +519,14 @@ class DuckLakeStore(DuckDBStore):
 
     def _table_ids(self, table: str) -> set[str]:
         with self._cursor() as cur:
-            rows = cur.execute(
-                f"SELECT table_id FROM ducklake_table_info('{LAKE}') WHERE lower(table_name) = ?",
-                [table],
-            ).fetchall()
+            try:
+                rows = cur.execute(
+                    f"SELECT table_id FROM ducklake_table_info('{LAKE}') "
+                    "WHERE lower(table_name) = ?",
+                    [table],
+                ).fetchall()
+            except duckdb.Error as exc:
+                raise self.translate(exc) from None
         return {str(r[0]) for r in rows}
 
     def scan(

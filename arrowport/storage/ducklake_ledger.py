@@ -7,9 +7,10 @@ never deleted, whole days are dropped instead.
 
 Invariants:
 
-* A lookup reads only the day tables that can hold a key younger than the
-  TTL (chosen by name), so it never reads a day that pruning may drop: a day
-  is dropped only once it is a full day older than that window.
+* A key goes into the newest day table that exists, which just after
+  midnight UTC may be the previous day's. So a lookup reads the day tables
+  from the day before the TTL window began (chosen by name), and pruning drops
+  only days older than that: a lookup never reads a day being dropped.
 * Pure SQL on a cursor the caller gives; the caller owns transactions.
 """
 
@@ -49,7 +50,7 @@ def lookup(
 ) -> tuple[int, int] | None:
     """(rows, batches) of ``key``'s commit within the TTL, or None."""
     since = now - ttl_hours * 3600
-    first = day_table(since)
+    first = day_table(since - DAY)  # a key committed just after midnight: see above
     live = [t for t in tables(cur) if t >= first]
     if not live:
         return None
@@ -80,6 +81,7 @@ def record(
 
 
 def expired(days: list[str], ttl_hours: float, now: float) -> list[str]:
-    """The day tables whose keys have all outlived the TTL by a day's margin."""
-    cutoff = day_table(now - ttl_hours * 3600 - DAY)
+    """The day tables whose keys have all outlived the TTL, with a day's margin
+    beyond what ``lookup`` reads (for clocks that differ between instances)."""
+    cutoff = day_table(now - ttl_hours * 3600 - 2 * DAY)
     return [t for t in days if t < cutoff]

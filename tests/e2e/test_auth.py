@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import subprocess
 import time
 from pathlib import Path
@@ -129,6 +130,40 @@ def test_flight_needs_a_token_and_scopes_doput(server: Server) -> None:
     with pytest.raises(fl.FlightUnauthorizedError, match="may not write stream 'orders'"):
         put_table(client, "orders", pa.table({"id": [1]}), options=scoped)
     assert [i.total_records for i in client.list_flights(options=scoped)] == [2]
+
+
+def _table_cmd(**spec: str) -> fl.FlightDescriptor:
+    return fl.FlightDescriptor.for_command(json.dumps(spec).encode())
+
+
+def test_a_scoped_token_writes_only_its_streams_tables_directly(server: Server) -> None:
+    """A token limited to stream "events" (DuckDB table events) may DoPut the
+    {"table", "backend"} descriptor of that table, and no other table: not a table
+    of another backend that happens to have the stream's name, nor POST /delta/events."""
+    client = flight_client(server)
+    scoped = fl.FlightCallOptions(headers=[(b"authorization", f"Bearer {SCOPED}".encode())])
+    data = pa.table({"id": [1, 2, 3]})
+    for allowed in (_table_cmd(table="events", backend="duckdb"), _table_cmd(table="EVENTS")):
+        assert put_table(client, allowed, data, options=scoped)[0]["committed_rows"] == 3
+    for refused in (
+        _table_cmd(table="events", backend="delta"),
+        _table_cmd(table="orders", backend="duckdb"),
+        _table_cmd(table="orders"),
+    ):
+        with pytest.raises(fl.FlightUnauthorizedError, match="none of its streams"):
+            put_table(client, refused, data, options=scoped)
+    delta = httpx.post(
+        f"{server.url}/delta/events",
+        content=ipc_bytes(sample_table(10)),
+        headers={"Content-Type": ARROW, **_bearer(SCOPED)},
+    )
+    assert delta.status_code == 403 and "none of its streams" in delta.json()["detail"]
+    admin = fl.FlightCallOptions(headers=[(b"authorization", f"Bearer {ADMIN}".encode())])
+    assert put_table(client, _table_cmd(table="orders"), data, options=admin)[0]["table"] == (
+        "orders"
+    )
+    assert server.query("SELECT count(*) FROM events") == [(6,)]  # (stops the server)
+    assert server.query("SELECT count(*) FROM orders") == [(3,)]
 
 
 def test_flight_handshake_with_basic_token(server: Server) -> None:

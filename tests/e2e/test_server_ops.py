@@ -250,6 +250,8 @@ def _open_keep_alive(server: Server) -> socket.socket:
     while len(body) < length:
         body += sock.recv(65536)
     assert answer.startswith(b"HTTP/1.1 200")
+    assert not re.search(rb"(?i)connection: *close", head), "the answer did not keep alive"
+    assert not _closed_within(sock, 0.3), "the connection closed right after the answer"
     return sock
 
 

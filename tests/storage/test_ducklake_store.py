@@ -147,3 +147,20 @@ def test_time_travel_reads_each_snapshot(store: DuckLakeStore) -> None:
     with pytest.raises(InvalidReadError, match="does not exist at version"):
         store.scan("t", version=v1 - 1)
     assert [s["version"] for s in store.snapshots("t")] == [v2, v1]
+
+
+def test_a_key_recorded_just_after_midnight_is_found_for_its_whole_ttl() -> None:
+    """Just after midnight UTC a key goes into the previous day's table (today's is not
+    made yet); a lookup near the end of its TTL still finds it there."""
+    import duckdb
+
+    midnight = 1_700_006_400.0  # 2023-11-15 00:00:00 UTC
+    cur = duckdb.connect()
+    yesterday = ledger.day_table(midnight - 60)
+    cur.execute(ledger.DDL.format(name=f'"{yesterday}"'))
+    assert ledger.record(cur, "k", "t", 5, 1, now=midnight + 60)  # into yesterday's table
+    for now in (midnight + 120, midnight + 24 * 3600 + 30):  # since = 00:00:30, same day
+        assert ledger.lookup(cur, "k", ttl_hours=24, now=now) == (5, 1)
+    assert ledger.lookup(cur, "k", ttl_hours=24, now=midnight + 24 * 3600 + 90) is None
+    assert ledger.expired([yesterday], 24, now=midnight + 24 * 3600 + 90) == []
+    assert ledger.expired([yesterday], 24, now=midnight + 3 * 24 * 3600) == [yesterday]
