@@ -1,0 +1,134 @@
+"""Arrow and Delta schemas for the Delta backend: conversion, partition
+columns, and the schema a write leaves (``strict`` or ``merge``)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pyarrow as pa
+from deltalake import Field, Schema
+
+from ..config import DeltaOptions
+from .errors import SchemaMismatchError, UnsupportedTypeError, first_line
+from .schema import Column, check_subset
+
+# Delta primitive type -> the DuckDB name the shared widening rules use
+_DUCKDB_NAMES = {
+    "byte": "TINYINT",
+    "short": "SMALLINT",
+    "integer": "INTEGER",
+    "long": "BIGINT",
+    "float": "FLOAT",
+    "double": "DOUBLE",
+}
+
+
+def delta_columns(schema: Schema) -> list[Column]:
+    columns = []
+    for f in schema.fields:
+        kind = str(getattr(f.type, "type", f.type))
+        columns.append(Column(f.name, _DUCKDB_NAMES.get(kind, kind.upper()), f.nullable))
+    return columns
+
+
+def _microseconds(t: pa.DataType) -> pa.DataType:
+    """``t`` with every timestamp in microseconds, the unit Delta stores.
+
+    (delta-rs would make ``timestamp[ns]`` a ``timestampNanos`` table that
+    deltalake itself cannot read, and refuses ``timestamp[s]``.) Values are
+    cast safely later, so sub-microsecond precision is refused, not cut.
+    """
+    if pa.types.is_timestamp(t):
+        return pa.timestamp("us", t.tz)
+    if pa.types.is_list(t) or pa.types.is_large_list(t):
+        item = t.value_field
+        inner = item.with_type(_microseconds(item.type))
+        return pa.list_(inner) if pa.types.is_list(t) else pa.large_list(inner)
+    if pa.types.is_struct(t):
+        return pa.struct([f.with_type(_microseconds(f.type)) for f in t])
+    return t
+
+
+def to_delta_schema(schema: pa.Schema) -> Schema:
+    schema = pa.schema([f.with_type(_microseconds(f.type)) for f in schema])
+    try:
+        return Schema.from_arrow(schema)
+    except Exception as exc:  # delta-rs raises several kinds here, with a backtrace
+        bad = []
+        for f in schema:
+            try:
+                Schema.from_arrow(pa.schema([f]))
+            except Exception as field_exc:
+                bad.append(f"{f.name} ({f.type}: {first_line(field_exc)})")
+        if not bad:
+            raise SchemaMismatchError(
+                f"stream schema has no Delta equivalent: {first_line(exc)}"
+            ) from None
+        raise UnsupportedTypeError(
+            "Delta cannot store these columns' Arrow types: " + "; ".join(bad)
+        ) from None
+
+
+def _partition_type_ok(t: pa.DataType) -> bool:
+    if pa.types.is_dictionary(t):  # a categorical is stored as its values
+        t = t.value_type
+    return bool(
+        pa.types.is_string(t)
+        or pa.types.is_large_string(t)
+        or pa.types.is_string_view(t)
+        or pa.types.is_signed_integer(t)
+        or pa.types.is_boolean(t)
+        or pa.types.is_date32(t)
+    )
+
+
+def partition_string(value: Any) -> str | None:
+    """A partition value as the Delta protocol writes it."""
+    if value is None:
+        return None
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    return str(value)  # ints as decimals, dates as YYYY-MM-DD, strings as is
+
+
+def check_partitions(table: str, schema: pa.Schema, options: DeltaOptions) -> tuple[str, ...]:
+    """The partition columns of a new table, as the stream spells them."""
+    by_name = {f.name.lower(): f for f in schema}
+    columns = []
+    for name in options.partition_by:
+        f = by_name.get(name.lower())
+        if f is None:
+            raise SchemaMismatchError(
+                f"table {table!r} is partitioned by {name!r}, which the stream does not have",
+                missing=(name,),
+            )
+        if not _partition_type_ok(f.type):
+            raise SchemaMismatchError(
+                f"partition column {f.name!r} has type {f.type}; partition by a string, "
+                "integer, boolean or date column"
+            )
+        columns.append(f.name)
+    if columns and len(columns) == len(schema):
+        raise SchemaMismatchError(
+            f"table {table!r}: every column is a partition column; keep at least one data column"
+        )
+    return tuple(columns)
+
+
+def evolve_schema(table: str, incoming: Schema, existing: Schema, mode: str) -> Schema:
+    """The table schema after this stream: the same, or with new nullable columns."""
+    have = {f.name.lower() for f in existing.fields}
+    new = [f for f in incoming.fields if f.name.lower() not in have]
+    if mode == "strict" or not new:
+        try:
+            check_subset(table, delta_columns(incoming), delta_columns(existing))
+        except SchemaMismatchError as exc:
+            if mode == "strict" and exc.extra:
+                exc.detail += " (schema_mode: strict; merge would add them)"
+                exc.args = (exc.detail,)
+            raise
+        return existing
+    known = Schema([f for f in incoming.fields if f.name.lower() in have])
+    check_subset(table, delta_columns(known), delta_columns(existing))
+    added = [Field(f.name, f.type, nullable=True) for f in new]
+    return Schema([*existing.fields, *added])
