@@ -1,6 +1,7 @@
 """Storage writers: plain synchronous code run in trio worker threads."""
 
-from .delta import DeltaStore, DeltaWrite
+from .delta import DeltaStore
+from .delta_write import DeltaWrite
 from .duckdb import DuckDBStore
 from .ducklake import DuckLakeStore
 from .errors import (

@@ -42,7 +42,6 @@ Invariants:
 
 from __future__ import annotations
 
-import logging
 import os
 from collections.abc import Sequence
 from pathlib import Path
@@ -77,8 +76,6 @@ from .tables import INTERNAL_PREFIX, TableInfo
 
 if TYPE_CHECKING:
     from ..config import Config
-
-log = logging.getLogger("arrowport.storage")
 
 HISTORY_SCAN = 10_000  # commits searched for the original result of a replayed key
 
