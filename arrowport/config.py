@@ -200,6 +200,8 @@ class DuckLakeConfig:
     snapshot_retention_hours: float = 168.0  # time travel window; older snapshots expire
     cleanup_interval: float = 3600.0  # seconds between expiry + file cleanup runs; 0: off
     max_retry_count: int = 100  # DuckLake commit retries on a conflict with another writer
+    retry_wait_ms: int = 100  # the first retry's wait (a random 50-100% of it)
+    retry_backoff: float = 1.5  # each further retry waits this many times longer
     data_inlining_row_limit: int = 0  # inserts up to this many rows go to the catalog; 0: off
 
 
@@ -620,12 +622,26 @@ def _ducklake(raw: Mapping[str, Any], key: str) -> DuckLakeConfig:
         max_retry_count=_int(
             raw.get("max_retry_count", base.max_retry_count), f"{key}.max_retry_count", minimum=0
         ),
+        retry_wait_ms=_int(
+            raw.get("retry_wait_ms", base.retry_wait_ms), f"{key}.retry_wait_ms", minimum=0
+        ),
+        retry_backoff=_backoff(raw.get("retry_backoff", base.retry_backoff), key),
         data_inlining_row_limit=_int(
             raw.get("data_inlining_row_limit", base.data_inlining_row_limit),
             f"{key}.data_inlining_row_limit",
             minimum=0,
         ),
     )
+
+
+def _backoff(value: object, key: str) -> float:
+    backoff = _float(value, f"{key}.retry_backoff")
+    if not 1.0 <= backoff <= 10.0:
+        raise ConfigError(
+            f"{key}.retry_backoff: must be from 1 (the same wait every retry) to 10, "
+            f"got {backoff:g}"
+        )
+    return backoff
 
 
 def _stream(name: str, value: object) -> StreamConfig:

@@ -7,6 +7,7 @@
         --requests 5 --rows 200000 --repeat 5 --json /tmp/multi.json   # = the defaults
     python bench/multi_instance.py --quiet-wait 60             # the same, each run started on an idle machine
     python bench/multi_instance.py --setups delta-local        # Delta on a local directory instead of S3
+    python bench/multi_instance.py --setups ducklake --rows 5000 --requests 40 --set ducklake.retry_wait_ms=10   # small requests, shorter DuckLake retry waits
     python bench/multi_instance.py --setups ducklake --protocol flight --quick   # Flight DoPut instead of HTTP
 
 Setups (``--setups``, comma-separated):
@@ -556,6 +557,13 @@ def run_once(
     run_dir = tmp / tag
     run_dir.mkdir()
     config = setup.prepare(run_dir, tag)
+    for setting in args.set:  # e.g. ducklake.retry_wait_ms=10
+        dotted, _, value = setting.partition("=")
+        *parents, leaf = dotted.split(".")
+        section = config
+        for parent in parents:
+            section = section.setdefault(parent, {})
+        section[leaf] = yaml.safe_load(value)
     config_path = run_dir / "shared.yaml"
     config_path.write_text(yaml.safe_dump(config, sort_keys=False))
     servers: list[Server] = []
@@ -673,6 +681,7 @@ def report(results: list[Result], args: argparse.Namespace, load: list[str]) -> 
         f"nproc {os.cpu_count()}  producers {args.producers}  requests/producer {args.requests}  "
         f"rows/request {args.rows:,}  protocol {args.protocol}  repeat {args.repeat}  "
         f"pyarrow {pa.__version__}  code {code_version()}  load average {' -> '.join(load)}"
+        + (f"  set {' '.join(args.set)}" if args.set else "")
     )
     header = (
         f"{'setup':11} {'N':>2} {'M rows/s':>9} {'MB/s':>6} {'wall s':>7} {'N÷1':>6} "
@@ -790,6 +799,14 @@ def main() -> None:
         type=float,
         default=0.0,
         help="before each timed phase, wait up to this many seconds for the machine to be idle",
+    )
+    parser.add_argument(
+        "--set",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="a setting for every instance's shared config, dotted (repeatable), e.g. "
+        "--set ducklake.retry_wait_ms=10",
     )
     parser.add_argument("--json", help="write all runs to this JSON file")
     parser.add_argument("--verbose", "-v", action="store_true", help="echo the servers' logs")

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 
 import pytest
@@ -262,3 +263,45 @@ def test_delta_path_from_the_environment_and_flags(tmp_path: Path) -> None:
     assert config.delta_config.enable_cdc is True  # the rest of the file's section stays
     flagged = load_config(path, env=env, overrides={"delta_config.table_path": "from_flag"})
     assert flagged.delta_config.table_path == "from_flag"
+
+
+def test_ducklake_section_parses_with_its_retry_settings(tmp_path: Path) -> None:
+    """The ducklake: section's catalog, maintenance and commit-retry settings are read."""
+    config = parse_config(
+        {
+            "ducklake": {
+                "catalog": "postgres:host=127.0.0.1 dbname=lake",
+                "data_path": "s3://bucket/lake/",
+                "merge_interval": 0,
+                "max_retry_count": 20,
+                "retry_wait_ms": 10,
+                "retry_backoff": 2,
+            }
+        }
+    )
+    lake = config.ducklake
+    assert lake.catalog == "postgres:host=127.0.0.1 dbname=lake"
+    assert (lake.merge_interval, lake.cleanup_interval) == (0, 3600.0)
+    assert (lake.max_retry_count, lake.retry_wait_ms, lake.retry_backoff) == (20, 10, 2.0)
+    assert (parse_config({}).ducklake.retry_wait_ms, parse_config({}).ducklake.retry_backoff) == (
+        100,
+        1.5,
+    )
+
+
+@pytest.mark.parametrize(
+    ("raw", "message"),
+    [
+        ({"retry_wait_ms": -1}, "ducklake.retry_wait_ms"),
+        ({"retry_wait_ms": "soon"}, "ducklake.retry_wait_ms"),
+        ({"retry_backoff": 0.5}, "ducklake.retry_backoff: must be from 1"),
+        ({"retry_backoff": 11}, "ducklake.retry_backoff: must be from 1"),
+        ({"max_retry_count": -2}, "ducklake.max_retry_count"),
+        ({"catalog": ""}, "ducklake.catalog: expected a non-empty string"),
+        ({"catalog": "ducklake:x.ducklake"}, "without the 'ducklake:' prefix"),
+        ({"retry_wait": 5}, "ducklake.retry_wait"),
+    ],
+)
+def test_bad_ducklake_settings_name_the_key(raw: dict[str, object], message: str) -> None:
+    with pytest.raises(ConfigError, match=re.escape(message)):
+        parse_config({"ducklake": raw})

@@ -75,6 +75,8 @@ def open_ducklake(config: Config) -> DuckLakeStore:
         lake.data_path,
         storage_options=lake.storage_options,
         max_retry_count=lake.max_retry_count,
+        retry_wait_ms=lake.retry_wait_ms,
+        retry_backoff=lake.retry_backoff,
         data_inlining_row_limit=lake.data_inlining_row_limit,
         snapshot_retention_hours=lake.snapshot_retention_hours,
         extensions=config.duckdb_extensions,

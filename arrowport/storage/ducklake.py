@@ -10,8 +10,9 @@ Invariants (beyond ``duckdb.DuckDBStore``'s, which all hold here):
   (``AT (VERSION => n)``).
 * With a PostgreSQL catalog several processes may write one table: DuckLake
   settles commit races itself (appends never logically conflict; a commit
-  that lost the race is retried, ``max_retry_count`` times with a growing
-  wait). A commit that still fails is rolled back and answered 503.
+  that lost the race is retried, ``max_retry_count`` times, each after
+  ``retry_wait_ms * random(0.5, 1) * retry_backoff ** attempt`` ms). A
+  commit that still fails is rolled back and answered 503.
 * The idempotency ledger is a lake table per UTC day (DuckLake has no PRIMARY
   KEY, and a DELETE conflicts with concurrent INSERTs): a key is looked up,
   then inserted in the request's own transaction; expired days are dropped.
@@ -75,6 +76,8 @@ class DuckLakeStore(DuckDBStore):
         *,
         storage_options: Mapping[str, str] | None = None,
         max_retry_count: int = 100,
+        retry_wait_ms: int = 100,
+        retry_backoff: float = 1.5,
         data_inlining_row_limit: int = 0,
         snapshot_retention_hours: float = 168.0,
         **kwargs: Any,
@@ -84,6 +87,8 @@ class DuckLakeStore(DuckDBStore):
         self.data_path = data_path
         self.storage_options = dict(storage_options or {})
         self.max_retry_count = max_retry_count
+        self.retry_wait_ms = retry_wait_ms
+        self.retry_backoff = retry_backoff
         self.data_inlining_row_limit = data_inlining_row_limit
         self.snapshot_retention_hours = snapshot_retention_hours
         # literal credentials, hidden in every message this store lets out
@@ -175,6 +180,8 @@ class DuckLakeStore(DuckDBStore):
                 time.sleep(min(0.05 * 2**attempt, 1.0))
         try:
             con.execute(f"SET ducklake_max_retry_count = {int(self.max_retry_count)}")
+            con.execute(f"SET ducklake_retry_wait_ms = {int(self.retry_wait_ms)}")
+            con.execute(f"SET ducklake_retry_backoff = {float(self.retry_backoff)!r}")
             con.execute(f"USE {LAKE}")
         except duckdb.Error as exc:
             raise StorageError(self._attach_failure(exc)) from None

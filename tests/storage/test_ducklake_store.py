@@ -9,6 +9,8 @@ from pathlib import Path
 import pyarrow as pa
 import pytest
 
+from arrowport.config import parse_config
+from arrowport.io.server import open_ducklake
 from arrowport.storage import DuckLakeStore, InvalidReadError, StorageError, ducklake
 from arrowport.storage import ducklake_ledger as ledger
 from arrowport.storage.ducklake_ledger import PREFIX as LEDGER_PREFIX
@@ -164,3 +166,30 @@ def test_a_key_recorded_just_after_midnight_is_found_for_its_whole_ttl() -> None
     assert ledger.lookup(cur, "k", ttl_hours=24, now=midnight + 24 * 3600 + 90) is None
     assert ledger.expired([yesterday], 24, now=midnight + 24 * 3600 + 90) == []
     assert ledger.expired([yesterday], 24, now=midnight + 3 * 24 * 3600) == [yesterday]
+
+
+def test_the_commit_retry_settings_reach_duckdb(tmp_path: Path) -> None:
+    """ducklake.max_retry_count, retry_wait_ms and retry_backoff are DuckLake's settings on
+    every cursor the store writes with (wired from the config, as the server opens it)."""
+    config = parse_config(
+        {
+            "ducklake": {
+                "catalog": str(tmp_path / "meta.ducklake"),
+                "data_path": str(tmp_path / "data"),
+                "max_retry_count": 7,
+                "retry_wait_ms": 15,
+                "retry_backoff": 2.5,
+            }
+        }
+    )
+    lake = open_ducklake(config)
+    try:
+        with lake._cursor() as cur:
+            row = cur.execute(
+                "SELECT current_setting('ducklake_max_retry_count'), "
+                "current_setting('ducklake_retry_wait_ms'), "
+                "current_setting('ducklake_retry_backoff')"
+            ).fetchone()
+    finally:
+        lake.close()
+    assert row == (7, 15, 2.5)
