@@ -112,6 +112,7 @@ class DuckDBStore:
         self.insert_group_bytes = insert_group_bytes
         self.insert_group_batches = insert_group_batches
         self._con: duckdb.DuckDBPyConnection | None = None
+        self._database = ""  # the catalog the tables are in (its name comes from the file)
         self._cursor_lock = threading.Lock()
         self.commits = 0
         self.rollbacks = 0
@@ -138,6 +139,7 @@ class DuckDBStore:
         for name in self.extensions:
             load_extension(self._con, name)
         try:
+            self._database = str(self._con.execute("SELECT current_database()").fetchall()[0][0])
             self._con.execute(LEDGER_DDL)
             self.prune_ledger()
         except duckdb.Error as exc:
@@ -223,16 +225,20 @@ class DuckDBStore:
     # -- reading (for tests and tools) ----------------------------------------
 
     def table_columns(self, cur: duckdb.DuckDBPyConnection, table: str) -> list[Column] | None:
-        rows = cur.execute(
-            "SELECT column_name, data_type, is_nullable FROM information_schema.columns "
-            "WHERE table_catalog = current_database() AND table_schema = 'main' "
-            "AND lower(table_name) = lower(?) "
-            "ORDER BY ordinal_position",
-            [table],
-        ).fetchall()
-        if not rows:
+        """The columns of ``table`` (schema ``main``), or None if there is no such table.
+
+        One table's entry (``pragma_table_info``), where ``information_schema``
+        would list every column of every attached catalog: on DuckLake that is
+        about 1.6 ms more per call, and a write makes several.
+        """
+        name = ".".join(quote_identifier(part) for part in (self._database, "main", table))
+        try:
+            rows = cur.execute(
+                'SELECT name, type, "notnull" FROM pragma_table_info(?)', [name]
+            ).fetchall()
+        except duckdb.CatalogException:
             return None
-        return [Column(name, dtype, nullable == "YES") for name, dtype, nullable in rows]
+        return [Column(column, dtype, not notnull) for column, dtype, notnull in rows]
 
     def count_rows(self, table: str) -> int:
         with self._cursor() as cur:

@@ -137,6 +137,7 @@ class DuckLakeStore(DuckDBStore):
             self._con = duckdb.connect(":memory:", config=self._settings)
         except duckdb.Error as exc:
             raise StorageError(f"DuckDB refused the settings {self._settings}: {exc}") from None
+        self._database = LAKE
         try:
             self._attach(self._con)
             self._create_ledger()

@@ -92,6 +92,8 @@ class TableWrite:
         self._run(self._start)
 
     def _start(self) -> None:
+        if self.mode == "request" and self._start_appending():
+            return
         # a store shared with other processes creates a missing table in a snapshot of
         # its own first: two transactions creating one table conflict, and the loser's
         # data would be lost with it (see DuckLakeStore.create_shared_table)
@@ -107,6 +109,23 @@ class TableWrite:
         self._begin()
         self.created = self.store._prepare_table(self.cur, self.table, self.schema) or precreated
         self._prepared = True
+
+    def _start_appending(self) -> bool:
+        """Request mode into an existing table (the usual case): BEGIN, then check the
+        schema in that snapshot. False, with nothing begun, if the table is missing.
+
+        Nothing is read before the BEGIN: on DuckLake each read outside a
+        transaction is a transaction of its own, which loads the catalog.
+        """
+        self._begin()
+        existing = self.store.table_columns(self.cur, self.table)
+        if existing is None:
+            self.cur.rollback()
+            self._in_transaction = False
+            return False
+        self.store._check_fits(self.cur, self.table, self.schema, existing)
+        self._prepared = True
+        return True
 
     def insert(self, group: list[pa.RecordBatch]) -> None:
         """Insert ``group`` (batch mode: commit each batch on its own)."""
