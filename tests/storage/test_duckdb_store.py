@@ -191,3 +191,32 @@ def test_batch_mode_failure_before_first_batch_leaves_no_table(store: DuckDBStor
         store.write("t", schema, failing(), commit="batch")
     with store._cursor() as cur:
         assert store.table_columns(cur, "t") is None
+
+
+@pytest.mark.parametrize("filename", ["w.duckdb", "main.duckdb"])
+def test_table_columns_finds_only_the_table_in_main(tmp_path: Path, filename: str) -> None:
+    """The lookup every write makes: case-insensitive, NOT NULL reported, None for a table
+    that is missing or in another schema, and a miss inside a transaction leaves it usable.
+    (A file named main.duckdb gets another catalog name: the lookup still finds its tables.)"""
+    s = DuckDBStore(tmp_path / filename)
+    s.open()
+    try:
+        with s._cursor() as cur:
+            cur.execute('CREATE TABLE "Mixed Case" (id BIGINT NOT NULL, note VARCHAR)')
+            cur.execute("CREATE SCHEMA other")
+            cur.execute("CREATE TABLE other.elsewhere (x INTEGER)")
+            assert s.table_columns(cur, "mixed case") == [
+                Column("id", "BIGINT", False),
+                Column("note", "VARCHAR", True),
+            ]
+            assert s.table_columns(cur, "elsewhere") is None
+            assert s.table_columns(cur, "duckdb_tables") is None  # a system view, not a table
+            cur.begin()
+            assert s.table_columns(cur, "missing") is None
+            cur.execute("INSERT INTO \"Mixed Case\" VALUES (1, 'kept')")
+            cur.commit()
+    finally:
+        s.close()
+    assert duckdb.connect(str(tmp_path / filename)).sql(
+        'SELECT * FROM "Mixed Case"'
+    ).fetchall() == [(1, "kept")]
