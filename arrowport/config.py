@@ -623,7 +623,10 @@ def _ducklake(raw: Mapping[str, Any], key: str) -> DuckLakeConfig:
             raw.get("max_retry_count", base.max_retry_count), f"{key}.max_retry_count", minimum=0
         ),
         retry_wait_ms=_int(
-            raw.get("retry_wait_ms", base.retry_wait_ms), f"{key}.retry_wait_ms", minimum=0
+            raw.get("retry_wait_ms", base.retry_wait_ms),
+            f"{key}.retry_wait_ms",
+            minimum=0,
+            maximum=60_000,
         ),
         retry_backoff=_backoff(raw.get("retry_backoff", base.retry_backoff), key),
         data_inlining_row_limit=_int(
@@ -636,10 +639,9 @@ def _ducklake(raw: Mapping[str, Any], key: str) -> DuckLakeConfig:
 
 def _backoff(value: object, key: str) -> float:
     backoff = _float(value, f"{key}.retry_backoff")
-    if not 1.0 <= backoff <= 10.0:
+    if not 1.0 <= backoff <= 4.0:  # the waits grow as backoff ** attempt
         raise ConfigError(
-            f"{key}.retry_backoff: must be from 1 (the same wait every retry) to 10, "
-            f"got {backoff:g}"
+            f"{key}.retry_backoff: must be from 1 (the same wait every retry) to 4, got {backoff:g}"
         )
     return backoff
 

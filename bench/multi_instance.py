@@ -563,6 +563,8 @@ def run_once(
         section = config
         for parent in parents:
             section = section.setdefault(parent, {})
+            if not isinstance(section, dict):
+                raise SystemExit(f"--set {setting}: {parent} is not a section of the config")
         section[leaf] = yaml.safe_load(value)
     config_path = run_dir / "shared.yaml"
     config_path.write_text(yaml.safe_dump(config, sort_keys=False))
@@ -811,6 +813,10 @@ def main() -> None:
     parser.add_argument("--json", help="write all runs to this JSON file")
     parser.add_argument("--verbose", "-v", action="store_true", help="echo the servers' logs")
     args = parser.parse_args()
+    for setting in args.set:
+        dotted, eq, _ = setting.partition("=")
+        if not eq or not dotted or "" in dotted.split("."):
+            parser.error(f"--set {setting!r}: expected KEY=VALUE, e.g. ducklake.retry_wait_ms=10")
     if args.quick:
         args.instances, args.producers, args.requests = "1,2", 4, 2
         args.rows, args.repeat, args.probe_commits = 50_000, 1, 3

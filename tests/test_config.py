@@ -295,11 +295,15 @@ def test_ducklake_section_parses_with_its_retry_settings(tmp_path: Path) -> None
         ({"retry_wait_ms": -1}, "ducklake.retry_wait_ms"),
         ({"retry_wait_ms": "soon"}, "ducklake.retry_wait_ms"),
         ({"retry_backoff": 0.5}, "ducklake.retry_backoff: must be from 1"),
-        ({"retry_backoff": 11}, "ducklake.retry_backoff: must be from 1"),
+        (
+            {"retry_backoff": 5},
+            "ducklake.retry_backoff: must be from 1 (the same wait every retry) to 4",
+        ),
+        ({"retry_wait_ms": 60_001}, "ducklake.retry_wait_ms: must be at least 0 and 60000"),
         ({"max_retry_count": -2}, "ducklake.max_retry_count"),
         ({"catalog": ""}, "ducklake.catalog: expected a non-empty string"),
         ({"catalog": "ducklake:x.ducklake"}, "without the 'ducklake:' prefix"),
-        ({"retry_wait": 5}, "ducklake.retry_wait"),
+        ({"retry_wait": 5}, "ducklake.retry_wait: unknown key (did you mean 'retry_wait_ms'?)"),
     ],
 )
 def test_bad_ducklake_settings_name_the_key(raw: dict[str, object], message: str) -> None:

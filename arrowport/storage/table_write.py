@@ -114,8 +114,9 @@ class TableWrite:
         """Request mode into an existing table (the usual case): BEGIN, then check the
         schema in that snapshot. False, with nothing begun, if the table is missing.
 
-        Nothing is read before the BEGIN: on DuckLake each read outside a
-        transaction is a transaction of its own, which loads the catalog.
+        The table is looked up after the BEGIN, not before: on DuckLake each read
+        outside a transaction is a transaction of its own, which loads the catalog.
+        (The cursor's ``USE lake`` still is one.)
         """
         self._begin()
         existing = self.store.table_columns(self.cur, self.table)

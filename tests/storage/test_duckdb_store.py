@@ -193,11 +193,12 @@ def test_batch_mode_failure_before_first_batch_leaves_no_table(store: DuckDBStor
         assert store.table_columns(cur, "t") is None
 
 
-@pytest.mark.parametrize("filename", ["w.duckdb", "main.duckdb"])
+@pytest.mark.parametrize("filename", ["w.duckdb", "main.duckdb", 'a"b.duckdb'])
 def test_table_columns_finds_only_the_table_in_main(tmp_path: Path, filename: str) -> None:
     """The lookup every write makes: case-insensitive, NOT NULL reported, None for a table
     that is missing or in another schema, and a miss inside a transaction leaves it usable.
-    (A file named main.duckdb gets another catalog name: the lookup still finds its tables.)"""
+    (A file named main.duckdb gets another catalog name, and one with a '"' in its name
+    cannot be named to pragma_table_info: the lookup still finds their tables.)"""
     s = DuckDBStore(tmp_path / filename)
     s.open()
     try:
@@ -217,6 +218,29 @@ def test_table_columns_finds_only_the_table_in_main(tmp_path: Path, filename: st
             cur.commit()
     finally:
         s.close()
-    assert duckdb.connect(str(tmp_path / filename)).sql(
-        'SELECT * FROM "Mixed Case"'
-    ).fetchall() == [(1, "kept")]
+    with duckdb.connect(str(tmp_path / filename)) as con:
+        assert con.sql('SELECT * FROM "Mixed Case"').fetchall() == [(1, "kept")]
+    s.open()  # and a write through the store, which looks the table up
+    try:
+        data = pa.table({"id": [2], "note": ["appended"]})
+        assert s.write("mixed case", data.schema, iter(data.to_batches())).created is False
+        assert s.write("fresh", data.schema, iter(data.to_batches())).created is True
+        assert s.count_rows("Mixed Case") == 2 and s.count_rows("fresh") == 1
+    finally:
+        s.close()
+
+
+@pytest.mark.parametrize("mode", ["request", "batch"])
+def test_a_mismatch_into_an_existing_table_counts_once(store: DuckDBStore, mode: str) -> None:
+    """The append path checks the schema in its transaction: one mismatch, one rollback
+    at most, nothing written, and the store goes on writing."""
+    good = pa.table({"a": [1], "b": ["x"]})
+    store.write("t", good.schema, iter(good.to_batches()))
+    bad = pa.table({"a": [1], "zzz": [2.5]})
+    rollbacks = store.rollbacks
+    with pytest.raises(SchemaMismatchError, match="zzz"):
+        store.write("t", bad.schema, iter(bad.to_batches()), commit=mode)
+    assert store.schema_mismatches == 1
+    assert store.rollbacks - rollbacks == (1 if mode == "request" else 0)
+    assert store.write("t", good.schema, iter(good.to_batches())).rows == 1
+    assert store.count_rows("t") == 2
