@@ -68,6 +68,7 @@ class DuckLakeStore(DuckDBStore):
     """A DuckLake (catalog + Parquet data files) that Arrowport writes into."""
 
     backend = "ducklake"
+    key_lookup_in_transaction = True
 
     def __init__(
         self,

@@ -7,6 +7,7 @@ network. A failed step rolls the open transaction back before it raises.
 
 from __future__ import annotations
 
+import contextlib
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
@@ -52,6 +53,7 @@ class TableWrite:
         self.key = key  # an idempotency key, recorded in the ledger with the commit
         self.replayed = False
         self.replay: tuple[int, int] | None = None  # the key was committed meanwhile
+        self._key_checked = False  # looked up in this transaction's snapshot
         self.rows = 0
         self.batches = 0
         self.version: int | None = None  # DuckLake: the snapshot committed (DuckDB: None)
@@ -124,6 +126,12 @@ class TableWrite:
             self.cur.rollback()
             self._in_transaction = False
             return False
+        if self.key is not None and self.store.key_lookup_in_transaction:
+            # the snapshot the commit is made from: no need to look again at the end
+            self.replay = self.store.ledger_entry(self.cur, self.key)
+            self._key_checked = True
+            if self.replay is not None:  # open_write answers it as a replay
+                return True
         self.store._check_fits(self.cur, self.table, self.schema, existing)
         self._prepared = True
         return True
@@ -192,7 +200,7 @@ class TableWrite:
         """Put the key in the ledger, in this transaction; False (rolled back) if a
         request with the same key committed first."""
         assert self.key is not None
-        replay = self.store.ledger_entry(self.cur, self.key)
+        replay = None if self._key_checked else self.store.ledger_entry(self.cur, self.key)
         if replay is not None:
             self.replay = replay
             self.store.replays += 1
@@ -210,6 +218,14 @@ class TableWrite:
                 self.store.rollbacks += 1
             except duckdb.Error:
                 pass
+        self.close()
+
+    def abandon(self) -> None:
+        """End a write that wrote nothing (its key was found): no rollback is counted."""
+        if self._in_transaction:
+            self._in_transaction = False
+            with contextlib.suppress(duckdb.Error):  # it read only: nothing to undo
+                self.cur.rollback()
         self.close()
 
     def close(self) -> None:

@@ -193,3 +193,24 @@ def test_the_commit_retry_settings_reach_duckdb(tmp_path: Path) -> None:
     finally:
         lake.close()
     assert row == (7, 15, 2.5)
+
+
+def test_a_replay_is_found_in_the_requests_own_transaction(store: DuckLakeStore) -> None:
+    """On DuckLake the key is looked up once, at the start of the request's transaction:
+    a committed key gives a replay before any row is read, with no rollback counted, no
+    new snapshot and nothing written; a new key on the same table is written once."""
+    first = keyed(store, "k1", table(10)).finish()  # type: ignore[attr-defined]
+    assert not first.replayed
+    snapshots, rollbacks, replays = store.current_snapshot(), store.rollbacks, store.replays
+    again = store.open_write("t", table(10).schema, idempotency_key="k1")
+    assert again.replayed  # decided at open, before the body
+    for group in again.groups(table(10, offset=10).to_batches()):
+        again.insert(group)
+    result = again.finish()
+    assert (result.replayed, result.rows, result.batches) == (True, 10, 1)
+    assert (store.rollbacks, store.replays) == (rollbacks, replays + 1)
+    assert store.current_snapshot() == snapshots
+    fresh = keyed(store, "k2", table(5, offset=100)).finish()  # type: ignore[attr-defined]
+    assert (fresh.replayed, fresh.rows) == (False, 5)
+    assert keyed(store, "k2", table(5)).finish().replayed  # type: ignore[attr-defined]
+    assert store.count_rows("t") == 15
