@@ -96,6 +96,11 @@ class TableWrite:
     def _start(self) -> None:
         if self.mode == "request" and self._start_appending():
             return
+        if self.key is not None and self.store.key_lookup_in_transaction:
+            # the table is missing (dropped since?): look the key up before creating it
+            self.replay = self.store.ledger_entry(self.cur, self.key)
+            if self.replay is not None:  # open_write answers it as a replay
+                return
         # a store shared with other processes creates a missing table in a snapshot of
         # its own first: two transactions creating one table conflict, and the loser's
         # data would be lost with it (see DuckLakeStore.create_shared_table)

@@ -214,3 +214,20 @@ def test_a_replay_is_found_in_the_requests_own_transaction(store: DuckLakeStore)
     assert (fresh.replayed, fresh.rows) == (False, 5)
     assert keyed(store, "k2", table(5)).finish().replayed  # type: ignore[attr-defined]
     assert store.count_rows("t") == 15
+
+
+def test_a_replay_into_a_dropped_table_does_not_create_it(store: DuckLakeStore) -> None:
+    """A retry whose table was dropped since is still answered at open, from the ledger:
+    the table is not created again, nothing is written, and no rollback is counted."""
+    data = table(10)
+    write = store.open_write("u", data.schema, idempotency_key="gone")
+    for group in write.groups(data.to_batches()):
+        write.insert(group)
+    assert not write.finish().replayed
+    store.drop_table("u")
+    snapshots, rollbacks = store.current_snapshot(), store.rollbacks
+    again = store.open_write("u", data.schema, idempotency_key="gone")
+    assert again.replayed
+    assert again.finish().rows == 10
+    assert store.current_snapshot() == snapshots and store.rollbacks == rollbacks
+    assert "u" not in [info.name for info in store.list_tables()]
