@@ -19,6 +19,7 @@ from urllib.parse import quote
 import pyarrow as pa
 
 from .. import __version__
+from ..protocol.sink import IpcSink
 from .common import EXIT_CONNECT, EXIT_REFUSED, EXIT_SERVER, Failure, Retryable, Target, first_line
 from .inputs import Source, Tally, rechunk
 
@@ -26,26 +27,6 @@ RETRY_STATUSES = {429, 502, 503, 504}
 RETRY_AFTER_MAX = 300.0
 CONNECT_TIMEOUT = 30.0  # seconds; --timeout, if shorter, applies
 ARROW_STREAM = "application/vnd.apache.arrow.stream"
-
-
-class _Sink:
-    """The file pyarrow's IPC writer writes into; ``take`` returns what it wrote."""
-
-    closed = False
-
-    def __init__(self) -> None:
-        self.parts: list[Any] = []
-
-    def write(self, data: Any) -> int:
-        self.parts.append(data)
-        return memoryview(data).nbytes
-
-    def flush(self) -> None:
-        pass
-
-    def take(self) -> bytes:
-        data, self.parts = b"".join(self.parts), []
-        return data
 
 
 def send_http(
@@ -79,7 +60,7 @@ def send_http(
         return bool(select.select([sock], [], [], 0)[0])
 
     def body() -> Iterator[bytes]:
-        sink, sent = _Sink(), 0
+        sink, sent = IpcSink(), 0
         writer = pa.ipc.new_stream(sink, source.schema, options=target.options)
         for batch, position in rechunk(source.batches, chunk_size):
             writer.write_batch(batch)

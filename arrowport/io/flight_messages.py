@@ -16,6 +16,7 @@ import pyarrow as pa
 from ..names import validate_idempotency_key
 from ..protocol import ArrowportError
 from ..protocol.flight_pb import FlightDescriptor, encode_flight_data_prefix
+from ..protocol.sink import IpcSink
 from .grpc import GrpcCall
 from .h2conn import H2Stream
 from .ingest import Commit
@@ -214,41 +215,14 @@ async def send_flight_data(call: GrpcCall, header: pa.Buffer, body: pa.Buffer | 
     await call.send_parts(head, payload, len(head) + body_length)
 
 
-class MessageSink:
+class MessageSink(IpcSink):
     """A file pyarrow's IPC writer writes into; yields the messages written."""
 
-    closed = False
-
-    def __init__(self) -> None:
-        self._parts: list[Any] = []
-        self._position = 0
-
-    def write(self, data: Any) -> int:
-        self._parts.append(data)
-        n = memoryview(data).nbytes
-        self._position += n
-        return n
-
-    def flush(self) -> None:
-        pass
-
-    def close(self) -> None:
-        pass
-
-    def writable(self) -> bool:
-        return True
-
-    def seekable(self) -> bool:
-        return False
-
-    def tell(self) -> int:
-        return self._position
-
     def messages(self) -> list[tuple[pa.Buffer, pa.Buffer | None]]:
-        if not self._parts:
+        written = self.take()
+        if not written:
             return []
-        data = pa.py_buffer(b"".join(memoryview(p) for p in self._parts))
-        self._parts.clear()
+        data = pa.py_buffer(written)
         reader = pa.ipc.MessageReader.open_stream(data)
         out = []
         while True:

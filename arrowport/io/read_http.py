@@ -10,55 +10,17 @@ by one batch.
 from __future__ import annotations
 
 from collections.abc import AsyncIterator
-from typing import Any
 
 import pyarrow as pa
 import trio
 from quart import Response, jsonify, request
 
 from ..protocol import ArrowportError
+from ..protocol.sink import IpcSink
 from ..storage import InvalidReadError
 
 ARROW_STREAM = "application/vnd.apache.arrow.stream"
 READ_BATCH_ROWS = 65_536
-
-
-# Not flight_messages.MessageSink: that one re-parses what is written into (header, body)
-# messages for FlightData; HTTP sends the raw IPC bytes, so it would parse only to re-join.
-class _Sink:
-    """The file pyarrow's IPC writer writes into; ``take()`` empties it."""
-
-    closed = False
-
-    def __init__(self) -> None:
-        self._parts: list[bytes] = []
-        self._position = 0
-
-    def write(self, data: Any) -> int:
-        chunk = bytes(data)
-        self._parts.append(chunk)
-        self._position += len(chunk)
-        return len(chunk)
-
-    def flush(self) -> None:
-        pass
-
-    def close(self) -> None:
-        pass
-
-    def writable(self) -> bool:
-        return True
-
-    def seekable(self) -> bool:
-        return False
-
-    def tell(self) -> int:
-        return self._position
-
-    def take(self) -> bytes:
-        data = b"".join(self._parts)
-        self._parts.clear()
-        return data
 
 
 def next_batch(reader: pa.RecordBatchReader) -> pa.RecordBatch | None:
@@ -71,7 +33,7 @@ def next_batch(reader: pa.RecordBatchReader) -> pa.RecordBatch | None:
 
 async def arrow_stream(reader: pa.RecordBatchReader) -> AsyncIterator[bytes]:
     """``reader`` as Arrow IPC stream bytes, a batch at a time; closes the reader."""
-    sink = _Sink()
+    sink = IpcSink()
     try:
         with pa.ipc.new_stream(sink, reader.schema) as writer:
             yield sink.take()  # the schema, at once
