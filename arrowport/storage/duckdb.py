@@ -84,10 +84,6 @@ class DuckDBStore:
     """A DuckDB database file that Arrowport writes into."""
 
     backend = "duckdb"
-    # where an idempotency key is looked up first: before the request's transaction
-    # (False), or at its start (True: DuckLake, where a read outside a transaction is a
-    # transaction of its own, and a ledger lookup costs 5 to 8 ms)
-    key_lookup_in_transaction = False
 
     def __init__(
         self,
@@ -386,12 +382,6 @@ class DuckDBStore:
                     error="idempotency_unsupported",
                     http_status=400,
                 )
-            if not self.key_lookup_in_transaction:
-                with self._cursor() as cur:
-                    replay = self.ledger_entry(cur, idempotency_key)
-                if replay is not None:
-                    self.replays += 1
-                    return ReplayWrite(table, *replay)
         dupes = duplicate_names(schema.names)
         if dupes:
             self.schema_mismatches += 1

@@ -68,7 +68,6 @@ class DuckLakeStore(DuckDBStore):
     """A DuckLake (catalog + Parquet data files) that Arrowport writes into."""
 
     backend = "ducklake"
-    key_lookup_in_transaction = True
 
     def __init__(
         self,
@@ -295,7 +294,7 @@ class DuckLakeStore(DuckDBStore):
             if kwargs.get("idempotency_key") is not None:
                 self._ensure_ledger_day()  # before the data transaction: see _ensure_ledger_day
             return super().open_write(table, schema, **kwargs)
-        except duckdb.Error as exc:  # the ledger lookup, outside a TableWrite
+        except duckdb.Error as exc:  # preparing today's ledger table, outside a TableWrite
             raise self.translate(exc) from None
 
     def close(self, *, checkpoint: bool = True) -> None:

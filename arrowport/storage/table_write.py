@@ -96,7 +96,7 @@ class TableWrite:
     def _start(self) -> None:
         if self.mode == "request" and self._start_appending():
             return
-        if self.key is not None and self.store.key_lookup_in_transaction:
+        if self.key is not None:
             # the table is missing (dropped since?): look the key up before creating it
             self.replay = self.store.ledger_entry(self.cur, self.key)
             if self.replay is not None:  # open_write answers it as a replay
@@ -131,7 +131,7 @@ class TableWrite:
             self.cur.rollback()
             self._in_transaction = False
             return False
-        if self.key is not None and self.store.key_lookup_in_transaction:
+        if self.key is not None:
             # the snapshot the commit is made from: no need to look again at the end
             self.replay = self.store.ledger_entry(self.cur, self.key)
             self._key_checked = True
