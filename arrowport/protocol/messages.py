@@ -87,6 +87,28 @@ def nesting_depth(data_type: pa.DataType, limit: int) -> int:
     return deepest
 
 
+def check_field_names(schema: pa.Schema) -> None:
+    """Raise ``invalid_schema`` if a field name, at any depth, is not valid UTF-8
+    (the IPC format says it is; pyarrow raises when the name is read)."""
+    stack: list[pa.Field] = []
+    try:
+        stack.extend(schema)
+        while stack:
+            field = stack.pop()
+            field.name  # noqa: B018 - decoding the name is the check
+            data_type = field.type
+            while isinstance(data_type, pa.DictionaryType | pa.BaseExtensionType):
+                if isinstance(data_type, pa.DictionaryType):
+                    data_type = data_type.value_type
+                else:
+                    data_type = data_type.storage_type
+            stack.extend(data_type.field(i) for i in range(data_type.num_fields))
+    except UnicodeDecodeError:
+        raise invalid(
+            "a field name in the schema is not valid UTF-8", error="invalid_schema"
+        ) from None
+
+
 def count_fields(schema: pa.Schema, limit: int) -> int:
     """Count fields, nested children included; stops counting at ``limit``."""
     count = 0
@@ -269,6 +291,7 @@ class MessageReader:
             raise invalid(f"invalid schema message: {exc}", error="invalid_schema") from None
         schema = self._reader.schema
         fields = count_fields(schema, self.max_columns + 1)
+        check_field_names(schema)
         if fields > self.max_columns:
             raise limit_exceeded(
                 f"schema has more than {self.max_columns} fields (nested fields included), "

@@ -54,6 +54,7 @@ from deltalake.exceptions import DeltaError
 
 from ..config import DeltaOptions
 from ..names import InvalidNameError, validate_idempotency_key, validate_name
+from . import typemap
 from .delta_location import DeltaLocation, describe_error
 from .delta_schema import check_partitions, evolve_schema, to_delta_schema
 from .delta_write import (
@@ -297,6 +298,8 @@ class DeltaStore:
             raise SchemaMismatchError(
                 f"stream has duplicate column names (case-insensitive): {', '.join(dupes)}"
             )
+        types = typemap.plan(schema, "delta")
+        schema = types.target
         incoming = to_delta_schema(schema)
         existing = self.open_table(table)
         replay = None
@@ -318,6 +321,7 @@ class DeltaStore:
             created=existing is None,
             key=idempotency_key,
             replay=replay,
+            plan=types,
         )
 
     def find_replay(self, dt: DeltaTable, key: str) -> Replay | None:

@@ -45,6 +45,7 @@ from .table_write import WriteResult
 
 if TYPE_CHECKING:
     from .delta import DeltaStore
+    from .typemap import TypePlan
 
 log = logging.getLogger("arrowport.storage")
 
@@ -134,6 +135,7 @@ class DeltaWrite:
         created: bool,
         key: str | None = None,
         replay: Replay | None = None,
+        plan: TypePlan | None = None,
     ) -> None:
         self.store, self.table, self.path, self.mode = store, table, path, mode
         self.location = store.location
@@ -147,6 +149,7 @@ class DeltaWrite:
         self.key = key
         self.replay = replay
         self.replayed = replay is not None
+        self.plan = plan  # the stream's columns in the types stored
         self.version: int | None = None
         self._attempt: tuple[str, int] | None = None  # the commit being tried: (id, read version)
         self._unread = ""  # why the log could not be read after a failed commit
@@ -168,6 +171,8 @@ class DeltaWrite:
 
     def _insert(self, group: list[pa.RecordBatch]) -> None:
         rows = sum(batch.num_rows for batch in group)
+        if self.plan is not None and not self.plan.identity:
+            group = [self.plan.convert(batch) for batch in group]
         if self.replay is None:  # a replayed key writes nothing
             self._write_group(group)
             if self.mode == "batch":

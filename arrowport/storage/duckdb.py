@@ -28,6 +28,8 @@ import duckdb
 import pyarrow as pa
 
 from ..names import quote_identifier, validate_idempotency_key
+from ..protocol.errors import ArrowportError
+from . import typemap
 from .errors import (
     InvalidReadError,
     SchemaMismatchError,
@@ -391,7 +393,14 @@ class DuckDBStore:
         if any(name == "" for name in schema.names):
             self.schema_mismatches += 1
             raise SchemaMismatchError("stream has a column with an empty name")
-        write = TableWrite(self, self._cursor(), table, schema, commit, key=idempotency_key)
+        try:
+            types = typemap.plan(schema, self.backend)
+        except ArrowportError:
+            self.schema_mismatches += 1
+            raise
+        write = TableWrite(
+            self, self._cursor(), table, types.target, commit, key=idempotency_key, plan=types
+        )
         try:
             write.start()
         except BaseException:
@@ -427,7 +436,7 @@ class DuckDBStore:
         existing = self.table_columns(cur, table)
         if existing is None:
             name = f"__arrowport_schema_{next(_source_ids)}"
-            cur.register(name, schema.empty_table())
+            cur.register(name, _no_rows(schema))
             try:
                 cur.execute(
                     f"CREATE TABLE {quote_identifier(table)} AS SELECT * FROM {name} LIMIT 0"
@@ -479,7 +488,7 @@ class DuckDBStore:
     @staticmethod
     def _describe(cur: duckdb.DuckDBPyConnection, schema: pa.Schema) -> list[Column]:
         name = f"__arrowport_schema_{next(_source_ids)}"
-        cur.register(name, schema.empty_table())
+        cur.register(name, _no_rows(schema))
         try:
             relation = cur.sql(f"SELECT * FROM {name}")
             return [
@@ -513,3 +522,9 @@ class DuckDBStore:
         if isinstance(exc, duckdb.Error):
             return StorageError(f"DuckDB error: {exc}")
         return exc
+
+
+def _no_rows(schema: pa.Schema) -> pa.RecordBatchReader:
+    """A stream of ``schema`` with no batches: DuckDB reads the types from it, and
+    pyarrow need not build arrays it cannot (a year-month interval column)."""
+    return pa.RecordBatchReader.from_batches(schema, iter(()))

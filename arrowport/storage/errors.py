@@ -46,6 +46,14 @@ class UnsupportedTypeError(ArrowportError):
     grpc_status = GrpcStatus.INVALID_ARGUMENT
 
 
+class UnrepresentableValueError(ArrowportError):
+    """A value the backend cannot store exactly (it would be cut or changed): 422."""
+
+    error = "unrepresentable_value"
+    http_status = 422
+    grpc_status = GrpcStatus.INVALID_ARGUMENT
+
+
 class WriteRejectedError(ArrowportError):
     """The database refused the rows (constraint, conversion): 422."""
 

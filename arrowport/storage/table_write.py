@@ -17,6 +17,7 @@ import pyarrow as pa
 
 if TYPE_CHECKING:
     from .duckdb import DuckDBStore
+    from .typemap import TypePlan
 
 
 @dataclass(frozen=True, slots=True)
@@ -48,8 +49,10 @@ class TableWrite:
         mode: str,
         *,
         key: str | None = None,
+        plan: TypePlan | None = None,
     ) -> None:
         self.store, self.cur, self.table, self.schema, self.mode = store, cur, table, schema, mode
+        self.plan = plan  # the stream's columns in the types stored (schema is its target)
         self.key = key  # an idempotency key, recorded in the ledger with the commit
         self.replayed = False
         self.replay: tuple[int, int] | None = None  # the key was committed meanwhile
@@ -146,6 +149,8 @@ class TableWrite:
         self._run(self._insert_group, group)
 
     def _insert_group(self, group: list[pa.RecordBatch]) -> None:
+        if self.plan is not None and not self.plan.identity:
+            group = [self.plan.convert(batch) for batch in group]
         if self.mode != "batch":
             self.store._insert(self.cur, self.table, self.schema, group)
             self.rows += sum(b.num_rows for b in group)

@@ -1,0 +1,197 @@
+"""Lossless Arrow array conversions and value checks for the type plans.
+
+Every function here either returns an array holding exactly the values it
+was given (in another physical layout or a wider type), or raises
+``ValueRefused`` saying why a value cannot be kept. Nothing truncates,
+wraps or drops: a safe pyarrow cast is used wherever a cast is lossless
+only for some values (sub-microsecond parts, overflow), so the values that
+would change are refused, not cut.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import pyarrow as pa
+import pyarrow.compute as pc
+
+Convert = Callable[[pa.Array], pa.Array]
+
+
+class ValueRefused(Exception):
+    """A value has no exact representation in the target type."""
+
+
+def safe_cast(target: pa.DataType) -> Convert:
+    """Cast to ``target``, refusing any value the cast would change."""
+
+    def convert(arr: pa.Array) -> pa.Array:
+        try:
+            return arr.cast(target, safe=True)
+        except (pa.ArrowInvalid, pa.ArrowNotImplementedError) as exc:
+            raise ValueRefused(_one_line(exc)) from None
+
+    return convert
+
+
+def storage(arr: pa.Array) -> pa.Array:
+    """An extension array's storage."""
+    return arr.storage if isinstance(arr, pa.ExtensionArray) else arr
+
+
+def dictionary_decode(arr: pa.Array) -> pa.Array:
+    return arr.dictionary_decode()
+
+
+def run_end_decode(arr: pa.Array) -> pa.Array:
+    return pc.run_end_decode(arr)
+
+
+def list_view_to_list(target: pa.DataType) -> Convert:
+    """A list view as a list of the same lists, whatever order its views are in.
+
+    ``list_flatten`` follows each view (pyarrow 26's cast does not, for
+    out-of-order or overlapping views); the offsets are the running sum of
+    the sizes of the lists that are not null.
+    """
+
+    def convert(arr: pa.Array) -> pa.Array:
+        values = pc.list_flatten(arr)
+        valid = arr.is_valid()
+        sizes = pc.if_else(valid, arr.sizes, pa.scalar(0, arr.sizes.type))
+        ends = pc.cumulative_sum(sizes)
+        offsets = pa.concat_arrays([pa.array([0], sizes.type), ends.cast(sizes.type)])
+        if len(values) != (ends[-1].as_py() if len(ends) else 0):
+            raise ValueRefused("a list view whose views do not add up")  # validated before
+        cls = pa.LargeListArray if pa.types.is_large_list(target) else pa.ListArray
+        mask = pc.invert(valid) if arr.null_count else None
+        return cls.from_arrays(offsets, values, type=target, mask=mask)
+
+    return convert
+
+
+def fixed_size_list_to_list(target: pa.DataType) -> Convert:
+    def convert(arr: pa.Array) -> pa.Array:
+        return arr.cast(target)
+
+    return convert
+
+
+def rebuild_list(target: pa.DataType, values: Convert) -> Convert:
+    """A (large or fixed-size) list whose values are converted by ``values``."""
+
+    def convert(arr: pa.Array) -> pa.Array:
+        arr = arr.slice(0) if arr.offset == 0 else _compact_list(arr)
+        new_values = values(arr.values)
+        mask = pc.invert(arr.is_valid()) if arr.null_count else None
+        if pa.types.is_fixed_size_list(arr.type):
+            return pa.FixedSizeListArray.from_arrays(new_values, type=target, mask=mask)
+        cls = pa.LargeListArray if pa.types.is_large_list(arr.type) else pa.ListArray
+        return cls.from_arrays(arr.offsets, new_values, type=target, mask=mask)
+
+    return convert
+
+
+def _compact_list(arr: pa.Array) -> pa.Array:
+    """A sliced list array as an unsliced one (its ``values`` are then its own)."""
+    return pa.concat_arrays([arr])  # concat copies the slice into a fresh array
+
+
+def rebuild_struct(target: pa.DataType, children: list[Convert | None]) -> Convert:
+    def convert(arr: pa.Array) -> pa.Array:
+        fields = [arr.field(i) for i in range(arr.type.num_fields)]  # slice-aware
+        new = [c(f) if c is not None else f for c, f in zip(children, fields, strict=True)]
+        mask = pc.invert(arr.is_valid()) if arr.null_count else None
+        return pa.StructArray.from_arrays(new, fields=list(target), mask=mask)
+
+    return convert
+
+
+def rebuild_map(target: pa.DataType, keys: Convert | None, items: Convert | None) -> Convert:
+    def convert(arr: pa.Array) -> pa.Array:
+        if arr.offset:
+            arr = _compact_list(arr)
+        new_keys = keys(arr.keys) if keys is not None else arr.keys
+        new_items = items(arr.items) if items is not None else arr.items
+        mask = pc.invert(arr.is_valid()) if arr.null_count else None
+        return pa.MapArray.from_arrays(arr.offsets, new_keys, new_items, type=target, mask=mask)
+
+    return convert
+
+
+def check_unique_keys(arr: pa.Array) -> None:
+    """Refuse a map that holds one key twice (DuckDB's MAP, Delta's and Parquet's
+    maps have unique keys; keeping one of them would drop a value)."""
+    if arr.offset:
+        arr = _compact_list(arr)
+    # As a list of keys: pyarrow 26 aborts the process on list_parent_indices(map).
+    mask = pc.invert(arr.is_valid()) if arr.null_count else None
+    lists = pa.ListArray.from_arrays(arr.offsets, arr.keys, mask=mask)
+    keys = pc.list_flatten(lists)
+    if len(keys) < 2:
+        return
+    parents = pc.list_parent_indices(lists)
+    try:
+        groups = pa.table({"p": parents, "k": keys}).group_by(["p", "k"]).aggregate([]).num_rows
+    except (pa.ArrowNotImplementedError, pa.ArrowInvalid, pa.ArrowTypeError):
+        pairs = zip(parents.to_pylist(), keys.to_pylist(), strict=True)
+        groups = len({(p, repr(k)) for p, k in pairs})
+    if groups != len(keys):
+        raise ValueRefused("a map holds the same key twice")
+
+
+def month_day_nano_micros(arr: pa.Array) -> pa.Array:
+    """Refuse month-day-nano intervals with a sub-microsecond part (DuckDB's
+    INTERVAL holds microseconds)."""
+    for value in arr.to_pylist():
+        if value is not None and value.nanoseconds % 1000:
+            raise ValueRefused(
+                f"interval {value} has a sub-microsecond part; the backend stores microseconds"
+            )
+    return arr
+
+
+def duration_micros(arr: pa.Array) -> pa.Array:
+    """A duration in microseconds, refused if that changes it or it would not fit
+    in nanoseconds (DuckDB's INTERVAL is read back as month-day-nano)."""
+    micros = safe_cast(pa.duration("us"))(arr)
+    safe_cast(pa.duration("ns"))(micros)
+    return micros
+
+
+def check_range(low: int, high: int, what: str) -> Convert:
+    """Refuse values (as their integer storage) outside ``[low, high]``."""
+
+    def convert(arr: pa.Array) -> pa.Array:
+        if arr.null_count == len(arr):
+            return arr
+        ints = storage(arr).view(pa.int64() if arr.type.bit_width == 64 else pa.int32())
+        found = pc.min_max(ints)
+        lo, hi = found["min"].as_py(), found["max"].as_py()
+        if lo < low or hi > high:
+            bad = lo if lo < low else hi
+            raise ValueRefused(f"{what} {bad} is outside the range the backend stores")
+        return arr
+
+    return convert
+
+
+def chain(*steps: Convert | None) -> Convert | None:
+    """The steps in order, or None if there are none (the array is kept as is)."""
+    real = [s for s in steps if s is not None]
+    if not real:
+        return None
+    if len(real) == 1:
+        return real[0]
+
+    def convert(arr: pa.Array) -> pa.Array:
+        for step in real:
+            arr = step(arr)
+        return arr
+
+    return convert
+
+
+def _one_line(exc: BaseException) -> str:
+    text = str(exc).strip()
+    return text.splitlines()[0] if text else type(exc).__name__
