@@ -48,6 +48,14 @@ _UNSIGNED_TO_SIGNED = {
 }
 # DuckDB keeps +-(2**31 - 1) days for +-infinity; -2**31 breaks DuckLake reads.
 _DATE_RANGE = (-(2**31) + 2, 2**31 - 2)
+# Delta (as Spark) dates and timestamps run from 0001-01-01 to 9999-12-31; delta-rs
+# panics on dates far outside it.
+_DELTA_DATE_RANGE = (-719_162, 2_932_896)
+_DELTA_TIMESTAMP_RANGE_US = (-62_135_596_800_000_000, 253_402_300_799_999_999)
+_DAY_MS = 86_400_000
+# DuckLake's Parquet writer needs a time of day: 00:00 to 24:00 (others fail, are
+# changed, or invalidate the database).
+_TIME_UNITS = {"s": 1, "ms": 1_000, "us": 1_000_000, "ns": 1_000_000_000}
 _INTERVALS = frozenset({"month_interval", "day_time_interval", "month_day_nano_interval"})
 
 
@@ -89,7 +97,7 @@ class TypePlan:
             except ValueRefused as exc:
                 raise UnrepresentableValueError(
                     f"column {field.name!r} ({field.type}) holds a value "
-                    f"{self.backend.value} cannot store exactly: {exc}"
+                    f"{_label(self.backend)} cannot store exactly: {exc}"
                 ) from None
             batch = batch.set_column(i, self.target.field(i), column)
         return batch
@@ -173,17 +181,22 @@ def _map(t: pa.DataType, kind: Backend, depth: int) -> _Node:
             wide = pa.decimal128(t.precision, t.scale)
             return _Node(wide, arrays.safe_cast(wide))
         return _Node(t)
-    if pa.types.is_date32(t):
-        return _Node(t, arrays.check_range(*_DATE_RANGE, "date (days since 1970)"))
-    if pa.types.is_date64(t):
-        to_days = arrays.safe_cast(pa.date32())
-        return _Node(pa.date32(), chain(to_days, arrays.check_range(*_DATE_RANGE, "date")))
+    if pa.types.is_date(t):
+        low, high = _DELTA_DATE_RANGE if delta else _DATE_RANGE
+        days = arrays.check_range(low, high, "date (days since 1970-01-01)")
+        if pa.types.is_date32(t):
+            return _Node(t, days)
+        millis = arrays.check_range(low * _DAY_MS, high * _DAY_MS, "date (ms since 1970-01-01)")
+        return _Node(pa.date32(), chain(millis, arrays.safe_cast(pa.date32()), days))
     if pa.types.is_time(t):
         if delta:
             raise _Refused("Delta has no time-of-day type")
-        if lake and t.unit == "ns":  # DuckLake's Parquet writer aborts on TIME_NS
-            return _Node(pa.time64("us"), arrays.safe_cast(pa.time64("us")))
-        return _Node(t)
+        if not lake:
+            return _Node(t)
+        day = arrays.check_range(0, 86_400 * _TIME_UNITS[t.unit], "time of day")
+        if t.unit == "ns":  # DuckLake's Parquet writer aborts on TIME_NS
+            return _Node(pa.time64("us"), chain(day, arrays.safe_cast(pa.time64("us"))))
+        return _Node(t, day)
     if pa.types.is_timestamp(t):
         return _timestamp(t, kind)
     if pa.types.is_duration(t):
@@ -218,11 +231,28 @@ def _map(t: pa.DataType, kind: Backend, depth: int) -> _Node:
 
 
 def _timestamp(t: pa.TimestampType, kind: Backend) -> _Node:
-    if kind is Backend.DELTA or t.tz is not None:
-        # Delta stores microseconds; so does DuckDB's TIMESTAMP WITH TIME ZONE
-        target = pa.timestamp("us", t.tz)
-        return _Node(target, None if t.unit == "us" else arrays.safe_cast(target))
+    micros = pa.timestamp("us", t.tz)
+    to_micros = None if t.unit == "us" else arrays.safe_cast(micros)
+    if kind is Backend.DELTA:  # Delta stores microseconds, years 1 to 9999
+        span = arrays.check_range(*_DELTA_TIMESTAMP_RANGE_US, "timestamp (us since 1970)")
+        return _Node(micros, chain(to_micros, span))
+    if t.tz is not None:  # DuckDB's TIMESTAMP WITH TIME ZONE holds microseconds
+        return _Node(micros, to_micros)
+    if kind is Backend.DUCKLAKE and t.unit in ("s", "ms"):
+        # DuckLake writes them in microseconds: refuse what would overflow
+        return _Node(t, _fits(micros))
     return _Node(t)
+
+
+def _fits(target: pa.DataType) -> Convert:
+    """Keep the array, refusing values a safe cast to ``target`` would change."""
+    cast = arrays.safe_cast(target)
+
+    def convert(arr: pa.Array) -> pa.Array:
+        cast(arr)
+        return arr
+
+    return convert
 
 
 def _nested(t: pa.DataType, kind: Backend, depth: int) -> _Node:
