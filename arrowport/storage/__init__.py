@@ -11,6 +11,7 @@ from .errors import (
     SchemaMismatchError,
     StorageError,
     TableNotFoundError,
+    UnrepresentableValueError,
     UnsupportedTypeError,
     WriteRejectedError,
 )
@@ -31,6 +32,7 @@ __all__ = [
     "TableInfo",
     "TableNotFoundError",
     "TableWrite",
+    "UnrepresentableValueError",
     "UnsupportedTypeError",
     "WriteRejectedError",
     "WriteResult",

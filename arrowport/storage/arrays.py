@@ -39,8 +39,29 @@ def storage(arr: pa.Array) -> pa.Array:
     return arr.storage if isinstance(arr, pa.ExtensionArray) else arr
 
 
-def dictionary_decode(arr: pa.Array) -> pa.Array:
-    return arr.dictionary_decode()
+_PLAIN = {"string_view": pa.large_string(), "binary_view": pa.large_binary()}
+
+
+def plain_type(t: pa.DataType) -> pa.DataType:
+    """A view type's plain (large) equivalent; any other type as it is."""
+    return _PLAIN.get(str(t), t)
+
+
+def dictionary_decode(values: Convert | None) -> Convert:
+    """A dictionary array as its values: the dictionary is converted by ``values``
+    first (once per value, not per row), then taken by the indices. View values
+    are made plain first: pyarrow 26 has no take kernel for them."""
+
+    def convert(arr: pa.Array) -> pa.Array:
+        dictionary = arr.dictionary
+        if values is not None:
+            dictionary = values(dictionary)
+        plain = plain_type(dictionary.type)
+        if plain != dictionary.type:
+            dictionary = dictionary.cast(plain)
+        return dictionary.take(arr.indices)
+
+    return convert
 
 
 def run_end_decode(arr: pa.Array) -> pa.Array:

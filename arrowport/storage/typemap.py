@@ -153,9 +153,9 @@ def _map(t: pa.DataType, kind: Backend, depth: int) -> _Node:
         return _Node(inner.target, chain(arrays.storage, inner.convert))
     if pa.types.is_dictionary(t):
         inner = _map(t.value_type, kind, depth)
-        if not delta and inner.convert is None and _flat(t.value_type):
-            return _Node(t)
-        return _Node(inner.target, chain(arrays.dictionary_decode, inner.convert))
+        if not delta and depth == 0 and inner.convert is None and _flat(t.value_type):
+            return _Node(t)  # a top-level categorical of strings or numbers
+        return _Node(arrays.plain_type(inner.target), arrays.dictionary_decode(inner.convert))
     if pa.types.is_run_end_encoded(t):
         inner = _map(t.value_type, kind, depth)
         return _Node(inner.target, chain(arrays.run_end_decode, inner.convert))

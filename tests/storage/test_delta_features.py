@@ -30,6 +30,7 @@ from arrowport.storage import (
     DeltaStore,
     DeltaWrite,
     SchemaMismatchError,
+    UnrepresentableValueError,
     WriteRejectedError,
     WriteResult,
 )
@@ -1024,22 +1025,23 @@ def test_processes_create_the_table_concurrently(tmp_path: Path, lake: Path) -> 
 
 
 def test_failing_cast_in_the_second_insert_rolls_back(lake: Path) -> None:
-    """A value that does not fit the int32 column in the 2nd insert: refused, no version,
-    no files (the 1st insert's closed file is deleted too)."""
+    """A value Delta cannot hold exactly (a sub-microsecond timestamp) in the 2nd insert:
+    refused 422, no version, no files (the 1st insert's closed file is deleted too)."""
     store = DeltaStore(lake, defaults=DeltaOptions(target_file_size=1))
     store.open()
-    _append(store, "t", pa.record_batch({"id": pa.array([1], pa.int32())}))
+    _append(store, "t", pa.record_batch({"ts": pa.array([1000], pa.timestamp("us"))}))
     path = lake / "t"
     files = _parquet(path)
-    w = store.open_write("t", pa.schema([("id", pa.uint32())]))
-    w.insert([pa.record_batch({"id": pa.array([2, 3], pa.uint32())})])
+    w = store.open_write("t", pa.schema([("ts", pa.timestamp("ns"))]))
+    w.insert([pa.record_batch({"ts": pa.array([2000, 3000], pa.timestamp("ns"))})])
     assert len(_parquet(path)) == 2
-    with pytest.raises(WriteRejectedError):
-        w.insert([pa.record_batch({"id": pa.array([4, 2**31], pa.uint32())})])
+    with pytest.raises(UnrepresentableValueError) as refused:
+        w.insert([pa.record_batch({"ts": pa.array([4000, 4001], pa.timestamp("ns"))})])
+    assert refused.value.http_status == 422 and "'ts'" in refused.value.detail
     assert _parquet(path) == files
     dt = DeltaTable(str(path))
     assert dt.version() == 0
-    assert dt.to_pyarrow_table().column("id").to_pylist() == [1]
+    assert dt.to_pyarrow_table().column("ts").cast(pa.int64()).to_pylist() == [1000]
     assert store.statistics()["rollbacks"] == 1
     with pytest.raises(RuntimeError):
         w.finish()
