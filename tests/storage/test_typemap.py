@@ -96,7 +96,7 @@ def test_every_arrow_type_id_is_in_docs_types() -> None:
 
 @pytest.mark.parametrize("name", sorted(REPRESENTATIVE))
 def test_docs_types_says_what_the_plan_does(name: str) -> None:
-    """Each backend's cell starts with what the plan does: kept, converted (or 'as DuckDB') or refused."""
+    """Each backend cell starts with what the plan does: kept, converted or refused."""
     cells = _doc_rows()[name]
     for backend, cell in zip(BACKENDS, cells, strict=True):
         outcome = _outcome(REPRESENTATIVE[name], backend)
@@ -116,7 +116,7 @@ def _convert(arr: pa.Array, backend: str) -> pa.Array:
 
 @pytest.mark.parametrize("backend", BACKENDS)
 def test_list_views_in_any_order_become_the_same_lists(backend: str) -> None:
-    """Out-of-order and overlapping list views, with NULL elements and NULL lists, keep every list."""
+    """Out-of-order, overlapping list views with NULL elements and NULL lists keep every list."""
     values = pa.array([1.0, None, 3.0, 4.0, 5.0])
     views = pa.ListViewArray.from_arrays(
         pa.array([3, 0, 1, 2, 0]),
@@ -133,7 +133,7 @@ def test_list_views_in_any_order_become_the_same_lists(backend: str) -> None:
 
 @pytest.mark.parametrize("backend", BACKENDS)
 def test_nested_dictionaries_are_decoded(backend: str) -> None:
-    """dictionary<struct<dictionary<string>>> reaches no engine as a dictionary, values unchanged."""
+    """dictionary<struct<dictionary<string>>> reaches no engine as a dictionary; values equal."""
     inner = pa.array(["x", "y", "x"]).dictionary_encode()
     struct = pa.StructArray.from_arrays([inner], names=["s"])
     outer = pa.DictionaryArray.from_arrays(pa.array([2, 0, None, 1], pa.int8()), struct)
