@@ -11,6 +11,7 @@ would change are refused, not cut.
 from __future__ import annotations
 
 from collections.abc import Callable
+from decimal import Decimal
 
 import pyarrow as pa
 import pyarrow.compute as pc
@@ -192,6 +193,23 @@ def check_range(low: int, high: int, what: str) -> Convert:
         if lo < low or hi > high:
             bad = lo if lo < low else hi
             raise ValueRefused(f"{what} {bad} is outside the range the backend stores")
+        return arr
+
+    return convert
+
+
+def check_precision(precision: int, scale: int) -> Convert:
+    """Refuse decimals with more digits than their type declares (Arrow does not
+    check; DuckLake's Parquet statistics fail on them and DuckDB reads them wrong)."""
+    bound = Decimal(10) ** (precision - scale)
+
+    def convert(arr: pa.Array) -> pa.Array:
+        if arr.null_count == len(arr):
+            return arr
+        found = pc.min_max(arr)
+        for value in (found["min"].as_py(), found["max"].as_py()):
+            if value is not None and abs(value) >= bound:
+                raise ValueRefused(f"{value} has more digits than decimal({precision}, {scale})")
         return arr
 
     return convert

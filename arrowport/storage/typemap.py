@@ -177,10 +177,11 @@ def _map(t: pa.DataType, kind: Backend, depth: int) -> _Node:
     if pa.types.is_decimal(t):
         if t.precision > 38:
             raise _Refused("precision above 38 digits, the most DuckDB and Delta store")
+        digits = arrays.check_precision(t.precision, t.scale)
         if isinstance(t, pa.Decimal256Type) or (delta and not isinstance(t, pa.Decimal128Type)):
             wide = pa.decimal128(t.precision, t.scale)
-            return _Node(wide, arrays.safe_cast(wide))
-        return _Node(t)
+            return _Node(wide, chain(digits, arrays.safe_cast(wide)))
+        return _Node(t, digits)
     if pa.types.is_date(t):
         low, high = _DELTA_DATE_RANGE if delta else _DATE_RANGE
         days = arrays.check_range(low, high, "date (days since 1970-01-01)")
@@ -274,7 +275,7 @@ def _nested(t: pa.DataType, kind: Backend, depth: int) -> _Node:
                 steps.append(arrays.rebuild_list(target, convert))
             return _Node(target, chain(*steps))
         if pa.types.is_fixed_size_list(t):
-            if delta:  # Delta has no fixed-size list: a list of the same values
+            if kind is not Backend.DUCKDB:  # Delta and DuckLake: a list of the same values
                 plain = pa.list_(t.value_field)
                 target = pa.list_(item)
                 fixed = arrays.fixed_size_list_to_list(plain)
