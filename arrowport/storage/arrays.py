@@ -206,7 +206,10 @@ def check_precision(precision: int, scale: int) -> Convert:
     def convert(arr: pa.Array) -> pa.Array:
         if arr.null_count == len(arr):
             return arr
-        found = pc.min_max(arr)
+        probe = arr
+        if not isinstance(arr.type, pa.Decimal128Type | pa.Decimal256Type):
+            probe = arr.cast(pa.decimal128(precision, scale), safe=False)  # no min_max kernel
+        found = pc.min_max(probe)
         for value in (found["min"].as_py(), found["max"].as_py()):
             if value is not None and abs(value) >= bound:
                 raise ValueRefused(f"{value} has more digits than decimal({precision}, {scale})")

@@ -257,7 +257,6 @@ def _fits(target: pa.DataType) -> Convert:
 
 
 def _nested(t: pa.DataType, kind: Backend, depth: int) -> _Node:
-    delta = kind is Backend.DELTA
     if (
         pa.types.is_list(t)
         or pa.types.is_large_list(t)
