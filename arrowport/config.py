@@ -102,6 +102,7 @@ class Limits:
     require_eos_marker: bool = True
     max_concurrent_requests: int = 64
     max_inflight_bytes: int = 1024**3
+    max_schema_metadata_bytes: int = 256 * 1024
 
     def decoder_kwargs(self) -> dict[str, int]:
         return {
@@ -112,6 +113,7 @@ class Limits:
             "max_nesting_depth": self.max_nesting_depth,
             "max_columns": self.max_columns,
             "max_batch_rows": self.max_batch_rows,
+            "max_schema_metadata_bytes": self.max_schema_metadata_bytes,
         }
 
 

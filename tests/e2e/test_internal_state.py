@@ -29,6 +29,7 @@ streams:
   lk_b: {storage_backend: ducklake, target_table: b}
   dl_a: {storage_backend: delta, target_table: a}
   dl_b: {storage_backend: delta, target_table: b}
+limits: {max_schema_metadata_bytes: 64KiB}
 """
 
 
@@ -249,3 +250,49 @@ def test_ducklake_keyed_writes_survive_a_malformed_day_table_and_forged_rows(
         assert _keyed(server, stream, key, 2)["replayed"] is True
     assert _rows(server, "t", "ducklake") == 4 and _rows(server, "u", "ducklake") == 4
     server.wait_for("its columns (key VARCHAR, junk INTEGER) are not Arrowport's")
+
+
+def _with_metadata(size: int, rows: int = 1) -> pa.Table:
+    """``rows`` rows whose schema carries ``size`` bytes of metadata on a nested field."""
+    leaf = pa.field("v", pa.int64(), metadata={b"note": b"m" * (size - 4)})
+    schema = pa.schema([pa.field("id", pa.int64()), pa.field("s", pa.struct([leaf]))])
+    return pa.table({"id": list(range(rows)), "s": [{"v": i} for i in range(rows)]}, schema)
+
+
+def test_schema_metadata_over_the_configured_limit_is_413_and_resource_exhausted(
+    server: Server,
+) -> None:
+    """A nested field with more metadata than limits.max_schema_metadata_bytes (64 KiB here):
+    HTTP 413 limit_exceeded and Flight RESOURCE_EXHAUSTED, both naming the limit; nothing is
+    written; just under it is stored."""
+    headers = {"Content-Type": ARROW}
+    big = ipc_bytes(_with_metadata(64 * 1024 + 1))
+    response = httpx.post(f"{server.url}/ingest/meta_big", content=big, headers=headers)
+    assert response.status_code == 413, response.text
+    assert response.json()["error"] == "limit_exceeded"
+    assert "limits.max_schema_metadata_bytes (65536 bytes)" in response.json()["detail"]
+    with pytest.raises(pa.ArrowInvalid, match=r"resource exhausted.*max_schema_metadata_bytes"):
+        put_table(flight_client(server), "meta_big", _with_metadata(64 * 1024 + 1))
+    names = [s["name"] for s in server.get("/streams").json()["streams"]]
+    assert "meta_big" not in names
+    ok = ipc_bytes(_with_metadata(60 * 1024))
+    assert httpx.post(f"{server.url}/ingest/meta_ok", content=ok, headers=headers).is_success
+
+
+def test_delta_commits_do_not_copy_schema_metadata(server: Server) -> None:
+    """A Delta table created by a stream with 60 KB of field metadata: neither its log nor
+    its data files carry it, so later 1-row commits stay small (each file under 4 KB)."""
+    for _ in range(4):
+        response = httpx.post(
+            f"{server.url}/delta/meta_delta",
+            content=ipc_bytes(_with_metadata(60 * 1024)),
+            headers={"Content-Type": ARROW},
+        )
+        assert response.status_code == 200, response.text
+    root = server.workdir / "delta" / "meta_delta"
+    logs = sorted((root / "_delta_log").glob("*.json"))
+    data = sorted(root.rglob("*.parquet"))
+    assert len(logs) == 4 and len(data) == 4
+    sizes = {p.name: p.stat().st_size for p in logs + data}
+    assert max(sizes.values()) < 4096, sizes
+    assert _rows(server, "meta_delta", "delta") == 4
