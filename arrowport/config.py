@@ -18,7 +18,7 @@ from typing import Any
 
 import yaml
 
-from .names import InvalidNameError, validate_name
+from .names import InvalidNameError, validate_delta_table, validate_name
 from .redact import conninfo_secrets, option_secrets
 
 BACKENDS = ("duckdb", "ducklake", "delta")
@@ -102,6 +102,7 @@ class Limits:
     require_eos_marker: bool = True
     max_concurrent_requests: int = 64
     max_inflight_bytes: int = 1024**3
+    max_schema_metadata_bytes: int = 256 * 1024
 
     def decoder_kwargs(self) -> dict[str, int]:
         return {
@@ -112,6 +113,7 @@ class Limits:
             "max_nesting_depth": self.max_nesting_depth,
             "max_columns": self.max_columns,
             "max_batch_rows": self.max_batch_rows,
+            "max_schema_metadata_bytes": self.max_schema_metadata_bytes,
         }
 
 
@@ -269,6 +271,8 @@ class Config:
             key = stream.lower()
             conf = next((c for n, c in self.streams.items() if n.lower() == key), None)
         if conf is None:
+            if self.storage_backend == "delta":
+                validate_delta_table(stream)
             return Route(stream, stream, self.storage_backend, "request", configured=False)
         backend = conf.storage_backend or self.storage_backend
         return Route(
@@ -290,6 +294,8 @@ class Config:
         ``delta_options`` of a configured stream writing ``table`` apply.
         """
         validate_name(table, "table")
+        if backend == "delta":
+            validate_delta_table(table)
         key = table.lower()
         conf = next((c for c in self.streams.values() if c.target_table.lower() == key), None)
         options = conf.delta_options if conf is not None else DeltaOptions()
@@ -780,6 +786,13 @@ def parse_config(
             )
         seen[name.lower()] = name
     values["streams"] = {name: _stream(name, conf) for name, conf in streams.items()}
+    default_backend = values.get("storage_backend", "duckdb")
+    for conf in values["streams"].values():
+        if (conf.storage_backend or default_backend) == "delta":
+            try:
+                validate_delta_table(conf.target_table)
+            except InvalidNameError as exc:
+                raise ConfigError(f"streams.{conf.name}.target_table: {exc.detail}") from None
     extensions = raw.get("duckdb_extensions") or []
     if not isinstance(extensions, list) or not all(
         isinstance(e, str) and e.isidentifier() for e in extensions

@@ -309,3 +309,43 @@ def test_ducklake_section_parses_with_its_retry_settings(tmp_path: Path) -> None
 def test_bad_ducklake_settings_name_the_key(raw: dict[str, object], message: str) -> None:
     with pytest.raises(ConfigError, match=re.escape(message)):
         parse_config({"ducklake": raw})
+
+
+@pytest.mark.parametrize(
+    ("raw", "message"),
+    [
+        ({"streams": {"_arrowport_x": {}}}, "streams._arrowport_x: stream name '_arrowport_x' is"),
+        (
+            {"streams": {"s": {"target_table": "_ArrowPort_keys"}}},
+            "streams.s.target_table: table name '_ArrowPort_keys' is reserved",
+        ),
+        (
+            {"streams": {"s": {"storage_backend": "delta", "target_table": "_delta_log"}}},
+            "streams.s.target_table: Delta table name '_delta_log' starts with '_'",
+        ),
+        (
+            {"storage_backend": "delta", "streams": {"_s": {}}},
+            "streams._s.target_table: Delta table name '_s' starts with '_'",
+        ),
+    ],
+)
+def test_reserved_names_in_the_config_are_errors(raw: dict[str, object], message: str) -> None:
+    """A stream or target_table named _arrowport* (any case), or a Delta table named _*,
+    is a config error naming the key."""
+    with pytest.raises(ConfigError, match=re.escape(message)):
+        parse_config(raw)
+
+
+def test_routes_refuse_reserved_and_delta_hidden_names() -> None:
+    """route() and table_route() refuse _arrowport* for every backend and _* for Delta;
+    a _ name is fine for DuckDB."""
+    config = parse_config({"streams": {"d": {"storage_backend": "delta"}}})
+    for call in (
+        lambda: config.route("_ARROWPORT_ledger"),
+        lambda: config.table_route("_arrowport_keys", "ducklake"),
+        lambda: config.table_route("_delta_log", "delta"),
+        lambda: parse_config({"storage_backend": "delta"}).route("_x"),
+    ):
+        with pytest.raises(InvalidNameError):
+            call()
+    assert config.route("_x").table == "_x"

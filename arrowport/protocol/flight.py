@@ -37,7 +37,7 @@ from .errors import GrpcStatus, LocalProtocolError, RemoteProtocolError, invalid
 from .events import NEED_DATA, BatchReceived, Event, StreamEnded, _NeedData
 from .flight_pb import FlightDescriptor
 from .input import InputBuffer
-from .messages import GiB, MessageReader, MiB, frame_metadata
+from .messages import GiB, KiB, MessageReader, MiB, frame_metadata
 
 _PREFIX = struct.Struct(">BI")
 
@@ -101,6 +101,7 @@ class FlightDataDecoder:
         max_nesting_depth: int = 64,
         max_columns: int = 10_000,
         max_batch_rows: int = 64 * 1024 * 1024,
+        max_schema_metadata_bytes: int = 256 * KiB,
         validate: bool = True,
     ) -> None:
         self.max_descriptor_size = max_descriptor_size
@@ -113,6 +114,7 @@ class FlightDataDecoder:
             max_nesting_depth=max_nesting_depth,
             max_columns=max_columns,
             max_batch_rows=max_batch_rows,
+            max_schema_metadata_bytes=max_schema_metadata_bytes,
             validate=validate,
         )
         self._limits = {

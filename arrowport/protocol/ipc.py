@@ -31,7 +31,15 @@ from ._flatbuf import MessageHeader, parse_message
 from .errors import LocalProtocolError, RemoteProtocolError, invalid, limit_exceeded
 from .events import NEED_DATA, Event, StreamEnded, _NeedData
 from .input import InputBuffer
-from .messages import GiB, MessageReader, MiB, count_fields, frame_metadata, nesting_depth
+from .messages import (
+    GiB,
+    KiB,
+    MessageReader,
+    MiB,
+    count_fields,
+    frame_metadata,
+    nesting_depth,
+)
 
 _CONTINUATION = b"\xff\xff\xff\xff"
 _FILE_MAGIC = b"ARROW1"
@@ -85,6 +93,7 @@ class IPCStreamDecoder:
         max_nesting_depth: int = 64,
         max_columns: int = 10_000,
         max_batch_rows: int = 64 * 1024 * 1024,
+        max_schema_metadata_bytes: int = 256 * KiB,
         validate: bool = True,
     ) -> None:
         self._messages = MessageReader(
@@ -95,6 +104,7 @@ class IPCStreamDecoder:
             max_nesting_depth=max_nesting_depth,
             max_columns=max_columns,
             max_batch_rows=max_batch_rows,
+            max_schema_metadata_bytes=max_schema_metadata_bytes,
             validate=validate,
         )
         self.max_metadata_size = max_metadata_size

@@ -126,6 +126,27 @@ def count_fields(schema: pa.Schema, limit: int) -> int:
     return count
 
 
+def _metadata_size(metadata: dict[bytes, bytes] | None) -> int:
+    return sum(len(k) + len(v) for k, v in (metadata or {}).items())
+
+
+def metadata_bytes(schema: pa.Schema, limit: int) -> int:
+    """Key and value bytes of the schema's metadata and of every field's metadata,
+    nested fields included; stops counting past ``limit``."""
+    total = _metadata_size(schema.metadata)
+    stack = list(schema)
+    while stack and total <= limit:
+        field = stack.pop()
+        total += _metadata_size(field.metadata)
+        data_type = field.type
+        if isinstance(data_type, pa.DictionaryType):
+            data_type = data_type.value_type
+        if isinstance(data_type, pa.BaseExtensionType):
+            data_type = data_type.storage_type
+        stack.extend(data_type.field(i) for i in range(data_type.num_fields))
+    return total
+
+
 class MessageReader:
     """Turn checked IPC messages into ``SchemaReceived`` and ``BatchReceived``.
 
@@ -144,9 +165,11 @@ class MessageReader:
         max_nesting_depth: int = 64,
         max_columns: int = 10_000,
         max_batch_rows: int = 64 * 1024 * 1024,
+        max_schema_metadata_bytes: int = 256 * KiB,
         validate: bool = True,
     ) -> None:
         self.validate = validate
+        self.max_schema_metadata_bytes = max_schema_metadata_bytes
         self.max_metadata_size = max_metadata_size
         self.max_body_size = max_body_size
         self.max_decompressed_size = max_decompressed_size
@@ -303,6 +326,12 @@ class MessageReader:
                     f"column {field.name!r} is nested deeper than the limit of "
                     f"{self.max_nesting_depth} levels"
                 )
+        size = metadata_bytes(schema, self.max_schema_metadata_bytes)
+        if size > self.max_schema_metadata_bytes:
+            raise limit_exceeded(
+                "schema and field metadata (keys and values, nested fields included) exceed "
+                f"limits.max_schema_metadata_bytes ({self.max_schema_metadata_bytes} bytes)"
+            )
         self.schema = schema
         self.wire_bytes += self._pending_wire_bytes
         self._pending_wire_bytes = 0

@@ -53,7 +53,7 @@ from deltalake import DeltaTable
 from deltalake.exceptions import DeltaError
 
 from ..config import DeltaOptions
-from ..names import InvalidNameError, validate_idempotency_key, validate_name
+from ..names import InvalidNameError, validate_delta_table, validate_idempotency_key
 from . import typemap
 from .delta_location import DeltaLocation, describe_error
 from .delta_schema import check_partitions, evolve_schema, to_delta_schema
@@ -73,7 +73,7 @@ from .errors import (
     first_line,
 )
 from .schema import duplicate_names
-from .tables import INTERNAL_PREFIX, TableInfo
+from .tables import TableInfo
 
 if TYPE_CHECKING:
     from ..config import Config
@@ -185,9 +185,7 @@ class DeltaStore:
         Names are case-insensitive, as in DuckDB: an existing directory
         spelled differently is the table's.
         """
-        validate_name(table, "table")
-        if table.lower().startswith(INTERNAL_PREFIX):
-            raise InvalidNameError(f"table names starting with {INTERNAL_PREFIX!r} are reserved")
+        validate_delta_table(table)
         location = self.location
         if location.local is None:
             uri = location.table_uri(table)

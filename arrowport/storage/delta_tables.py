@@ -44,7 +44,7 @@ from deltalake import DeltaTable
 from deltalake.exceptions import DeltaError
 from deltalake.exceptions import TableNotFoundError as DeltaTableNotFound
 
-from ..names import InvalidNameError
+from ..names import InvalidNameError, validate_delta_table
 from .delta_location import describe_error
 from .errors import (
     ColumnNotFoundError,
@@ -91,7 +91,7 @@ def _names_from(store: DeltaStore, entries: list[str]) -> list[str]:
         try:
             if is_internal(entry):
                 continue
-            valid_table_name(entry)
+            validate_delta_table(entry)  # _delta_log, other _ names: refused, so not listed
             if _is_table(store, store.location.table_uri(entry)):
                 names.append(entry)
         except InvalidNameError:

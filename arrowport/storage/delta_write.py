@@ -34,7 +34,7 @@ from deltalake.transaction import (
 
 from ..config import DeltaOptions
 from .delta_location import DeltaLocation, describe_error
-from .delta_schema import delta_columns, partition_string
+from .delta_schema import delta_columns, partition_string, without_metadata
 from .errors import (
     SchemaMismatchError,
     StorageError,
@@ -141,7 +141,9 @@ class DeltaWrite:
         self.location = store.location
         self.options = options
         self.delta_schema = target
-        self.arrow_schema = pa.schema(target.to_arrow())
+        # what the Parquet files hold: without the metadata a table made before
+        # metadata was stripped may still have in its schema (see without_metadata)
+        self.arrow_schema = without_metadata(pa.schema(target.to_arrow()))
         self.partition_by = partition_by
         parts = {p.lower() for p in partition_by}
         self.data_schema = pa.schema([f for f in self.arrow_schema if f.name.lower() not in parts])

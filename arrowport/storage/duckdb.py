@@ -29,7 +29,7 @@ import pyarrow as pa
 
 from ..names import quote_identifier, validate_idempotency_key
 from ..protocol.errors import ArrowportError
-from . import typemap
+from . import duckdb_ledger, typemap
 from .errors import (
     InvalidReadError,
     SchemaMismatchError,
@@ -51,13 +51,6 @@ from .tables import (
 )
 
 log = logging.getLogger("arrowport.storage")
-
-# Idempotency keys of committed requests, written in the request's own transaction.
-LEDGER = '"_arrowport_ledger"'  # internal: readers never see _arrowport* tables
-LEDGER_DDL = (
-    f"CREATE TABLE IF NOT EXISTS {LEDGER} (key VARCHAR PRIMARY KEY, table_name VARCHAR, "
-    "rows BIGINT, batches BIGINT, committed_at DOUBLE)"
-)
 
 _source_ids = itertools.count(1)
 
@@ -142,37 +135,34 @@ class DuckDBStore:
             load_extension(self._con, name)
         try:
             self._database = str(self._con.execute("SELECT current_database()").fetchall()[0][0])
-            self._con.execute(LEDGER_DDL)
+            with self._cursor() as cur:  # the ledger, checked and migrated in one transaction
+                cur.begin()
+                duckdb_ledger.prepare(cur, self.key_ttl_hours, time.time())
+                cur.commit()
             self.prune_ledger()
-        except duckdb.Error as exc:
-            raise StorageError(f"cannot prepare the idempotency ledger: {exc}") from None
+        except (duckdb.Error, StorageError) as exc:
+            self.close(checkpoint=False)
+            detail = exc.detail if isinstance(exc, StorageError) else str(exc)
+            raise StorageError(f"cannot prepare the idempotency ledger: {detail}") from None
 
-    # -- the idempotency ledger ---------------------------------------------
+    # -- the idempotency ledger (duckdb_ledger): keys per (table, key) -----------
 
-    def ledger_entry(self, cur: duckdb.DuckDBPyConnection, key: str) -> tuple[int, int] | None:
-        """(rows, batches) of ``key`` if committed within the key TTL, else None."""
-        row = cur.execute(
-            f"SELECT rows, batches FROM {LEDGER} WHERE key = ? AND committed_at > ?",
-            [key, time.time() - self.key_ttl_hours * 3600],
-        ).fetchone()
-        return None if row is None else (int(row[0]), int(row[1]))
+    def ledger_entry(
+        self, cur: duckdb.DuckDBPyConnection, table: str, key: str
+    ) -> tuple[int, int] | None:
+        """(rows, batches) of ``key``'s commit into ``table`` within the key TTL, else None."""
+        return duckdb_ledger.lookup(cur, table, key, self.key_ttl_hours, time.time())
 
     def record_key(
         self, cur: duckdb.DuckDBPyConnection, key: str, table: str, rows: int, batches: int
     ) -> None:
-        """Record ``key`` in the caller's open transaction (replacing an expired entry)."""
-        cur.execute(f"DELETE FROM {LEDGER} WHERE key = ?", [key])
-        cur.execute(
-            f"INSERT INTO {LEDGER} VALUES (?, ?, ?, ?, ?)", [key, table, rows, batches, time.time()]
-        )
+        """Record ``key`` for ``table`` in the caller's open transaction."""
+        duckdb_ledger.record(cur, table, key, rows, batches, time.time())
 
     def prune_ledger(self) -> None:
         """Forget keys older than the TTL."""
         with self._cursor() as cur:
-            cur.execute(
-                f"DELETE FROM {LEDGER} WHERE committed_at <= ?",
-                [time.time() - self.key_ttl_hours * 3600],
-            )
+            duckdb_ledger.prune(cur, self.key_ttl_hours, time.time())
 
     def close(self, *, checkpoint: bool = True) -> None:
         con, self._con = self._con, None

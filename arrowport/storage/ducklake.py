@@ -100,6 +100,7 @@ class DuckLakeStore(DuckDBStore):
         # (job, "ok" | "failed") -> runs, for /metrics; jobs are "merge" and "cleanup"
         self.maintenance: dict[tuple[str, str], int] = {}
         self._ledger_ready = ""  # today's ledger table, once it is known to exist
+        self._ledger_day = ""  # ... and the day it is for
         # DuckLake 1.5.5 fails the commit of a transaction that creates a table, or
         # crashes, when snapshots are expired while it is open: expiry waits for
         # such transactions of this process to end, and they wait for expiry.
@@ -245,13 +246,13 @@ class DuckLakeStore(DuckDBStore):
     def _ensure_ledger_day(self) -> str:
         """The name of today's ledger table, created (in a snapshot of its own) if missing;
         another instance may be creating it too."""
-        name = ledger.day_table(time.time())
-        if name == self._ledger_ready:
-            return name
+        if ledger.day_table(time.time()) == self._ledger_day:
+            return self._ledger_ready
         for attempt in range(CREATE_ATTEMPTS):
             try:
                 with self._creating(), self._cursor() as cur:
-                    if name not in ledger.tables(cur):
+                    name, exists = ledger.today_table(ledger.day_tables(cur), time.time())
+                    if not exists:
                         cur.execute(ledger.DDL.format(name=quote_identifier(name)))
                         # keys live in the catalog, not in a Parquet file per request (an
                         # optimisation: if another instance's option wins, so be it)
@@ -262,6 +263,7 @@ class DuckLakeStore(DuckDBStore):
                                 [name],
                             )
                 self._ledger_ready = name
+                self._ledger_day = name[: len(ledger.day_table(0))]
                 return name
             except duckdb.Error as exc:
                 if attempt == CREATE_ATTEMPTS - 1:
@@ -271,21 +273,25 @@ class DuckLakeStore(DuckDBStore):
                 time.sleep(min(0.05 * 2**attempt, 1.0))  # lost a creation race: retry
         raise AssertionError("unreachable")
 
-    def ledger_entry(self, cur: duckdb.DuckDBPyConnection, key: str) -> tuple[int, int] | None:
-        return ledger.lookup(cur, key, self.key_ttl_hours, time.time())
+    def ledger_entry(
+        self, cur: duckdb.DuckDBPyConnection, table: str, key: str
+    ) -> tuple[int, int] | None:
+        return ledger.lookup(cur, table, key, self.key_ttl_hours, time.time())
 
     def record_key(
         self, cur: duckdb.DuckDBPyConnection, key: str, table: str, rows: int, batches: int
     ) -> None:
         """Insert ``key`` into the newest day's ledger, in the caller's transaction."""
         if not ledger.record(cur, key, table, rows, batches, time.time()):
-            raise StorageError("the idempotency ledger is missing; restart the server")
+            self._ledger_day = ""  # dropped or replaced by hand: the next write makes one
+            raise StorageError("the idempotency ledger is missing; retry the request")
 
     def prune_ledger(self) -> None:
         """Drop the day tables whose keys have all outlived the TTL (by a day's margin)."""
         today = self._ensure_ledger_day()
         with self._cursor() as cur:
-            for name in ledger.expired(ledger.tables(cur), self.key_ttl_hours, time.time()):
+            days = list(ledger.day_tables(cur))  # malformed ones too, once expired
+            for name in ledger.expired(days, self.key_ttl_hours, time.time()):
                 if name != today:
                     cur.execute(f"DROP TABLE IF EXISTS {quote_identifier(name)}")
 

@@ -101,7 +101,7 @@ class TableWrite:
             return
         if self.key is not None:
             # the table is missing (dropped since?): look the key up before creating it
-            self.replay = self.store.ledger_entry(self.cur, self.key)
+            self.replay = self.store.ledger_entry(self.cur, self.table, self.key)
             if self.replay is not None:  # open_write answers it as a replay
                 return
         # a store shared with other processes creates a missing table in a snapshot of
@@ -136,7 +136,7 @@ class TableWrite:
             return False
         if self.key is not None:
             # the snapshot the commit is made from: no need to look again at the end
-            self.replay = self.store.ledger_entry(self.cur, self.key)
+            self.replay = self.store.ledger_entry(self.cur, self.table, self.key)
             self._key_checked = True
             if self.replay is not None:  # open_write answers it as a replay
                 return True
@@ -199,7 +199,7 @@ class TableWrite:
         assert self.key is not None
         self.rollback()
         with self.store._cursor() as cur:  # a fresh snapshot, which sees the rival's commit
-            replay = self.store.ledger_entry(cur, self.key)
+            replay = self.store.ledger_entry(cur, self.table, self.key)
         if replay is None:
             return False
         self.replay = replay
@@ -210,7 +210,9 @@ class TableWrite:
         """Put the key in the ledger, in this transaction; False (rolled back) if a
         request with the same key committed first."""
         assert self.key is not None
-        replay = None if self._key_checked else self.store.ledger_entry(self.cur, self.key)
+        replay = (
+            None if self._key_checked else self.store.ledger_entry(self.cur, self.table, self.key)
+        )
         if replay is not None:
             self.replay = replay
             self.store.replays += 1

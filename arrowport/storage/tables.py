@@ -7,7 +7,8 @@ Invariants:
 * Names resolve as DuckDB resolves identifiers: case-insensitively, in schema
   ``main`` of the store's own database file (not attached databases).
 * Tables whose names start with ``_arrowport`` are Arrowport's own (e.g. a
-  ledger) and do not exist as far as readers are concerned. Neither do tables
+  ledger) and do not exist as far as readers are concerned: they are never
+  listed, and naming one is refused (400 invalid_name, as in ``names``). Neither do tables
   whose names are not valid Arrowport identifiers: they could not be named
   in a read or drop, so they are not listed either.
 * Arrow types are DuckDB's own export (see ``read_cursor``): the schema of
@@ -23,10 +24,10 @@ from dataclasses import dataclass
 import duckdb
 import pyarrow as pa
 
-from ..names import InvalidNameError, quote_identifier, validate_name
+from ..names import RESERVED_PREFIX, InvalidNameError, is_reserved, quote_identifier, validate_name
 from .errors import ColumnNotFoundError, InvalidReadError, TableNotFoundError, UnsupportedTypeError
 
-INTERNAL_PREFIX = "_arrowport"
+INTERNAL_PREFIX = RESERVED_PREFIX
 SAMPLE_ROWS = 2048  # rows read to estimate a table's Arrow size (one DuckDB vector)
 
 
@@ -67,7 +68,7 @@ def valid_table_name(name: str) -> str:
 
 
 def is_internal(name: str) -> bool:
-    return name.lower().startswith(INTERNAL_PREFIX)
+    return is_reserved(name)
 
 
 def _addressable(name: str) -> bool:

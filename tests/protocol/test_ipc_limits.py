@@ -256,3 +256,38 @@ def test_empty_dictionary_deltas_are_bounded(mode: str) -> None:
     decoded = decode(flood, mode, max_dictionary_bytes=16 * 1024)
     _assert_limit(decoded.raised())
     assert len(decoded.batches) == 1
+
+
+def _metadata_schema(where: str, size: int) -> pa.Schema:
+    """A schema with ``size`` bytes of metadata (key + value) at ``where``."""
+    meta = {b"k": b"v" * (size - 1)}
+    deep = pa.field("leaf", pa.int32(), metadata=meta if where == "deep" else None)
+    inner = pa.struct([pa.field("s", pa.map_(pa.string(), pa.list_(deep)))])
+    fields = [
+        pa.field("top", pa.int8(), metadata=meta if where == "field" else None),
+        pa.field("nested", inner),
+    ]
+    return pa.schema(fields, metadata=meta if where == "schema" else None)
+
+
+@pytest.mark.parametrize("where", ["schema", "field", "deep"])
+def test_schema_metadata_limit_counts_every_field_at_any_depth(where: str, mode: str) -> None:
+    """Schema metadata, a field's, or a field's nested four levels down: over
+    max_schema_metadata_bytes is 413 naming the limit; exactly at it passes."""
+    decoded = decode(
+        write_stream(_metadata_schema(where, 1001)), mode, max_schema_metadata_bytes=1000
+    )
+    _assert_limit(decoded.raised())
+    assert "limits.max_schema_metadata_bytes (1000 bytes)" in decoded.raised().detail
+    assert decoded.events == []
+    at_limit = _metadata_schema(where, 1000)
+    assert decode(write_stream(at_limit), mode, max_schema_metadata_bytes=1000).ok().schema == (
+        at_limit
+    )
+
+
+def test_schema_metadata_limit_adds_up_many_small_entries(mode: str) -> None:
+    """Many fields with a little metadata each add up to the limit like one big entry."""
+    fields = [pa.field(f"c{i}", pa.int8(), metadata={b"k": b"v" * 99}) for i in range(11)]
+    decoded = decode(write_stream(pa.schema(fields)), mode, max_schema_metadata_bytes=1000)
+    _assert_limit(decoded.raised())

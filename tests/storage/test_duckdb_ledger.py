@@ -9,7 +9,7 @@ import duckdb
 import pyarrow as pa
 import pytest
 
-from arrowport.storage import DuckDBStore, ReplayWrite, SchemaMismatchError
+from arrowport.storage import DuckDBStore, ReplayWrite, SchemaMismatchError, StorageError
 
 
 def _batch(start: int, rows: int = 10) -> pa.RecordBatch:
@@ -50,17 +50,100 @@ def test_a_committed_key_replays_the_original_result_and_writes_nothing(tmp_path
     assert store.replays == 1
 
 
-def test_keys_are_server_wide_and_the_replay_is_decided_before_the_table_is_touched(
+def test_keys_are_per_table_and_the_replay_is_decided_before_the_table_is_touched(
     tmp_path: Path,
 ) -> None:
-    """A key used for table a replays for table b too (it names a request, not a table); the
-    replay needs no schema check and creates nothing."""
+    """A key used for table a does not replay for table b (or its other spelling B): b is
+    written. For table a (any case) it replays without a schema check and writes nothing."""
     store = _store(tmp_path)
     _ingest(store, "a", "k", _batch(0))
-    write = store.open_write("b", pa.schema([("x", pa.string())]), idempotency_key="k")
+    other = _ingest(store, "B", "k", _batch(0, 4))
+    assert other.replayed is False  # type: ignore[attr-defined]
+    assert _ingest(store, "b", "k", _batch(0)).replayed is True  # type: ignore[attr-defined]
+    assert (_count(store, "a"), _count(store, "b")) == (10, 4)
+    write = store.open_write("A", pa.schema([("x", pa.string())]), idempotency_key="k")
     assert isinstance(write, ReplayWrite)
     assert write.finish().rows == 10
-    assert [t.name for t in store.list_tables()] == ["a"]  # no table b, no ledger listed
+    assert [t.name for t in store.list_tables()] == ["a", "B"]  # no ledger listed
+
+
+def _old_ledger(path: Path, rows: list[tuple[object, ...]]) -> None:
+    con = duckdb.connect(str(path))
+    con.execute(
+        'CREATE TABLE "_arrowport_ledger" (key VARCHAR PRIMARY KEY, table_name VARCHAR, '
+        "rows BIGINT, batches BIGINT, committed_at DOUBLE)"
+    )
+    con.executemany('INSERT INTO "_arrowport_ledger" VALUES (?, ?, ?, ?, ?)', rows)
+    con.close()
+
+
+def test_the_old_global_ledger_is_moved_once_and_its_keys_keep_their_table(
+    tmp_path: Path,
+) -> None:
+    """A file with the old _arrowport_ledger (key PRIMARY KEY): its live, sane rows move to the
+    per-table ledger at open and still replay for their table only; expired and malformed rows
+    (NULL or negative counts) are dropped with the old table."""
+    now = time.time()
+    _old_ledger(
+        tmp_path / "t.duckdb",
+        [
+            ("k", "T", 7, 1, now - 60),
+            ("old", "t", 1, 1, now - 10 * 86400),  # past the 168 h TTL
+            ("null", "t", None, 1, now - 60),
+            ("neg", "t", -5, 1, now - 60),
+        ],
+    )
+    store = _store(tmp_path)
+    write = store.open_write("t", _batch(0).schema, idempotency_key="k")
+    assert isinstance(write, ReplayWrite) and write.finish().rows == 7
+    assert _ingest(store, "u", "k", _batch(0)).replayed is False  # type: ignore[attr-defined]
+    for key in ("old", "null", "neg"):
+        assert _ingest(store, "t", key, _batch(0)).replayed is False  # type: ignore[attr-defined]
+    with store._cursor() as cur:
+        tables = {r[0] for r in cur.execute("SELECT table_name FROM duckdb_tables()").fetchall()}
+    assert "_arrowport_ledger" not in tables and "_arrowport_keys" in tables
+    store.close()
+    _store(tmp_path).close()  # a second open has nothing to move
+
+
+def test_malformed_ledger_rows_are_not_trusted(tmp_path: Path) -> None:
+    """A ledger made by hand without our constraints, with NULL and negative counts or a
+    commit time far ahead: the key writes (with a warning), never fails, and is then recorded."""
+    path = tmp_path / "t.duckdb"
+    con = duckdb.connect(str(path))
+    con.execute(
+        'CREATE TABLE "_arrowport_keys" (table_name VARCHAR, key VARCHAR, rows BIGINT, '
+        "batches BIGINT, committed_at DOUBLE)"
+    )
+    now = time.time()
+    con.executemany(
+        'INSERT INTO "_arrowport_keys" VALUES (?, ?, ?, ?, ?)',
+        [
+            ("t", "null", None, None, now),
+            ("t", "neg", -1, 1, now),
+            ("t", "future", 5, 1, now + 1e9),
+        ],
+    )
+    con.close()
+    store = _store(tmp_path)
+    for key in ("null", "neg", "future"):
+        assert _ingest(store, "t", key, _batch(0)).replayed is False  # type: ignore[attr-defined]
+        assert _ingest(store, "t", key, _batch(0)).replayed is True  # type: ignore[attr-defined]
+    assert _count(store, "t") == 30
+
+
+def test_a_ledger_table_with_other_columns_stops_the_open_with_a_clear_message(
+    tmp_path: Path,
+) -> None:
+    """A hand-made _arrowport_keys with other columns: open fails naming the table and what to
+    do (not every keyed write later), and releases the file."""
+    con = duckdb.connect(str(tmp_path / "t.duckdb"))
+    con.execute('CREATE TABLE "_arrowport_keys" (key VARCHAR, junk INT)')
+    con.close()
+    store = DuckDBStore(tmp_path / "t.duckdb")
+    with pytest.raises(StorageError, match=r"_arrowport_keys has unexpected columns.*rename or"):
+        store.open()
+    duckdb.connect(str(tmp_path / "t.duckdb")).close()  # not left locked
 
 
 def test_the_key_is_recorded_in_the_requests_transaction(tmp_path: Path) -> None:
@@ -109,7 +192,7 @@ def test_keys_expire_after_the_ttl(tmp_path: Path) -> None:
     time.sleep(0.7)
     store.prune_ledger()
     with store._cursor() as cur:
-        assert cur.execute('SELECT count(*) FROM "_arrowport_ledger"').fetchone() == (0,)
+        assert cur.execute('SELECT count(*) FROM "_arrowport_keys"').fetchone() == (0,)
 
 
 def test_the_ledger_survives_a_restart(tmp_path: Path) -> None:
@@ -121,7 +204,7 @@ def test_the_ledger_survives_a_restart(tmp_path: Path) -> None:
     assert _ingest(reopened, "t", "k", _batch(0)).replayed is True  # type: ignore[attr-defined]
     reopened.close()
     con = duckdb.connect(str(tmp_path / "t.duckdb"), read_only=True)
-    assert con.execute('SELECT key, table_name, rows FROM "_arrowport_ledger"').fetchall() == [
+    assert con.execute('SELECT key, table_name, rows FROM "_arrowport_keys"').fetchall() == [
         ("k", "t", 10)
     ]
     con.close()

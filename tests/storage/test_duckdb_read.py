@@ -155,12 +155,15 @@ def test_invalid_names_are_invalid_argument(store: DuckDBStore, name: str) -> No
 
 
 def test_internal_tables_cannot_be_read_or_dropped(store: DuckDBStore) -> None:
-    """_arrowport* tables do not exist for table_info, scan and drop_table, and survive a drop."""
+    """_arrowport* names (any case) are refused 400 by table_info, scan and drop_table; the
+    ledger survives a drop."""
     # the real ledger exists from open(); it is empty
     for call in (store.table_info, store.scan, store.drop_table):
-        with pytest.raises(TableNotFoundError):
-            call("_arrowport_ledger")
-    assert store.count_rows("_arrowport_ledger") == 0
+        for name in ("_arrowport_keys", "_ARROWPORT_keys", "_arrowport_nothing"):
+            with pytest.raises(InvalidNameError, match="reserved") as info:
+                call(name)
+            assert info.value.http_status == 400
+    assert store.count_rows("_arrowport_keys") == 0
 
 
 def test_unexportable_column_is_named_and_table_not_listed(tmp_path: Path) -> None:

@@ -162,8 +162,8 @@ def test_a_key_recorded_just_after_midnight_is_found_for_its_whole_ttl() -> None
     cur.execute(ledger.DDL.format(name=f'"{yesterday}"'))
     assert ledger.record(cur, "k", "t", 5, 1, now=midnight + 60)  # into yesterday's table
     for now in (midnight + 120, midnight + 24 * 3600 + 30):  # since = 00:00:30, same day
-        assert ledger.lookup(cur, "k", ttl_hours=24, now=now) == (5, 1)
-    assert ledger.lookup(cur, "k", ttl_hours=24, now=midnight + 24 * 3600 + 90) is None
+        assert ledger.lookup(cur, "t", "k", ttl_hours=24, now=now) == (5, 1)
+    assert ledger.lookup(cur, "t", "k", ttl_hours=24, now=midnight + 24 * 3600 + 90) is None
     assert ledger.expired([yesterday], 24, now=midnight + 24 * 3600 + 90) == []
     assert ledger.expired([yesterday], 24, now=midnight + 3 * 24 * 3600) == [yesterday]
 
@@ -231,3 +231,50 @@ def test_a_replay_into_a_dropped_table_does_not_create_it(store: DuckLakeStore) 
     assert again.finish().rows == 10
     assert store.current_snapshot() == snapshots and store.rollbacks == rollbacks
     assert "u" not in [info.name for info in store.list_tables()]
+
+
+def _keyed_into(store: DuckLakeStore, name: str, key: str, data: pa.Table) -> object:
+    write = store.open_write(name, data.schema, idempotency_key=key)
+    for group in write.groups(data.to_batches()):
+        write.insert(group)
+    return write.finish()
+
+
+def test_keys_are_per_table(store: DuckLakeStore) -> None:
+    """A key first used for table a is a new request for table b (b is written), and
+    replays for a under any spelling."""
+    assert not _keyed_into(store, "a", "k", table(3)).replayed  # type: ignore[attr-defined]
+    assert not _keyed_into(store, "b", "k", table(4)).replayed  # type: ignore[attr-defined]
+    assert _keyed_into(store, "A", "k", table(9)).rows == 3  # type: ignore[attr-defined]
+    assert (store.count_rows("a"), store.count_rows("b")) == (3, 4)
+
+
+def test_a_malformed_day_table_and_rows_do_not_break_keyed_writes(tmp_path: Path) -> None:
+    """Today's ledger table replaced by hand with a junk column, and forged rows with NULL or
+    negative counts: keyed writes to every table still commit and replay (keys go to a
+    _1 table), with nothing trusted from the junk."""
+    lake = DuckLakeStore(str(tmp_path / "meta.ducklake"), str(tmp_path / "data"))
+    lake.open()
+    today = ledger.day_table(time.time())
+    with lake._cursor() as cur:
+        cur.execute(f'DROP TABLE "{today}"')
+        cur.execute(f'CREATE TABLE "{today}" (key VARCHAR, junk INT)')
+        cur.execute(f"INSERT INTO \"{today}\" VALUES ('k', 1)")
+        yesterday = ledger.day_table(time.time() - 86400)
+        cur.execute(ledger.DDL.format(name=f'"{yesterday}"'))
+        cur.execute(
+            f"INSERT INTO \"{yesterday}\" VALUES ('n', 't', NULL, 1, {time.time()}), "
+            f"('m', 't', -4, 1, {time.time()})"
+        )
+    lake.close()
+    lake = DuckLakeStore(str(tmp_path / "meta.ducklake"), str(tmp_path / "data"))
+    lake.open()
+    try:
+        for key in ("k", "n", "m"):
+            assert not _keyed_into(lake, "t", key, table(2)).replayed  # type: ignore[attr-defined]
+            assert _keyed_into(lake, "t", key, table(2)).replayed  # type: ignore[attr-defined]
+        assert lake.count_rows("t") == 6
+        with lake._cursor() as cur:
+            assert today + "_1" in ledger.tables(cur) and today not in ledger.tables(cur)
+    finally:
+        lake.close()
