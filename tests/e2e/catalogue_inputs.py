@@ -1205,5 +1205,8 @@ CASES: list[Case] = [
     ),
 ]
 
+from catalogue_types import TYPE_CASES  # noqa: E402 - built with the helpers above
+
+CASES += TYPE_CASES
 CASES_BY_NAME = {case.name: case for case in CASES}
 assert len(CASES_BY_NAME) == len(CASES), "case names must be unique"
