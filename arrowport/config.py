@@ -729,6 +729,11 @@ def _token(value: object, key: str) -> Token:
         raise ConfigError(f"{key}: a token may not contain spaces")
     streams = raw.get("streams")
     names = None if streams is None else _names(streams, f"{key}.streams")
+    for name in names or ():
+        try:
+            validate_name(name, "stream")  # _arrowport* is no stream a token could write
+        except InvalidNameError as exc:
+            raise ConfigError(f"{key}.streams: {exc.detail}") from None
     return Token(token, names)
 
 

@@ -327,6 +327,10 @@ def test_bad_ducklake_settings_name_the_key(raw: dict[str, object], message: str
             {"storage_backend": "delta", "streams": {"_s": {}}},
             "streams._s.target_table: Delta table name '_s' starts with '_'",
         ),
+        (
+            {"auth": {"tokens": [{"token": "t" * 32, "streams": ["ok", "_arrowport_keys"]}]}},
+            "auth.tokens[0].streams: stream name '_arrowport_keys' is reserved",
+        ),
     ],
 )
 def test_reserved_names_in_the_config_are_errors(raw: dict[str, object], message: str) -> None:

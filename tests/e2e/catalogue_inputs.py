@@ -1205,8 +1205,65 @@ CASES: list[Case] = [
     ),
 ]
 
+# -- internal state (issue 16, item 3): reserved names, schema metadata ----------------------
+# (a block of its own, appended, so that other additions to CASES merge cleanly)
+
+META_LIMIT_DEFAULT = 256 * 1024  # limits.max_schema_metadata_bytes on the shared servers
+
+
+def _nested_metadata_over_limit() -> list[Msg]:
+    """The good schema plus a struct whose nested field carries 256 KiB + 1 byte of metadata."""
+    leaf = pa.field("v", pa.int64(), metadata={b"k": b"m" * META_LIMIT_DEFAULT})
+    schema = SCHEMA.append(pa.field("s", pa.struct([leaf])))
+    table = good_table(0).append_column(schema.field("s"), [pa.array([{"v": 1}] * GOOD_ROWS)])
+    return stream_messages(schema, table.cast(schema).to_batches())
+
+
+CASES += [
+    Case(
+        "name_reserved_ledger",
+        "the stream name `_arrowport_keys` (Arrowport's own ledger table)",
+        HttpInput(
+            _good_ipc,
+            Http(400, "invalid_name", "is reserved"),
+            path="/ingest/_arrowport_keys",
+        ),
+        FlightInput(_named("_arrowport_keys"), Grpc(INVALID, "is reserved")),
+        target="named",
+    ),
+    Case(
+        "name_reserved_any_case",
+        "the stream name `_ARROWPORT_ledger_20250101` (a DuckLake ledger day, upper case)",
+        HttpInput(
+            _good_ipc,
+            Http(400, "invalid_name", "is reserved"),
+            path="/ingest/_ARROWPORT_ledger_20250101",
+        ),
+        FlightInput(_named("_ARROWPORT_ledger_20250101"), Grpc(INVALID, "is reserved")),
+        target="named",
+    ),
+    Case(
+        "name_delta_log",
+        "the stream name `_delta_log` on the Delta server (the table's log directory)",
+        HttpInput(_good_ipc, Http(400, "invalid_name", "hidden"), path="/ingest/_delta_log"),
+        FlightInput(_named("_delta_log"), Grpc(INVALID, "hidden")),
+        target="named",
+        servers=("lake",),
+    ),
+    Case(
+        "schema_metadata_over_limit",
+        "a nested field with 256 KiB + 1 byte of metadata (limits.max_schema_metadata_bytes)",
+        **_both(
+            _nested_metadata_over_limit,
+            Http(413, "limit_exceeded", "max_schema_metadata_bytes"),
+            Grpc(EXHAUSTED, "max_schema_metadata_bytes"),
+        ),
+    ),
+]
+
 from catalogue_types import TYPE_CASES  # noqa: E402 - built with the helpers above
 
 CASES += TYPE_CASES
+
 CASES_BY_NAME = {case.name: case for case in CASES}
 assert len(CASES_BY_NAME) == len(CASES), "case names must be unique"
