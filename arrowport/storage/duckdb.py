@@ -19,6 +19,7 @@ from __future__ import annotations
 import itertools
 import logging
 import os
+import re
 import threading
 import time
 from collections.abc import Iterable, Sequence
@@ -36,6 +37,7 @@ from .errors import (
     StorageError,
     UnsupportedTypeError,
     WriteRejectedError,
+    first_line,
 )
 from .schema import Column, check_subset, duplicate_names
 from .table_write import ReplayWrite, TableWrite, WriteResult
@@ -53,6 +55,7 @@ from .tables import (
 log = logging.getLogger("arrowport.storage")
 
 _source_ids = itertools.count(1)
+_PATH = re.compile(r"(?:[A-Za-z]:)?(?:[/\\][\w.@+-]+){2,}[/\\]?")  # a file path in a message
 
 
 def load_extension(con: duckdb.DuckDBPyConnection, name: str) -> None:
@@ -504,14 +507,23 @@ class DuckDBStore:
 
     @staticmethod
     def translate(exc: BaseException) -> BaseException:
-        """Map a DuckDB exception to the error a client is shown."""
-        if isinstance(exc, duckdb.ConstraintException | duckdb.ConversionException):
-            return WriteRejectedError(f"DuckDB refused the rows: {exc}")
+        """Map a DuckDB exception to the error a client is shown: one line of the
+        engine's message, paths masked (the full text goes to the log)."""
+        if not isinstance(exc, duckdb.Error):
+            return exc
+        log.warning("DuckDB: %s: %s", type(exc).__name__, exc)
+        line = _PATH.sub("<path>", first_line(exc))
+        if isinstance(
+            exc,
+            duckdb.ConstraintException
+            | duckdb.ConversionException
+            | duckdb.InvalidInputException
+            | duckdb.NotImplementedException,
+        ):  # what the rows or their types were: the client's input
+            return WriteRejectedError(f"DuckDB refused the rows: {line}")
         if isinstance(exc, duckdb.IOException | duckdb.OutOfMemoryException):
-            return StorageError(f"DuckDB could not write: {exc}")
-        if isinstance(exc, duckdb.Error):
-            return StorageError(f"DuckDB error: {exc}")
-        return exc
+            return StorageError(f"DuckDB could not write: {line}")
+        return StorageError(f"DuckDB error: {line}")
 
 
 def _no_rows(schema: pa.Schema) -> pa.RecordBatchReader:
