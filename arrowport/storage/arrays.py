@@ -30,7 +30,7 @@ def safe_cast(target: pa.DataType) -> Convert:
         try:
             return arr.cast(target, safe=True)
         except (pa.ArrowInvalid, pa.ArrowNotImplementedError) as exc:
-            raise ValueRefused(_one_line(exc)) from None
+            raise ValueRefused(one_line(exc)) from None
 
     return convert
 
@@ -147,8 +147,9 @@ def check_unique_keys(arr: pa.Array) -> None:
     if arr.offset:
         arr = _compact_list(arr)
     # As a list of keys: pyarrow 26 aborts the process on list_parent_indices(map).
-    mask = pc.invert(arr.is_valid()) if arr.null_count else None
-    lists = pa.ListArray.from_arrays(arr.offsets, arr.keys, mask=mask)
+    lists = pa.ListArray.from_arrays(arr.offsets, arr.keys)
+    if arr.null_count:  # a null map's range of keys (if any) is not data
+        lists = lists.filter(arr.is_valid())
     keys = pc.list_flatten(lists)
     if len(keys) < 2:
         return
@@ -234,6 +235,6 @@ def chain(*steps: Convert | None) -> Convert | None:
     return convert
 
 
-def _one_line(exc: BaseException) -> str:
+def one_line(exc: BaseException) -> str:
     text = str(exc).strip()
     return text.splitlines()[0] if text else type(exc).__name__

@@ -99,6 +99,11 @@ class TypePlan:
                     f"column {field.name!r} ({field.type}) holds a value "
                     f"{_label(self.backend)} cannot store exactly: {exc}"
                 ) from None
+            except (pa.ArrowException, ValueError) as exc:  # a shape no rule foresaw
+                raise UnsupportedTypeError(
+                    f"column {field.name!r} ({field.type}) could not be converted for "
+                    f"{_label(self.backend)}: {arrays.one_line(exc)}"
+                ) from None
             batch = batch.set_column(i, self.target.field(i), column)
         return batch
 

@@ -230,3 +230,17 @@ def test_kept_columns_are_not_copied() -> None:
     assert plan.identity and plan.target == batch.schema
     out = plan.convert(batch)
     assert out.column(0).buffers()[1].address == batch.column(0).buffers()[1].address
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_a_null_map_hides_its_keys(backend: str) -> None:
+    """Keys in a null map's offset range are not data: no false duplicate, nothing dropped."""
+    maps = pa.MapArray.from_arrays(
+        pa.array([0, 2, 4, 5], pa.int32()),
+        pa.array(["a", "b", "a", "a", "c"]),
+        pa.array([1, 2, 3, 4, 5]),
+        mask=pa.array([False, True, False]),
+    )
+    assert _convert(maps, backend).to_pylist() == [[("a", 1), ("b", 2)], None, [("c", 5)]]
+    sliced = _convert(maps.slice(2, 1), backend)
+    assert sliced.to_pylist() == [[("c", 5)]]
