@@ -10,6 +10,7 @@ an encoding or a lossless widening is not a difference but any changed value is:
   (``tstz`` for time-zone aware ones, compared as instants; ``ts`` for naive ones), times as ns,
   dates as days (a date64 that is not a whole day stays a difference), and durations and all
   intervals as ``(months, days, ns)``, so a duration stored as an INTERVAL compares equal;
+- arrow.bool8 as booleans, DuckDB's opaque HUGEINT/UHUGEINT (its lossless Arrow export) as ``int``;
 - decimals as ``Decimal`` (equal by value, whatever the precision and scale), integers as ``int``
   (any width, signed or not), floats as ``float`` (float16 too) with NaN equal to NaN, booleans
   tagged so that they never equal an integer;
@@ -130,6 +131,14 @@ def _canon(arr: pa.Array) -> list[Any]:
     t = arr.type
     if isinstance(t, _LegacyInterval):
         return _legacy_intervals(arr)
+    if isinstance(t, pa.OpaqueType) and t.type_name in ("hugeint", "uhugeint"):
+        signed = t.type_name == "hugeint"  # DuckDB's 128-bit integers, little-endian
+        return [
+            None if v is None else int.from_bytes(v, "little", signed=signed)
+            for v in arr.storage.to_pylist()
+        ]
+    if isinstance(t, pa.Bool8Type):  # DuckDB's lossless export of BOOLEAN
+        return [None if v is None else ("bool", v != 0) for v in arr.storage.to_pylist()]
     if isinstance(arr, pa.ExtensionArray):
         return _canon(arr.storage)
     if pt.is_dictionary(t):

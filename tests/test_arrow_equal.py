@@ -170,3 +170,26 @@ def test_legacy_intervals_read_from_the_corpus_compare_as_month_day_nano() -> No
     assert differences(sent, as_mdn) == []
     changed = as_mdn.set_column(1, "f6", pa.nulls(sent.num_rows, pa.month_day_nano_interval()))
     assert differences(sent, changed) != []
+
+
+def test_duckdb_lossless_export_compares_by_value() -> None:
+    """DuckDB's lossless Arrow export (UUID, HUGEINT, TIMESTAMP_NS) compares equal to the values."""
+    import uuid
+
+    import duckdb
+
+    u = uuid.UUID("16f75bb9-8e26-f400-69d8-e4eea676391a")
+    sent = pa.table(
+        {
+            "u": pa.array([u.bytes, None], pa.binary(16)),
+            "h": pa.array([-(2**100), 7], pa.decimal128(38, 0)),
+            "t": pa.array([1_000_000_001, None], pa.timestamp("ns")),
+        }
+    )
+    with duckdb.connect(config={"arrow_lossless_conversion": True}) as con:
+        stored = con.execute(
+            f"SELECT '{u}'::UUID AS u, (-(2::HUGEINT ** 100))::HUGEINT AS h, "
+            "'1970-01-01 00:00:01.000000001'::TIMESTAMP_NS AS t "
+            "UNION ALL SELECT NULL, 7, NULL"
+        ).to_arrow_table()
+    assert differences(sent, stored) == []
