@@ -59,7 +59,7 @@ HOW_TO_GET = (
 )
 
 
-def test_data() -> Path | None:
+def corpus_data() -> Path | None:
     """The arrow-testing ``data`` directory, found as Arrow's own implementations do."""
     env = os.environ.get("ARROW_TEST_DATA")
     if env:
@@ -536,7 +536,7 @@ def json_or_none(text: str) -> Any:
 
 
 def skip_without_corpus() -> Path:
-    data = test_data()
+    data = corpus_data()
     if data is None:
         pytest.skip(HOW_TO_GET)
     return data

@@ -32,12 +32,12 @@ from conformance_support import (
     read_back,
     skip_without_corpus,
     table_name,
-    test_data,
+    corpus_data,
     verdict,
 )
 from support import Server
 
-DATA = test_data()
+DATA = corpus_data()
 STREAMS = DATA / "arrow-ipc-stream" if DATA is not None else None
 
 
