@@ -29,10 +29,10 @@ from conformance_support import (
     BackendServer,
     Outcome,
     Stored,
+    corpus_data,
     read_back,
     skip_without_corpus,
     table_name,
-    corpus_data,
     verdict,
 )
 from support import Server
