@@ -53,6 +53,7 @@ _DATE_RANGE = (-(2**31) + 2, 2**31 - 2)
 _DELTA_DATE_RANGE = (-719_162, 2_932_896)
 _DELTA_TIMESTAMP_RANGE_US = (-62_135_596_800_000_000, 253_402_300_799_999_999)
 _DAY_MS = 86_400_000
+_DUCKDB_TIMESTAMP_RANGE_US = (-9_223_372_022_400_000_000, 9_223_372_036_854_775_806)
 # DuckLake's Parquet writer needs a time of day: 00:00 to 24:00 (others fail, are
 # changed, or invalidate the database).
 _TIME_UNITS = {"s": 1, "ms": 1_000, "us": 1_000_000, "ns": 1_000_000_000}
@@ -242,23 +243,15 @@ def _timestamp(t: pa.TimestampType, kind: Backend) -> _Node:
     if kind is Backend.DELTA:  # Delta stores microseconds, years 1 to 9999
         span = arrays.check_range(*_DELTA_TIMESTAMP_RANGE_US, "timestamp (us since 1970)")
         return _Node(micros, chain(to_micros, span))
+    # DuckDB's range (int64 max and -max are its +-infinity); outside it a read fails
+    low, high = _DUCKDB_TIMESTAMP_RANGE_US
+    span = arrays.check_range(low, high, "timestamp (us since 1970)")
     if t.tz is not None:  # DuckDB's TIMESTAMP WITH TIME ZONE holds microseconds
-        return _Node(micros, to_micros)
-    if kind is Backend.DUCKLAKE and t.unit in ("s", "ms"):
-        # DuckLake writes them in microseconds: refuse what would overflow
-        return _Node(t, _fits(micros))
-    return _Node(t)
-
-
-def _fits(target: pa.DataType) -> Convert:
-    """Keep the array, refusing values a safe cast to ``target`` would change."""
-    cast = arrays.safe_cast(target)
-
-    def convert(arr: pa.Array) -> pa.Array:
-        cast(arr)
-        return arr
-
-    return convert
+        return _Node(micros, chain(to_micros, span))
+    if t.unit == "ns":
+        return _Node(t, arrays.check_range(-(2**63) + 2, 2**63 - 2, "timestamp (ns since 1970)"))
+    per = {"s": 1_000_000, "ms": 1_000, "us": 1}[t.unit]
+    return _Node(t, arrays.check_range(-(-low // per), high // per, "timestamp"))
 
 
 def _nested(t: pa.DataType, kind: Backend, depth: int) -> _Node:
