@@ -76,4 +76,12 @@ def error_json(exc: ArrowportError) -> Response:
     """``exc`` as a JSON ``{error, detail}`` answer with its HTTP status."""
     response = jsonify(exc.to_json())
     response.status_code = exc.http_status
+    return with_retry_after(response, exc)
+
+
+def with_retry_after(response: Response, exc: ArrowportError) -> Response:
+    """``response``, with ``Retry-After`` when ``exc`` says when to try again."""
+    retry_after = getattr(exc, "retry_after", None)
+    if retry_after is not None:
+        response.headers["Retry-After"] = str(retry_after)
     return response

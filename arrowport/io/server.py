@@ -26,7 +26,7 @@ from hypercorn.config import Config as HypercornConfig
 
 from .. import redact
 from ..config import Config, ConfigError, load_config
-from ..storage import DeltaStore, DuckDBStore, DuckLakeStore
+from ..storage import DeltaStore, DuckDBStore, DuckLakeStore, StorageError
 from . import listener, metrics
 from .backends import warn_unserved
 from .flight import FlightService
@@ -225,6 +225,8 @@ async def checkpoint_loop(store: DuckDBStore, interval: float) -> None:
         await trio.sleep(interval)
         try:
             await trio.to_thread.run_sync(store.checkpoint)
+        except StorageError as exc:  # e.g. the database is being reopened: next time
+            log.warning("periodic checkpoint failed: %s", exc.detail)
         except Exception:
             log.exception("periodic checkpoint failed")
 

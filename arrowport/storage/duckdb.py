@@ -35,6 +35,7 @@ from .errors import (
     UnsupportedTypeError,
     WriteRejectedError,
 )
+from .recovery import Gate, GuardedReader, Lease, invalidate_for_test, invalidates
 from .schema import Column, check_subset, duplicate_names
 from .table_write import ReplayWrite, TableWrite, WriteResult
 from .tables import (
@@ -114,6 +115,8 @@ class DuckDBStore:
         self._con: duckdb.DuckDBPyConnection | None = None
         self._database = ""  # the catalog the tables are in (its name comes from the file)
         self._cursor_lock = threading.Lock()
+        # who may use the connection; reopens it after a fatal engine error (recovery.py)
+        self.gate = Gate(self.backend, self._reopen)
         self.commits = 0
         self.rollbacks = 0
         self.schema_mismatches = 0
@@ -173,18 +176,48 @@ class DuckDBStore:
             )
 
     def close(self, *, checkpoint: bool = True) -> None:
-        con, self._con = self._con, None
+        with self._cursor_lock:
+            con, self._con = self._con, None
         if con is None:
             return
         try:
-            if checkpoint:
+            if checkpoint and self.gate.ready:
                 con.execute("CHECKPOINT")
         finally:
             con.close()
 
+    def _reopen(self) -> None:
+        """Open the database again after an invalidation (the gate's thread; nothing else
+        uses the connection meanwhile). The WAL brings back every committed write."""
+        self.close(checkpoint=False)
+        self.open()
+
     def checkpoint(self) -> None:
         with self._cursor() as cur:
-            cur.execute("CHECKPOINT")
+            try:
+                cur.execute("CHECKPOINT")
+            except duckdb.Error as exc:
+                raise self.translate(exc) from None
+
+    # the catalog whose CHECKPOINT the test hook aborts (DuckLake: its metadata database)
+    _checkpoint_target = ""
+
+    def probe(self) -> str | None:
+        """None if the store can write now, else why not (one line, for readiness)."""
+        if not self.gate.ready:
+            return f"{self.backend}: reopening after a fatal engine error"
+        try:
+            with self._cursor() as cur:
+                cur.execute("SELECT 1").fetchall()
+        except duckdb.Error as exc:
+            return f"{self.backend}: {getattr(self.translate(exc), 'detail', 'unavailable')}"
+        except StorageError as exc:
+            return f"{self.backend}: {exc.detail}"
+        return None
+
+    def invalidate_for_test(self, hold_seconds: float = 0.0) -> str:
+        """(Test hook, ARROWPORT_TEST_HOOKS=1 only; see ``recovery.invalidate_for_test``.)"""
+        return invalidate_for_test(self, hold_seconds)
 
     def create_shared_table(
         self, cur: duckdb.DuckDBPyConnection, table: str, schema: pa.Schema
@@ -205,11 +238,17 @@ class DuckDBStore:
         """The version ``cur``'s last commit made: a DuckDB file has none."""
         return None
 
-    def _cursor(self) -> duckdb.DuckDBPyConnection:
+    def _new_cursor(self) -> duckdb.DuckDBPyConnection:
+        """A cursor of its own on the connection (the caller closes it)."""
         with self._cursor_lock:
+            self.gate.check()
             if self._con is None:
                 raise StorageError("the DuckDB store is not open")
             return self._con.cursor()
+
+    def _cursor(self) -> Lease:
+        """``with self._cursor() as cur``: a cursor, counted as a use of the connection."""
+        return Lease(self.gate, self._new_cursor)
 
     def statistics(self) -> dict[str, Any]:
         wal = self.path + ".wal"
@@ -259,10 +298,13 @@ class DuckDBStore:
 
     # -- the read side (Flight): each call has a cursor and a snapshot of its own
 
-    def _read_cursor(self) -> duckdb.DuckDBPyConnection:
-        cur = self._cursor()
-        prepare_read_cursor(cur)
-        return cur
+    def _read_cursor(self) -> Lease:
+        def prepared() -> duckdb.DuckDBPyConnection:
+            cur = self._new_cursor()
+            prepare_read_cursor(cur)
+            return cur
+
+        return Lease(self.gate, prepared)
 
     def list_tables(self) -> list[TableInfo]:
         """The user tables of schema ``main``, sorted by name; each from one snapshot.
@@ -306,7 +348,7 @@ class DuckDBStore:
         columns: Sequence[str] | None = None,
         limit: int | None = None,
         batch_rows: int = 122_880,
-    ) -> pa.RecordBatchReader:
+    ) -> GuardedReader:
         """Stream ``table`` (or some ``columns`` of it, at most ``limit`` rows).
 
         The reader pulls batches of up to ``batch_rows`` rows from DuckDB as it
@@ -333,7 +375,7 @@ class DuckDBStore:
                 # Closing the cursor (on leaving ``with``) leaves the query's
                 # connection to the reader, which outlives it.
                 reader: pa.RecordBatchReader = cur.execute(sql).to_arrow_reader(batch_rows)
-                return reader
+                return self.gate.track(reader)  # closed by a reopen: it holds the database
             except duckdb.Error as exc:
                 raise self.translate(exc) from None
 
@@ -391,7 +433,10 @@ class DuckDBStore:
         if any(name == "" for name in schema.names):
             self.schema_mismatches += 1
             raise SchemaMismatchError("stream has a column with an empty name")
-        write = TableWrite(self, self._cursor(), table, schema, commit, key=idempotency_key)
+        generation = self.gate.generation
+        cur = self._new_cursor()
+        write = TableWrite(self, cur, table, schema, commit, key=idempotency_key)
+        write.generation = generation
         try:
             write.start()
         except BaseException:
@@ -503,9 +548,10 @@ class DuckDBStore:
         finally:
             cur.unregister(name)
 
-    @staticmethod
-    def translate(exc: BaseException) -> BaseException:
+    def translate(self, exc: BaseException) -> BaseException:
         """Map a DuckDB exception to the error a client is shown."""
+        if invalidates(exc):
+            return self.gate.invalidated(exc)
         if isinstance(exc, duckdb.ConstraintException | duckdb.ConversionException):
             return WriteRejectedError(f"DuckDB refused the rows: {exc}")
         if isinstance(exc, duckdb.IOException | duckdb.OutOfMemoryException):
