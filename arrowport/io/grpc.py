@@ -24,7 +24,8 @@ from ..protocol.grpc import (
     prefix,
     status_trailers,
 )
-from ..redact import redact
+from ..redact import public_detail
+from .answers import shown_detail
 from .h2conn import H2Stream, StreamGone
 
 log = logging.getLogger("arrowport.grpc")
@@ -155,8 +156,8 @@ class GrpcCall:
             retry_after = getattr(exc, "retry_after", None)
             if retry_after is not None:  # gRPC's own hint for retrying clients
                 self.pushback_ms = int(retry_after * 1000)
-            await self.finish(grpc_status(exc), exc.detail)
+            await self.finish(grpc_status(exc), shown_detail(exc))
         else:
             log.error("%s failed with a bug", self.method, exc_info=exc)
-            detail = redact(f"internal error: {type(exc).__name__}: {exc}")
+            detail = public_detail(f"internal error: {type(exc).__name__}: {exc}")
             await self.finish(GrpcStatus.INTERNAL, detail)

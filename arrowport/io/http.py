@@ -26,9 +26,10 @@ from .. import logs
 from ..config import Config, Route
 from ..names import validate_idempotency_key
 from ..protocol import ArrowportError
-from ..redact import redact
+from ..redact import public_detail
 from ..stats import Labels
 from . import health, metrics
+from .answers import public_json
 from .auth import authenticate, authorize_table, authorize_write
 from .backends import backend_unavailable
 from .body import StreamingASGIHTTPConnection, StreamingRequest
@@ -141,7 +142,7 @@ def create_app(state: ServerState) -> QuartTrio:
         except ArrowportError as exc:
             state.stats.refused("bad_input")
             await _drain_body()
-            return error_response(exc.http_status, exc.error, exc.detail)
+            return error_json(exc)
         stream = route.stream  # the configured spelling: names are case-insensitive
         mimetype = request.mimetype
         if mimetype not in ARROW_STREAM_TYPES:
@@ -207,7 +208,7 @@ def create_app(state: ServerState) -> QuartTrio:
             log.info("ingest %s refused: %s: %s", stream, exc.error, exc.detail)
             if exc.error in ("body_timeout", "body_too_slow"):
                 # the client stopped sending: answer at once and close the connection
-                response = jsonify({**exc.to_json(), **_progress(route.commit, progress)})
+                response = jsonify({**public_json(exc), **_progress(route.commit, progress)})
                 response.status_code = exc.http_status
                 response.headers["Connection"] = "close"
                 return response
@@ -215,7 +216,7 @@ def create_app(state: ServerState) -> QuartTrio:
                 await _drain_body()
             extra: dict[str, Any] = {"stream": stream, "table": route.table}
             extra.update(_progress(route.commit, progress))
-            response = jsonify({**exc.to_json(), **extra})
+            response = jsonify({**public_json(exc), **extra})
             response.status_code = exc.http_status
             return with_retry_after(response, exc)
         except RequestEntityTooLarge:
@@ -271,7 +272,8 @@ def create_app(state: ServerState) -> QuartTrio:
     @app.errorhandler(Exception)
     async def internal_error(exc: Exception) -> Response:
         log.exception("internal error")
-        return error_response(500, "internal_error", redact(f"{type(exc).__name__}: {exc}"))
+        shown = public_detail(f"{type(exc).__name__}: {exc}")  # the log has the traceback
+        return error_response(500, "internal_error", shown)
 
     return app
 

@@ -1,6 +1,6 @@
 """Fault containment on a real server: a DuckDB or DuckLake database that a fatal engine
-error invalidates is reopened without a restart (503 + Retry-After meanwhile), and
-readiness says so while liveness stays 200.
+error invalidates is reopened without a restart (503 + Retry-After meanwhile), readiness
+says so while liveness stays 200, and error answers carry no internals.
 
 The invalidation is DuckDB's own: its debug switch aborts a CHECKPOINT, which raises the
 FatalException that invalidates the database instance, through the test-only route that
@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 import re
+import shutil
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -34,6 +35,7 @@ def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
         f"  data_path: {workdir / 'lakedata'}\n"
         "streams:\n"
         "  lakey: {storage_backend: ducklake, target_table: lakey}\n"
+        "  pathy: {storage_backend: ducklake, target_table: pathy}\n"
     )
     running = Server(workdir, config=config, env=HOOKS).start()
     yield running
@@ -146,3 +148,27 @@ def test_the_hook_route_exists_only_with_the_variable(
     response = httpx.post(f"{plain.url}/_test/invalidate/duckdb", timeout=30)
     assert response.status_code == 404
     assert plain.get("/health/ready").json()["status"] == "ready"
+
+
+def test_a_storage_error_is_answered_in_one_line_without_paths(server: Server) -> None:
+    """An engine error quoting a data path: one line, no path in the answer; the log has both."""
+    assert server.post("pathy", ipc_bytes(sample_table(3))).status_code == 200
+    table_dir = server.workdir / "lakedata" / "main" / "pathy"
+    shutil.rmtree(table_dir)
+    table_dir.write_text("not a directory")  # DuckDB's IO error names the path
+    try:
+        headers = {"X-Request-Id": "no-internals-1"}
+        response = server.post("pathy", ipc_bytes(sample_table(3)), headers=headers)
+        with pytest.raises(fl.FlightError) as flight_error:
+            put_table(flight_client(server), "pathy", sample_table(3))
+    finally:
+        table_dir.unlink()
+        table_dir.mkdir()
+    assert 500 <= response.status_code < 600, response.text
+    detail = response.json()["detail"]
+    assert "\n" not in detail and "<path>" in detail
+    for answer in (response.text, str(flight_error.value)):
+        assert str(server.workdir) not in answer and "lakedata" not in answer
+        assert "site-packages" not in answer and "Stack Trace" not in answer
+    full = [line for line in server.log if "no-internals-1" in line and str(table_dir) in line]
+    assert full, "the full engine message is not logged with the request id"
