@@ -26,6 +26,7 @@ from hypercorn.config import Config as HypercornConfig
 
 from .. import redact
 from ..config import Config, ConfigError, load_config
+from ..preflight import preflight
 from ..storage import DeltaStore, DuckDBStore, DuckLakeStore, StorageError
 from . import listener, metrics
 from .backends import warn_unserved
@@ -246,6 +247,7 @@ async def serve(
         else None
     )
     redact.remember(config.credentials())  # hidden in every log line and error from now on
+    await trio.to_thread.run_sync(preflight, config)  # as `arrowport config check` does
     stores = await trio.to_thread.run_sync(open_stores, config)
     state = ServerState(config=config, stores=stores)
     warn_unserved(config, state.store_for)

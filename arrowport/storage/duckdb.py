@@ -34,6 +34,7 @@ from .errors import (
     StorageError,
     UnsupportedTypeError,
     WriteRejectedError,
+    first_line,
 )
 from .recovery import Gate, GuardedReader, Lease, invalidate_for_test, invalidates
 from .schema import Column, check_subset, duplicate_names
@@ -61,8 +62,19 @@ LEDGER_DDL = (
 _source_ids = itertools.count(1)
 
 
+# Extensions whose work the duckdb Python package does itself: accepted, not loaded
+BUILT_IN_EXTENSIONS = {
+    "arrow": "Arrow scans and results are built into the duckdb Python package",
+    "parquet": "Parquet is statically linked into the duckdb Python package",
+}
+
+
 def load_extension(con: duckdb.DuckDBPyConnection, name: str) -> None:
     """Load ``name`` from a registry package, never from the network."""
+    built_in = BUILT_IN_EXTENSIONS.get(name.lower())
+    if built_in is not None:
+        log.info("DuckDB extension %r: nothing to load (%s %s)", name, built_in, duckdb.__version__)
+        return
     try:
         con.execute(f"LOAD {name}")
         return
@@ -77,7 +89,7 @@ def load_extension(con: duckdb.DuckDBPyConnection, name: str) -> None:
         raise StorageError(
             f"DuckDB extension {name!r} is not available offline: install the "
             f"'duckdb-extensions' and 'duckdb-extension-{name}' packages matching "
-            f"duckdb {duckdb.__version__} ({exc})"
+            f"duckdb {duckdb.__version__} ({first_line(exc)})"
         ) from None
 
 
