@@ -213,6 +213,7 @@ class DuckDBStore:
 
     # the catalog whose CHECKPOINT the test hook aborts (DuckLake: its metadata database)
     _checkpoint_target = ""
+    _probe_sql = "SELECT 1"  # readiness: a trivial query (DuckLake: one that reads the catalog)
 
     def probe(self) -> str | None:
         """None if the store can write now, else why not (one line, for readiness)."""
@@ -220,7 +221,7 @@ class DuckDBStore:
             return f"{self.backend}: reopening after a fatal engine error"
         try:
             with self._cursor() as cur:
-                cur.execute("SELECT 1").fetchall()
+                cur.execute(self._probe_sql).fetchall()
         except duckdb.Error as exc:
             return f"{self.backend}: {getattr(self.translate(exc), 'detail', 'unavailable')}"
         except StorageError as exc:

@@ -70,6 +70,7 @@ class DuckLakeStore(DuckDBStore):
 
     backend = "ducklake"
     _checkpoint_target = f"__ducklake_metadata_{LAKE}"
+    _probe_sql = f"SELECT id FROM {LAKE}.current_snapshot()"
 
     def __init__(
         self,
