@@ -317,7 +317,12 @@ def config_check(
     ARROWPORT_* variables set are marked "# from VAR" (in JSON: listed under
     "from_env"), and tokens are printed as <redacted>.
 
-    Exit codes: 0 valid; 2 invalid (the message names the key) or unreadable.
+    It also checks, without writing anything, what ``serve`` needs at start
+    (``preflight``): DuckDB settings and extensions (tried in memory), TLS files,
+    and the directories of the database, DuckLake and Delta root.
+
+    Exit codes: 0 valid; 2 invalid (the message names the key) or unreadable; 1 valid
+    but ``serve`` would fail to start (the same message as ``serve``'s).
     """
     env = os.environ
     given = str(path) if path is not None else env.get(ENV_CONFIG_PATH) or None
@@ -328,6 +333,18 @@ def config_check(
         if as_json:
             _print_json({"valid": False, "config_file": given, "error": str(exc)})
         _fail(f"config error: {exc}", 2)
+    from .preflight import preflight
+    from .storage import StorageError
+
+    try:
+        notes = preflight(config)  # what serve would fail on at start, without writing
+    except (ConfigError, StorageError) as exc:
+        detail = getattr(exc, "detail", None) or str(exc)
+        if as_json:
+            _print_json({"valid": False, "config_file": given, "error": detail})
+        if isinstance(exc, ConfigError):
+            _fail(f"config error: {exc}", 2)
+        _fail(detail, 1)
     from_env = {key: var for var, key in ENV_OVERRIDES.items() if env.get(var)}
     if env.get(ENV_TOKEN):  # parse_config appends it after the file's tokens
         from_env[f"auth.tokens[{len(config.auth.tokens) - 1}]"] = ENV_TOKEN
@@ -339,6 +356,7 @@ def config_check(
                 "config_file": given,
                 "config_file_from": origin,
                 "from_env": from_env,
+                "notes": notes,
                 "settings": settings,
             }
         )
@@ -349,6 +367,7 @@ def config_check(
         named = f" (named by {ENV_CONFIG_PATH})" if origin == ENV_CONFIG_PATH else ""
         lines = [f"# config file: {given}{named}"]
     lines.insert(0, "# arrowport config check: valid")
+    lines += [f"# {note}" for note in notes]
     lines.append('# "# from VAR": set by that environment variable; tokens are redacted')
     typer.echo("\n".join([*lines, *_yaml_lines(settings, from_env)]))
 

@@ -1,4 +1,5 @@
-"""Hide credentials in text that reaches logs, answers and ``arrowport config``.
+"""Hide credentials in text that reaches logs, answers and ``arrowport config``;
+keep internals out of answers (``public_detail``).
 
 A DuckLake catalog is a libpq connection string, and drivers quote it back in
 their errors (``... "dbname=lake password=s3cret" ...``); an S3 error can
@@ -95,3 +96,25 @@ def conninfo_secrets(conninfo: str) -> list[str]:
 def option_secrets(options: Mapping[str, Any]) -> list[str]:
     """The values of ``options`` whose names say they are secret (storage options)."""
     return [str(v) for k, v in options.items() if SECRET_WORDS.search(str(k)) and v]
+
+
+# Internals an answer never shows (the log has the full text, with the request id)
+_STACK = re.compile(r"\s*\bStack Trace:.*", re.S)  # DuckDB's C++ backtrace
+_URL_PATH = re.compile(r"\b(?:file|s3a?|gs|gcs|az|abfss?|memory)://[^\s'\"),;]*", re.I)
+_QUOTED_PATH = re.compile(r"""(['"`])(?:~|\.{1,2})?/[^'"`\n]*\1""")
+_BARE_PATH = re.compile(r"(?<![\w.:/~@-])(?:~|\.{1,2})?/[\w.@+=-]+(?:/[\w.@+=-]*)*")
+PATH = "<path>"
+
+
+def public_detail(text: str, *, paths: bool = True) -> str:
+    """``text`` as an answer may show it: credentials redacted, one line (an engine's
+    first), without C++ stack traces, and (``paths``) without file and object-store
+    paths. (Messages about the client's own request, which may quote its routes, keep
+    their slashes: ``paths=False``.)"""
+    text = _STACK.sub("", redact(text)).strip()
+    first = next((line.strip() for line in text.splitlines() if line.strip()), "")
+    if not paths:
+        return first
+    first = _URL_PATH.sub(PATH, first)
+    first = _QUOTED_PATH.sub(lambda m: m.group(1) + PATH + m.group(1), first)
+    return _BARE_PATH.sub(PATH, first)

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from arrowport.redact import REDACTED, conninfo_secrets, redact
+from arrowport.redact import REDACTED, conninfo_secrets, public_detail, redact
 
 
 @pytest.mark.parametrize(
@@ -99,3 +99,39 @@ def test_remembered_secrets_are_hidden_in_log_lines(capfd: pytest.CaptureFixture
         assert "failed" in err and "refused" in err
         assert "s3cret" not in err, err
     logging.getLogger().handlers.clear()
+
+
+def _internal_error_text() -> str:
+    """A real DuckDB INTERNAL error: several lines, a C++ stack trace with install paths."""
+    import duckdb
+    import pyarrow as pa
+
+    inner = pa.DictionaryArray.from_arrays(pa.array([0, 1], pa.int8()), pa.array(["a", "b"]))
+    column = pa.StructArray.from_arrays([inner], ["s"])
+    outer = pa.DictionaryArray.from_arrays(pa.array([0, 1], pa.int8()), column)
+    with duckdb.connect() as con:  # in memory: invalidating it harms nothing
+        con.register("bad", pa.table({"c": outer}))
+        try:
+            con.execute("SELECT * FROM bad").fetchall()
+        except duckdb.Error as exc:
+            return str(exc)
+    raise AssertionError("DuckDB accepted the nested dictionary: find another INTERNAL error")
+
+
+def test_public_detail_is_one_line_without_stack_trace_or_paths() -> None:
+    """An engine's multi-line message with a stack trace and paths becomes its first line, bare."""
+    text = "DuckDB error: " + _internal_error_text()
+    assert "Stack Trace" in text and "site-packages" in text and "\n" in text
+    shown = public_detail(text)
+    assert shown.startswith("DuckDB error: INTERNAL Error:")
+    assert "\n" not in shown and "Stack" not in shown and "site-packages" not in shown
+    io = 'IO Error: Cannot write to "/srv/lake/main/t" - it exists; see /opt/x/lib.so and s3://b/k'
+    assert (
+        public_detail(io) == 'IO Error: Cannot write to "<path>" - it exists; see <path> and <path>'
+    )
+    kept = (
+        "10 rows/s and/or N/A: send application/vnd.apache.arrow.stream, see https://duckdb.org/x"
+    )
+    assert public_detail(kept) == kept
+    assert public_detail("POST /ingest/{stream}\nmore", paths=False) == "POST /ingest/{stream}"
+    assert public_detail("password=hunter22 at /etc/x") == "password=<redacted> at <path>"

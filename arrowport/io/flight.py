@@ -33,7 +33,7 @@ from typing import Any
 import pyarrow as pa
 import trio
 
-from .. import __version__, logs
+from .. import logs
 from ..names import validate_idempotency_key
 from ..protocol import NEED_DATA, ArrowportError, GrpcStatus
 from ..protocol.flight import DescriptorReceived, FlightDataDecoder
@@ -71,6 +71,7 @@ from .flight_messages import (
 )
 from .grpc import GRPC_CONTENT_TYPE, GrpcCall
 from .h2conn import H2Stream, StreamGone
+from .health import liveness, readiness
 from .ingest import Commit, Progress, ingest, refusal_reason, result_of
 from .read_http import next_batch
 from .state import ServerState
@@ -97,7 +98,10 @@ class FlightService:
             "DoAction": self.do_action,
         }
         self.actions: dict[str, tuple[str, Callable[[bytes], Awaitable[bytes]]]] = {
-            "health": ("Server health and version, as JSON.", self.action_health),
+            "health": (
+                "Server health (liveness, and readiness per backend) and version, as JSON.",
+                self.action_health,
+            ),
             "streams": (
                 "The configured streams and their counters, as JSON (like GET /streams).",
                 self.action_streams,
@@ -429,7 +433,10 @@ class FlightService:
         await call.send_message(Result(body=body).encode())
 
     async def action_health(self, body: bytes) -> bytes:
-        return json.dumps({"status": "ok", "version": __version__}).encode()
+        """Liveness and readiness: ``status`` "ok" while serving, ``ready`` false (with
+        ``backends``' reasons) while a backend cannot write."""
+        ready, report = await readiness(self.state)
+        return json.dumps({**liveness(), "ready": ready, "backends": report["backends"]}).encode()
 
     async def action_streams(self, body: bytes) -> bytes:
         return json.dumps(self.state.streams_report()).encode()

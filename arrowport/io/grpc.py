@@ -24,7 +24,8 @@ from ..protocol.grpc import (
     prefix,
     status_trailers,
 )
-from ..redact import redact
+from ..redact import public_detail
+from .answers import shown_detail
 from .h2conn import H2Stream, StreamGone
 
 log = logging.getLogger("arrowport.grpc")
@@ -62,6 +63,7 @@ class GrpcCall:
         self.stream = stream
         self.method = method
         self.headers_sent = False
+        self.pushback_ms: int | None = None  # grpc-retry-pushback-ms, for UNAVAILABLE
         self.token: Any = None  # the caller's auth token, once authenticated
         self.response_headers: list[tuple[bytes, bytes]] = []  # extra, sent with the first
         self.messages_sent = 0
@@ -130,6 +132,8 @@ class GrpcCall:
         if len(message) > MAX_STATUS_MESSAGE:  # gRPC clients refuse metadata over 16 KiB
             message = message[: MAX_STATUS_MESSAGE - 1] + "…"
         trailers = status_trailers(status, message)
+        if self.pushback_ms is not None:
+            trailers.append((b"grpc-retry-pushback-ms", str(self.pushback_ms).encode()))
         if self.headers_sent:
             await self.stream.send_trailers(trailers)
         else:  # trailers-only
@@ -149,8 +153,11 @@ class GrpcCall:
         if isinstance(exc, StreamGone):
             return
         if isinstance(exc, ArrowportError):
-            await self.finish(grpc_status(exc), exc.detail)
+            retry_after = getattr(exc, "retry_after", None)
+            if retry_after is not None:  # gRPC's own hint for retrying clients
+                self.pushback_ms = int(retry_after * 1000)
+            await self.finish(grpc_status(exc), shown_detail(exc))
         else:
             log.error("%s failed with a bug", self.method, exc_info=exc)
-            detail = redact(f"internal error: {type(exc).__name__}: {exc}")
+            detail = public_detail(f"internal error: {type(exc).__name__}: {exc}")
             await self.finish(GrpcStatus.INTERNAL, detail)

@@ -2,10 +2,12 @@
 
 Routes: ``POST /ingest/{stream}`` (alias ``/stream/{stream}``), ``POST
 /delta/{table}`` (the Delta backend, whatever the config routes), ``GET
-/health``, ``GET /streams``, ``GET /metrics``, and the Delta and DuckLake read
-routes (``delta_http``, ``lake_http``). Errors are JSON ``{error, detail}``
-with a specific status; a stream routed to a backend the server does not run
-gets 400 ``backend_unavailable`` (``backends``).
+/health`` (with ``/health/live`` and ``/health/ready``: ``health``), ``GET
+/streams``, ``GET /metrics``, and the Delta and DuckLake read routes
+(``delta_http``, ``lake_http``). Errors are JSON ``{error, detail}`` with a
+specific status (503s with ``Retry-After`` when retrying helps); a stream
+routed to a backend the server does not run gets 400 ``backend_unavailable``
+(``backends``).
 """
 
 from __future__ import annotations
@@ -20,20 +22,21 @@ from quart import Response, jsonify, request
 from quart_trio import QuartTrio
 from werkzeug.exceptions import HTTPException, RequestEntityTooLarge
 
-from .. import __version__, logs
+from .. import logs
 from ..config import Config, Route
 from ..names import validate_idempotency_key
 from ..protocol import ArrowportError
-from ..redact import redact
+from ..redact import public_detail
 from ..stats import Labels
-from . import metrics
+from . import health, metrics
+from .answers import public_json
 from .auth import authenticate, authorize_table, authorize_write
 from .backends import backend_unavailable
 from .body import StreamingASGIHTTPConnection, StreamingRequest
 from .delta_http import add_delta_read_routes
 from .ingest import Progress, ingest, refusal_reason, result_of
 from .lake_http import add_ducklake_read_routes
-from .read_http import error_json
+from .read_http import error_json, with_retry_after
 from .state import ServerState, TooBusyError
 
 log = logging.getLogger("arrowport.http")
@@ -90,8 +93,8 @@ def create_app(state: ServerState) -> QuartTrio:
 
     @app.before_request
     async def check_token() -> Response | None:
-        """Authenticate every route but /health from its headers, before any body is read."""
-        if request.endpoint == "health":
+        """Authenticate every route but health's from its headers, before any body is read."""
+        if request.endpoint in health.ENDPOINTS:
             return None
         if request.endpoint == "metrics_route" and not state.config.auth.protect_metrics:
             return None
@@ -112,9 +115,7 @@ def create_app(state: ServerState) -> QuartTrio:
             return response
         return None
 
-    @app.get("/health")
-    async def health() -> Response:
-        return jsonify({"status": "ok", "version": __version__})
+    health.add_health_routes(app, state)
 
     @app.get("/metrics")
     async def metrics_route() -> Response:
@@ -141,7 +142,7 @@ def create_app(state: ServerState) -> QuartTrio:
         except ArrowportError as exc:
             state.stats.refused("bad_input")
             await _drain_body()
-            return error_response(exc.http_status, exc.error, exc.detail)
+            return error_json(exc)
         stream = route.stream  # the configured spelling: names are case-insensitive
         mimetype = request.mimetype
         if mimetype not in ARROW_STREAM_TYPES:
@@ -207,7 +208,7 @@ def create_app(state: ServerState) -> QuartTrio:
             log.info("ingest %s refused: %s: %s", stream, exc.error, exc.detail)
             if exc.error in ("body_timeout", "body_too_slow"):
                 # the client stopped sending: answer at once and close the connection
-                response = jsonify({**exc.to_json(), **_progress(route.commit, progress)})
+                response = jsonify({**public_json(exc), **_progress(route.commit, progress)})
                 response.status_code = exc.http_status
                 response.headers["Connection"] = "close"
                 return response
@@ -215,9 +216,9 @@ def create_app(state: ServerState) -> QuartTrio:
                 await _drain_body()
             extra: dict[str, Any] = {"stream": stream, "table": route.table}
             extra.update(_progress(route.commit, progress))
-            response = jsonify({**exc.to_json(), **extra})
+            response = jsonify({**public_json(exc), **extra})
             response.status_code = exc.http_status
-            return response
+            return with_retry_after(response, exc)
         except RequestEntityTooLarge:
             state.stats.finished(labels, "refused")
             return error_response(413, "limit_exceeded", "request body too large")
@@ -271,7 +272,8 @@ def create_app(state: ServerState) -> QuartTrio:
     @app.errorhandler(Exception)
     async def internal_error(exc: Exception) -> Response:
         log.exception("internal error")
-        return error_response(500, "internal_error", redact(f"{type(exc).__name__}: {exc}"))
+        shown = public_detail(f"{type(exc).__name__}: {exc}")  # the log has the traceback
+        return error_response(500, "internal_error", shown)
 
     return app
 

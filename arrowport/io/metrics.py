@@ -20,7 +20,7 @@ from typing import Any
 import prometheus_client as prom
 import pyarrow as pa
 import trio
-from prometheus_client.core import GaugeMetricFamily
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 from prometheus_client.registry import Collector
 
 from ..protocol import ArrowportError
@@ -51,11 +51,11 @@ class ServerCollector(Collector):
     def describe(self) -> list[GaugeMetricFamily]:
         return []  # else registering would run a whole scrape (Delta logs included) at start
 
-    def collect(self) -> Iterator[GaugeMetricFamily]:
+    def collect(self) -> Iterator[GaugeMetricFamily | CounterMetricFamily]:
         with self._lock:
             yield from self._collect()
 
-    def _collect(self) -> Iterator[GaugeMetricFamily]:
+    def _collect(self) -> Iterator[GaugeMetricFamily | CounterMetricFamily]:
         state = self.state
         yield _gauge("arrowport_in_flight_requests", "Uploads being served.", state.stats.in_flight)
         yield _gauge(
@@ -78,6 +78,7 @@ class ServerCollector(Collector):
             rates.add_metric([labels.stream, labels.table, labels.backend, labels.protocol], rate)
         yield rates
         yield from self._duckdb()
+        yield from self._reopens()
         yield from self._delta_tables()
         yield from self._ducklake()
 
@@ -93,6 +94,32 @@ class ServerCollector(Collector):
             family = GaugeMetricFamily(name, help_text, labels=["path"])
             family.add_metric([path], _size(file))
             yield family
+
+    def _reopens(self) -> Iterator[GaugeMetricFamily | CounterMetricFamily]:
+        """Fatal engine errors that invalidated a DuckDB/DuckLake database, and reopens."""
+        invalidations = CounterMetricFamily(
+            "arrowport_storage_invalidations",
+            "Times a fatal engine error invalidated a backend's database (each is reopened).",
+            labels=["backend"],
+        )
+        reopens = CounterMetricFamily(
+            "arrowport_storage_reopens",
+            "Times a backend's database was reopened after an invalidation.",
+            labels=["backend"],
+        )
+        ready = GaugeMetricFamily(
+            "arrowport_storage_ready",
+            "1 while a backend's database is usable, 0 while it is being reopened.",
+            labels=["backend"],
+        )
+        for name, store in sorted(self.state.stores.items()):
+            gate = getattr(store, "gate", None)
+            if gate is None:
+                continue
+            invalidations.add_metric([name], gate.invalidations)
+            reopens.add_metric([name], gate.reopens)
+            ready.add_metric([name], 1 if gate.ready else 0)
+        yield from (invalidations, reopens, ready)
 
     def _ducklake(self) -> Iterator[GaugeMetricFamily]:
         store = self.state.stores.get("ducklake")

@@ -18,6 +18,7 @@ from quart import Response, jsonify, request
 from ..protocol import ArrowportError
 from ..protocol.sink import IpcSink
 from ..storage import InvalidReadError
+from .answers import public_json
 
 ARROW_STREAM = "application/vnd.apache.arrow.stream"
 READ_BATCH_ROWS = 65_536
@@ -74,6 +75,14 @@ def columns_arg() -> list[str] | None:
 
 def error_json(exc: ArrowportError) -> Response:
     """``exc`` as a JSON ``{error, detail}`` answer with its HTTP status."""
-    response = jsonify(exc.to_json())
+    response = jsonify(public_json(exc))
     response.status_code = exc.http_status
+    return with_retry_after(response, exc)
+
+
+def with_retry_after(response: Response, exc: ArrowportError) -> Response:
+    """``response``, with ``Retry-After`` when ``exc`` says when to try again."""
+    retry_after = getattr(exc, "retry_after", None)
+    if retry_after is not None:
+        response.headers["Retry-After"] = str(retry_after)
     return response

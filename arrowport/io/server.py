@@ -26,7 +26,8 @@ from hypercorn.config import Config as HypercornConfig
 
 from .. import redact
 from ..config import Config, ConfigError, load_config
-from ..storage import DeltaStore, DuckDBStore, DuckLakeStore
+from ..preflight import preflight
+from ..storage import DeltaStore, DuckDBStore, DuckLakeStore, StorageError
 from . import listener, metrics
 from .backends import warn_unserved
 from .flight import FlightService
@@ -225,6 +226,8 @@ async def checkpoint_loop(store: DuckDBStore, interval: float) -> None:
         await trio.sleep(interval)
         try:
             await trio.to_thread.run_sync(store.checkpoint)
+        except StorageError as exc:  # e.g. the database is being reopened: next time
+            log.warning("periodic checkpoint failed: %s", exc.detail)
         except Exception:
             log.exception("periodic checkpoint failed")
 
@@ -244,6 +247,7 @@ async def serve(
         else None
     )
     redact.remember(config.credentials())  # hidden in every log line and error from now on
+    await trio.to_thread.run_sync(preflight, config)  # as `arrowport config check` does
     stores = await trio.to_thread.run_sync(open_stores, config)
     state = ServerState(config=config, stores=stores)
     warn_unserved(config, state.store_for)

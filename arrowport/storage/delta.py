@@ -42,6 +42,7 @@ Invariants:
 
 from __future__ import annotations
 
+import logging
 import os
 from collections.abc import Sequence
 from pathlib import Path
@@ -79,6 +80,9 @@ if TYPE_CHECKING:
     from ..config import Config
 
 HISTORY_SCAN = 10_000  # commits searched for the original result of a replayed key
+
+
+log = logging.getLogger("arrowport.storage")
 
 
 def _latest_version(location: DeltaLocation, table: str, known: int) -> int:

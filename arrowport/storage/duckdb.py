@@ -39,6 +39,7 @@ from .errors import (
     WriteRejectedError,
     first_line,
 )
+from .recovery import Gate, GuardedReader, Lease, invalidate_for_test, invalidates
 from .schema import Column, check_subset, duplicate_names
 from .table_write import ReplayWrite, TableWrite, WriteResult
 from .tables import (
@@ -58,8 +59,19 @@ _source_ids = itertools.count(1)
 _PATH = re.compile(r"(?:[A-Za-z]:)?(?:[/\\][\w.@+-]+){2,}[/\\]?")  # a file path in a message
 
 
+# Extensions whose work the duckdb Python package does itself: accepted, not loaded
+BUILT_IN_EXTENSIONS = {
+    "arrow": "Arrow scans and results are built into the duckdb Python package",
+    "parquet": "Parquet is statically linked into the duckdb Python package",
+}
+
+
 def load_extension(con: duckdb.DuckDBPyConnection, name: str) -> None:
     """Load ``name`` from a registry package, never from the network."""
+    built_in = BUILT_IN_EXTENSIONS.get(name.lower())
+    if built_in is not None:
+        log.info("DuckDB extension %r: nothing to load (%s %s)", name, built_in, duckdb.__version__)
+        return
     try:
         con.execute(f"LOAD {name}")
         return
@@ -74,7 +86,7 @@ def load_extension(con: duckdb.DuckDBPyConnection, name: str) -> None:
         raise StorageError(
             f"DuckDB extension {name!r} is not available offline: install the "
             f"'duckdb-extensions' and 'duckdb-extension-{name}' packages matching "
-            f"duckdb {duckdb.__version__} ({exc})"
+            f"duckdb {duckdb.__version__} ({first_line(exc)})"
         ) from None
 
 
@@ -112,6 +124,8 @@ class DuckDBStore:
         self._con: duckdb.DuckDBPyConnection | None = None
         self._database = ""  # the catalog the tables are in (its name comes from the file)
         self._cursor_lock = threading.Lock()
+        # who may use the connection; reopens it after a fatal engine error (recovery.py)
+        self.gate = Gate(self.backend, self._reopen)
         self.commits = 0
         self.rollbacks = 0
         self.schema_mismatches = 0
@@ -168,18 +182,49 @@ class DuckDBStore:
             duckdb_ledger.prune(cur, self.key_ttl_hours, time.time())
 
     def close(self, *, checkpoint: bool = True) -> None:
-        con, self._con = self._con, None
+        with self._cursor_lock:
+            con, self._con = self._con, None
         if con is None:
             return
         try:
-            if checkpoint:
+            if checkpoint and self.gate.ready:
                 con.execute("CHECKPOINT")
         finally:
             con.close()
 
+    def _reopen(self) -> None:
+        """Open the database again after an invalidation (the gate's thread; nothing else
+        uses the connection meanwhile). The WAL brings back every committed write."""
+        self.close(checkpoint=False)
+        self.open()
+
     def checkpoint(self) -> None:
         with self._cursor() as cur:
-            cur.execute("CHECKPOINT")
+            try:
+                cur.execute("CHECKPOINT")
+            except duckdb.Error as exc:
+                raise self.translate(exc) from None
+
+    # the catalog whose CHECKPOINT the test hook aborts (DuckLake: its metadata database)
+    _checkpoint_target = ""
+    _probe_sql = "SELECT 1"  # readiness: a trivial query (DuckLake: one that reads the catalog)
+
+    def probe(self) -> str | None:
+        """None if the store can write now, else why not (one line, for readiness)."""
+        if not self.gate.ready:
+            return f"{self.backend}: reopening after a fatal engine error"
+        try:
+            with self._cursor() as cur:
+                cur.execute(self._probe_sql).fetchall()
+        except duckdb.Error as exc:
+            return f"{self.backend}: {getattr(self.translate(exc), 'detail', 'unavailable')}"
+        except StorageError as exc:
+            return f"{self.backend}: {exc.detail}"
+        return None
+
+    def invalidate_for_test(self, hold_seconds: float = 0.0) -> str:
+        """(Test hook, ARROWPORT_TEST_HOOKS=1 only; see ``recovery.invalidate_for_test``.)"""
+        return invalidate_for_test(self, hold_seconds)
 
     def create_shared_table(
         self, cur: duckdb.DuckDBPyConnection, table: str, schema: pa.Schema
@@ -200,11 +245,17 @@ class DuckDBStore:
         """The version ``cur``'s last commit made: a DuckDB file has none."""
         return None
 
-    def _cursor(self) -> duckdb.DuckDBPyConnection:
+    def _new_cursor(self) -> duckdb.DuckDBPyConnection:
+        """A cursor of its own on the connection (the caller closes it)."""
         with self._cursor_lock:
+            self.gate.check()
             if self._con is None:
                 raise StorageError("the DuckDB store is not open")
             return self._con.cursor()
+
+    def _cursor(self) -> Lease:
+        """``with self._cursor() as cur``: a cursor, counted as a use of the connection."""
+        return Lease(self.gate, self._new_cursor)
 
     def statistics(self) -> dict[str, Any]:
         wal = self.path + ".wal"
@@ -254,10 +305,13 @@ class DuckDBStore:
 
     # -- the read side (Flight): each call has a cursor and a snapshot of its own
 
-    def _read_cursor(self) -> duckdb.DuckDBPyConnection:
-        cur = self._cursor()
-        prepare_read_cursor(cur)
-        return cur
+    def _read_cursor(self) -> Lease:
+        def prepared() -> duckdb.DuckDBPyConnection:
+            cur = self._new_cursor()
+            prepare_read_cursor(cur)
+            return cur
+
+        return Lease(self.gate, prepared)
 
     def list_tables(self) -> list[TableInfo]:
         """The user tables of schema ``main``, sorted by name; each from one snapshot.
@@ -301,7 +355,7 @@ class DuckDBStore:
         columns: Sequence[str] | None = None,
         limit: int | None = None,
         batch_rows: int = 122_880,
-    ) -> pa.RecordBatchReader:
+    ) -> GuardedReader:
         """Stream ``table`` (or some ``columns`` of it, at most ``limit`` rows).
 
         The reader pulls batches of up to ``batch_rows`` rows from DuckDB as it
@@ -328,7 +382,7 @@ class DuckDBStore:
                 # Closing the cursor (on leaving ``with``) leaves the query's
                 # connection to the reader, which outlives it.
                 reader: pa.RecordBatchReader = cur.execute(sql).to_arrow_reader(batch_rows)
-                return reader
+                return self.gate.track(reader)  # closed by a reopen: it holds the database
             except duckdb.Error as exc:
                 raise self.translate(exc) from None
 
@@ -391,9 +445,10 @@ class DuckDBStore:
         except ArrowportError:
             self.schema_mismatches += 1
             raise
-        write = TableWrite(
-            self, self._cursor(), table, types.target, commit, key=idempotency_key, plan=types
-        )
+        generation = self.gate.generation
+        cur = self._new_cursor()
+        write = TableWrite(self, cur, table, types.target, commit, key=idempotency_key, plan=types)
+        write.generation = generation
         try:
             write.start()
         except BaseException:
@@ -505,12 +560,13 @@ class DuckDBStore:
         finally:
             cur.unregister(name)
 
-    @staticmethod
-    def translate(exc: BaseException) -> BaseException:
+    def translate(self, exc: BaseException) -> BaseException:
         """Map a DuckDB exception to the error a client is shown: one line of the
         engine's message, paths masked (the full text goes to the log)."""
         if not isinstance(exc, duckdb.Error):
             return exc
+        if invalidates(exc):
+            return self.gate.invalidated(exc)
         log.warning("DuckDB: %s: %s", type(exc).__name__, exc)
         line = _PATH.sub("<path>", first_line(exc))
         if isinstance(

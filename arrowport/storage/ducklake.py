@@ -39,6 +39,7 @@ from ..redact import conninfo_secrets, redact
 from . import ducklake_ledger as ledger
 from .duckdb import DuckDBStore, load_extension
 from .errors import InvalidReadError, StorageError, WriteRejectedError
+from .recovery import GuardedReader
 from .tables import (
     TableInfo,
     describe_table,
@@ -68,6 +69,8 @@ class DuckLakeStore(DuckDBStore):
     """A DuckLake (catalog + Parquet data files) that Arrowport writes into."""
 
     backend = "ducklake"
+    _checkpoint_target = f"__ducklake_metadata_{LAKE}"
+    _probe_sql = f"SELECT id FROM {LAKE}.current_snapshot()"
 
     def __init__(
         self,
@@ -305,7 +308,8 @@ class DuckLakeStore(DuckDBStore):
 
     def close(self, *, checkpoint: bool = True) -> None:
         """Close the connection. (DuckLake's CHECKPOINT is maintenance: see ``maintain``.)"""
-        con, self._con = self._con, None
+        with self._cursor_lock:
+            con, self._con = self._con, None
         if con is not None:
             with contextlib.suppress(duckdb.Error):
                 con.execute("USE memory")
@@ -433,8 +437,8 @@ class DuckLakeStore(DuckDBStore):
             return None
         return None if row is None or row[0] is None else int(row[0])
 
-    def _cursor(self) -> duckdb.DuckDBPyConnection:
-        cur = super()._cursor()
+    def _new_cursor(self) -> duckdb.DuckDBPyConnection:
+        cur = super()._new_cursor()
         try:
             cur.execute(f"USE {LAKE}")
         except duckdb.Error as exc:
@@ -444,7 +448,7 @@ class DuckLakeStore(DuckDBStore):
 
     def translate(self, exc: BaseException) -> BaseException:  # type: ignore[override]
         """``DuckDBStore.translate``, with credentials hidden (drivers quote them)."""
-        return self._hide(DuckDBStore.translate(exc))
+        return self._hide(super().translate(exc))
 
     def _hide(self, exc: BaseException) -> BaseException:
         """``exc`` with credentials in its message redacted (in place)."""
@@ -551,7 +555,7 @@ class DuckLakeStore(DuckDBStore):
         limit: int | None = None,
         batch_rows: int = 122_880,
         version: int | None = None,
-    ) -> pa.RecordBatchReader:
+    ) -> GuardedReader:
         """``DuckDBStore.scan``, at snapshot ``version`` if given (time travel)."""
         if version is None:
             return super().scan(table, columns=columns, limit=limit, batch_rows=batch_rows)
@@ -578,7 +582,7 @@ class DuckLakeStore(DuckDBStore):
                 if limit is not None:
                     sql += f" LIMIT {int(limit)}"
                 reader: pa.RecordBatchReader = cur.execute(sql).to_arrow_reader(batch_rows)
-                return reader
+                return self.gate.track(reader)
             except duckdb.Error as exc:
                 if isinstance(exc, duckdb.CatalogException | duckdb.InvalidInputException):
                     raise InvalidReadError(

@@ -7,13 +7,14 @@ network. A failed step rolls the open transaction back before it raises.
 
 from __future__ import annotations
 
-import contextlib
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 import duckdb
 import pyarrow as pa
+
+from .recovery import StorageUnavailable
 
 if TYPE_CHECKING:
     from .duckdb import DuckDBStore
@@ -65,6 +66,7 @@ class TableWrite:
         self._creating = False
         self._in_transaction = False
         self._closed = False
+        self.generation = store.gate.generation  # of the connection ``cur`` belongs to
 
     # grouping: DuckDB keeps every Arrow batch a statement scanned alive until
     # the statement ends, so an INSERT takes a bounded group, not a request;
@@ -225,26 +227,37 @@ class TableWrite:
         """Roll back an open transaction (safe to call at any time, and twice)."""
         if self._in_transaction:
             self._in_transaction = False
-            try:
-                self.cur.rollback()
+            if self._quietly(self.cur.rollback):
                 self.store.rollbacks += 1
-            except duckdb.Error:
-                pass
         self.close()
 
     def abandon(self) -> None:
         """End a write that wrote nothing (its key was found): no rollback is counted."""
         if self._in_transaction:
             self._in_transaction = False
-            with contextlib.suppress(duckdb.Error):  # it read only: nothing to undo
-                self.cur.rollback()
+            self._quietly(self.cur.rollback)  # it read only: nothing to undo
         self.close()
 
     def close(self) -> None:
         if not self._closed:
             self._closed = True
-            self.cur.close()
+            self._quietly(self.cur.close)
         self._created_now()
+
+    def _quietly(self, step: Callable[[], object]) -> bool:
+        """Run ``step`` on the cursor unless its connection is invalidated or replaced (whose
+        closing ends the transaction anyway); True if it ran without a DuckDB error."""
+        try:
+            self.store.gate.enter(self.generation)
+        except StorageUnavailable:
+            return False
+        try:
+            step()
+            return True
+        except duckdb.Error:
+            return False
+        finally:
+            self.store.gate.exit()
 
     def _created_now(self) -> None:
         """The write can no longer create its table: release the store's hold."""
@@ -270,7 +283,8 @@ class TableWrite:
 
     def _run(self, fn: Callable[..., None], *args: Any) -> None:
         try:
-            fn(*args)
+            with self.store.gate.use(self.generation):  # never on a replaced connection
+                fn(*args)
         except BaseException as exc:
             self.rollback()
             raise self.store.translate(exc) from None
