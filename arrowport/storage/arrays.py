@@ -212,7 +212,7 @@ def check_precision(precision: int, scale: int) -> Convert:
             probe = arr.cast(pa.decimal128(precision, scale), safe=False)  # no min_max kernel
         found = pc.min_max(probe)
         for value in (found["min"].as_py(), found["max"].as_py()):
-            if value is not None and abs(value) >= bound:
+            if value is not None and value.copy_abs() >= bound:  # exact (no context rounding)
                 raise ValueRefused(f"{value} has more digits than decimal({precision}, {scale})")
         return arr
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import re
+from decimal import Decimal
 from pathlib import Path
 
 import pyarrow as pa
@@ -182,6 +183,13 @@ def test_values_a_backend_would_change_are_refused(backend: str, arr: pa.Array, 
         ("delta", pa.array([0, 2**63 - 1], pa.uint64())),
         ("delta", pa.array([1, None], pa.decimal32(9, 2))),
         ("duckdb", pa.array([1, None], pa.decimal256(38, 2))),
+        (
+            "duckdb",
+            pa.array(
+                [Decimal("9" * 28 + "." + "9" * 10), Decimal("-" + "9" * 28 + "." + "9" * 10)],
+                pa.decimal128(38, 10),
+            ),
+        ),
         ("duckdb", pa.array([1.5, None], pa.float16())),
         ("ducklake", pa.array([1_000, None], pa.time64("ns"))),
         ("duckdb", pa.array([86_400_000 * 3, None], pa.date64())),
