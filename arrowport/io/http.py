@@ -35,6 +35,7 @@ from .ingest import Progress, ingest, refusal_reason, result_of
 from .lake_http import add_ducklake_read_routes
 from .read_http import error_json
 from .state import ServerState, TooBusyError
+from .status import http_status
 
 log = logging.getLogger("arrowport.http")
 
@@ -105,7 +106,7 @@ def create_app(state: ServerState) -> QuartTrio:
         except ArrowportError as exc:
             state.stats.refused("auth")
             response = error_json(exc)
-            if exc.http_status == 401:
+            if http_status(exc) == 401:
                 response.headers["WWW-Authenticate"] = 'Bearer realm="arrowport"'
             if request.method == "POST":  # the body is never read: end the connection
                 response.headers["Connection"] = "close"
@@ -141,7 +142,7 @@ def create_app(state: ServerState) -> QuartTrio:
         except ArrowportError as exc:
             state.stats.refused("bad_input")
             await _drain_body()
-            return error_response(exc.http_status, exc.error, exc.detail)
+            return error_response(http_status(exc), exc.error, exc.detail)
         stream = route.stream  # the configured spelling: names are case-insensitive
         mimetype = request.mimetype
         if mimetype not in ARROW_STREAM_TYPES:
@@ -208,7 +209,7 @@ def create_app(state: ServerState) -> QuartTrio:
             if exc.error in ("body_timeout", "body_too_slow"):
                 # the client stopped sending: answer at once and close the connection
                 response = jsonify({**exc.to_json(), **_progress(route.commit, progress)})
-                response.status_code = exc.http_status
+                response.status_code = http_status(exc)
                 response.headers["Connection"] = "close"
                 return response
             if not getattr(request.body, "complete", True):
@@ -216,7 +217,7 @@ def create_app(state: ServerState) -> QuartTrio:
             extra: dict[str, Any] = {"stream": stream, "table": route.table}
             extra.update(_progress(route.commit, progress))
             response = jsonify({**exc.to_json(), **extra})
-            response.status_code = exc.http_status
+            response.status_code = http_status(exc)
             return response
         except RequestEntityTooLarge:
             state.stats.finished(labels, "refused")

@@ -18,6 +18,7 @@ from quart import Response, jsonify, request
 from ..protocol import ArrowportError
 from ..protocol.sink import IpcSink
 from ..storage import InvalidReadError
+from .status import http_status
 
 ARROW_STREAM = "application/vnd.apache.arrow.stream"
 READ_BATCH_ROWS = 65_536
@@ -75,5 +76,5 @@ def columns_arg() -> list[str] | None:
 def error_json(exc: ArrowportError) -> Response:
     """``exc`` as a JSON ``{error, detail}`` answer with its HTTP status."""
     response = jsonify(exc.to_json())
-    response.status_code = exc.http_status
+    response.status_code = http_status(exc)
     return response
