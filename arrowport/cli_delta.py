@@ -78,14 +78,15 @@ def _fail(message: str, code: int) -> NoReturn:
 @contextlib.contextmanager
 def _cli_errors() -> Iterator[None]:
     """One line on stderr instead of a traceback: exit 2 for bad usage or config, else 1."""
-    from .protocol.errors import ArrowportError
+    from .errors import ArrowportError
+    from .io.status import http_status
 
     try:
         yield
     except ConfigError as exc:
         _fail(f"config error: {exc}", 2)
     except ArrowportError as exc:
-        _fail(exc.detail, 2 if exc.http_status == 400 else 1)
+        _fail(exc.detail, 2 if http_status(exc) == 400 else 1)
     except OSError as exc:
         from .storage.errors import first_line
 

@@ -18,6 +18,7 @@ from typing import Any
 
 import yaml
 
+from .errors import ArrowportError
 from .names import InvalidNameError, validate_delta_table, validate_name
 from .redact import conninfo_secrets, option_secrets
 
@@ -51,8 +52,10 @@ ENV_CONFIG_PATH = "ARROWPORT_STREAMS_PATH"
 ENV_TOKEN = "ARROWPORT_TOKEN"  # one more token, allowed every stream
 
 
-class ConfigError(ValueError):
+class ConfigError(ArrowportError, ValueError):
     """The configuration is invalid; the message names the key."""
+
+    error = "invalid_config"
 
 
 _SIZE = re.compile(r"\s*(\d+(?:\.\d+)?)\s*([KMGT]?i?B?)\s*\Z", re.IGNORECASE)

@@ -27,8 +27,8 @@ import os
 from typing import Any, Literal
 
 from .config import Config
+from .errors import ArrowportError
 from .names import validate_name
-from .protocol.errors import ArrowportError, GrpcStatus
 from .storage import DeltaStore, DuckDBStore, StorageError, TableNotFoundError, delta_tables
 
 Destination = Literal["delta", "duckdb"]
@@ -38,8 +38,6 @@ class TableExistsError(ArrowportError):
     """The destination table of a migration exists and ``append`` was not asked for: 409."""
 
     error = "table_exists"
-    http_status = 409
-    grpc_status = GrpcStatus.ALREADY_EXISTS
 
 
 def open_duckdb(config: Config) -> DuckDBStore:

@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import re
 
-from .protocol.errors import ArrowportError, GrpcStatus
+from .errors import ArrowportError
 
 MAX_NAME_LENGTH = 128
 RESERVED_PREFIX = "_arrowport"
@@ -24,8 +24,6 @@ _IDENTIFIER = re.compile(r"[A-Za-z_][A-Za-z0-9_]*\Z")
 
 class InvalidNameError(ArrowportError):
     error = "invalid_name"
-    http_status = 400
-    grpc_status = GrpcStatus.INVALID_ARGUMENT
 
 
 def validate_name(name: str, kind: str = "stream") -> str:
@@ -84,8 +82,6 @@ _KEY = re.compile(r"[\x21-\x7e]+\Z")  # printable ASCII, no spaces
 
 class InvalidIdempotencyKeyError(ArrowportError):
     error = "invalid_idempotency_key"
-    http_status = 400
-    grpc_status = GrpcStatus.INVALID_ARGUMENT
 
 
 def validate_idempotency_key(key: str) -> str:

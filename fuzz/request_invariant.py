@@ -20,7 +20,7 @@ Invariant, fed whole, byte by byte and split at (seeded) random points:
 
 1. The request is accepted (a schema, validated batches, a clean end), or it
    fails with an ``ArrowportError`` whose HTTP status is 400 or 413 and whose
-   gRPC status, as the adapter maps it (``io.grpc.grpc_status``), is
+   gRPC status, as the adapter maps it (``io.status.grpc_status``), is
    INVALID_ARGUMENT, RESOURCE_EXHAUSTED or UNIMPLEMENTED (never INTERNAL). A
    decoder that raised stays in ``ERROR``.
 2. All feedings agree (events, error and where it came from).
@@ -67,8 +67,8 @@ from arrowport.io.flight_messages import (
     descriptor_target,
     metadata_idempotency_key,
 )
-from arrowport.io.grpc import grpc_status
 from arrowport.io.ingest import missing_eos_error, trailing_data_error
+from arrowport.io.status import grpc_status, http_status
 from arrowport.names import validate_idempotency_key
 from arrowport.protocol import (
     NEED_DATA,
@@ -287,10 +287,10 @@ def run(transport: str, chunks: Iterable[bytes], tolerate: frozenset[str] | None
     except _KnownBug as bug:
         return Outcome(transport, tuple(req.events), (bug.name, 0, 0), "known_bug")
     except ArrowportError as exc:
-        status = grpc_status(exc)
-        if exc.http_status not in (400, 413) or status not in _STATUSES:
+        http, status = http_status(exc), grpc_status(exc)
+        if http not in (400, 413) or status not in _STATUSES:
             raise InvariantViolation(f"bad status: {exc!r} -> {status!r}") from exc
-        error = (exc.error, exc.http_status, int(status))
+        error = (exc.error, http, int(status))
         return Outcome(transport, tuple(req.events), error, req.stage)
     return Outcome(transport, tuple(req.events), None, None)
 

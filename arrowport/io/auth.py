@@ -16,19 +16,15 @@ import base64
 import hmac
 
 from ..config import AuthSettings, Config, Token
-from ..protocol.errors import ArrowportError, GrpcStatus
+from ..errors import ArrowportError
 
 
 class UnauthenticatedError(ArrowportError):
     error = "unauthenticated"
-    http_status = 401
-    grpc_status = GrpcStatus.UNAUTHENTICATED
 
 
 class ForbiddenError(ArrowportError):
     error = "forbidden"
-    http_status = 403
-    grpc_status = GrpcStatus.PERMISSION_DENIED
 
 
 def _match(auth: AuthSettings, presented: str) -> Token | None:

@@ -14,7 +14,7 @@ import logging
 from collections.abc import Callable
 
 from ..config import Config
-from ..protocol import ArrowportError, GrpcStatus
+from ..errors import ArrowportError
 
 log = logging.getLogger("arrowport.server")
 
@@ -23,8 +23,6 @@ class BackendUnavailable(ArrowportError):
     """A stream or request names a backend this server did not open."""
 
     error = "backend_unavailable"
-    http_status = 400
-    grpc_status = GrpcStatus.FAILED_PRECONDITION
 
 
 def backend_unavailable(backend: str, stream: str | None = None) -> BackendUnavailable:

@@ -75,6 +75,7 @@ from .health import liveness, readiness
 from .ingest import Commit, Progress, ingest, refusal_reason, result_of
 from .read_http import next_batch
 from .state import ServerState
+from .status import grpc_status
 
 log = logging.getLogger("arrowport.flight")
 
@@ -127,15 +128,13 @@ class FlightService:
             if stream.method != "POST":
                 raise ArrowportError(
                     f"gRPC calls use POST, not {stream.method}",
-                    error="invalid_request",
-                    grpc_status=GrpcStatus.UNIMPLEMENTED,
+                    error="method_not_allowed",
                 )
             if handler is None:
                 raise ArrowportError(
                     f"unknown method {stream.path}; this server implements the Arrow Flight "
                     f"methods {', '.join(sorted(self.methods))}",
                     error="unimplemented",
-                    grpc_status=GrpcStatus.UNIMPLEMENTED,
                 )
             if method != "Handshake":  # from the headers, before any message is read
                 call.token = self._authenticate(stream)
@@ -242,7 +241,7 @@ class FlightService:
         try:
             return await self._thread(store.table_info, name), backend
         except ArrowportError as exc:
-            if exc.grpc_status is not GrpcStatus.NOT_FOUND:
+            if grpc_status(exc) is not GrpcStatus.NOT_FOUND:
                 raise
             route = self.state.config.route(name)  # a stream name: look up its table
             if route.table.lower() == name.lower() and route.backend == backend:
@@ -323,8 +322,6 @@ class FlightService:
             raise ArrowportError(
                 f"no FlightData for {config.limits.body_idle_timeout:g} s; the DoPut was abandoned",
                 error="body_timeout",
-                http_status=408,
-                grpc_status=GrpcStatus.DEADLINE_EXCEEDED,
             ) from None
         except ArrowportError as exc:
             stats.refused(refusal_reason(exc))
@@ -345,8 +342,6 @@ class FlightService:
                     f"the client read no acknowledgement for {idle:g} s; the request was "
                     "abandoned (what was acknowledged before stays committed)",
                     error="ack_timeout",
-                    http_status=408,
-                    grpc_status=GrpcStatus.DEADLINE_EXCEEDED,
                 )
 
         try:
@@ -427,7 +422,6 @@ class FlightService:
             raise ArrowportError(
                 f"unknown action {action.type!r}; available: {', '.join(self._enabled_actions())}",
                 error="unknown_action",
-                grpc_status=GrpcStatus.UNIMPLEMENTED,
             )
         body = await entry[1](action.body)
         await call.send_message(Result(body=body).encode())
@@ -447,7 +441,6 @@ class FlightService:
                 "table.drop is disabled on this server; set flight.allow_table_drop: true "
                 "in the config to allow it",
                 error="action_disabled",
-                grpc_status=GrpcStatus.PERMISSION_DENIED,
             )
         table = action_table(body)
         store = self.store()

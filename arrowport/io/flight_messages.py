@@ -1,6 +1,6 @@
 """Flight requests and responses: descriptors, tickets, acks and FlightData.
 
-Parsing raises ``ArrowportError`` with HTTP 400 (INVALID_ARGUMENT) and a
+Parsing raises ``ArrowportError`` (``invalid_request``: INVALID_ARGUMENT) and a
 message that says what was wrong; nothing here touches storage.
 """
 
@@ -23,7 +23,7 @@ from .ingest import Commit
 
 
 def bad_request(detail: str, error: str = "invalid_request") -> ArrowportError:
-    return ArrowportError(detail, error=error, http_status=400)
+    return ArrowportError(detail, error=error)
 
 
 def descriptor_name(descriptor: FlightDescriptor) -> str:

@@ -27,35 +27,13 @@ from ..protocol.grpc import (
 from ..redact import public_detail
 from .answers import shown_detail
 from .h2conn import H2Stream, StreamGone
+from .status import grpc_status
 
 log = logging.getLogger("arrowport.grpc")
 
 GRPC_CONTENT_TYPE = b"application/grpc"
 MAX_CONTROL_MESSAGE = 4 * 1024 * 1024  # tickets, actions, descriptors: small
 MAX_STATUS_MESSAGE = 2048  # characters; percent-encoded it stays well under 16 KiB
-
-_FROM_HTTP = {
-    400: GrpcStatus.INVALID_ARGUMENT,
-    401: GrpcStatus.UNAUTHENTICATED,
-    403: GrpcStatus.PERMISSION_DENIED,
-    404: GrpcStatus.NOT_FOUND,
-    408: GrpcStatus.DEADLINE_EXCEEDED,
-    409: GrpcStatus.ABORTED,
-    413: GrpcStatus.RESOURCE_EXHAUSTED,
-    415: GrpcStatus.INVALID_ARGUMENT,
-    422: GrpcStatus.INVALID_ARGUMENT,
-    429: GrpcStatus.RESOURCE_EXHAUSTED,
-    503: GrpcStatus.UNAVAILABLE,
-}
-
-
-def grpc_status(exc: ArrowportError) -> GrpcStatus:
-    """The status for ``exc``: its own, or one that matches its HTTP status."""
-    if exc.http_status in (413, 429):  # a limit, whatever the error's class says
-        return GrpcStatus.RESOURCE_EXHAUSTED
-    if exc.grpc_status is not GrpcStatus.INTERNAL:
-        return exc.grpc_status
-    return _FROM_HTTP.get(exc.http_status, GrpcStatus.INTERNAL)
 
 
 class GrpcCall:
@@ -95,14 +73,12 @@ class GrpcCall:
                 raise ArrowportError(
                     f"{self.method} takes one {what} message; got more",
                     error="invalid_request",
-                    grpc_status=GrpcStatus.INVALID_ARGUMENT,
                 )
             request = message
         if request is None:
             raise ArrowportError(
                 f"{self.method} needs a {what} message; the request had none",
                 error="invalid_request",
-                grpc_status=GrpcStatus.INVALID_ARGUMENT,
             )
         return request
 

@@ -38,6 +38,7 @@ from .ingest import Progress, ingest, refusal_reason, result_of
 from .lake_http import add_ducklake_read_routes
 from .read_http import error_json, with_retry_after
 from .state import ServerState, TooBusyError
+from .status import http_status
 
 log = logging.getLogger("arrowport.http")
 
@@ -108,7 +109,7 @@ def create_app(state: ServerState) -> QuartTrio:
         except ArrowportError as exc:
             state.stats.refused("auth")
             response = error_json(exc)
-            if exc.http_status == 401:
+            if http_status(exc) == 401:
                 response.headers["WWW-Authenticate"] = 'Bearer realm="arrowport"'
             if request.method == "POST":  # the body is never read: end the connection
                 response.headers["Connection"] = "close"
@@ -209,7 +210,7 @@ def create_app(state: ServerState) -> QuartTrio:
             if exc.error in ("body_timeout", "body_too_slow"):
                 # the client stopped sending: answer at once and close the connection
                 response = jsonify({**public_json(exc), **_progress(route.commit, progress)})
-                response.status_code = exc.http_status
+                response.status_code = http_status(exc)
                 response.headers["Connection"] = "close"
                 return response
             if not getattr(request.body, "complete", True):
@@ -217,7 +218,7 @@ def create_app(state: ServerState) -> QuartTrio:
             extra: dict[str, Any] = {"stream": stream, "table": route.table}
             extra.update(_progress(route.commit, progress))
             response = jsonify({**public_json(exc), **extra})
-            response.status_code = exc.http_status
+            response.status_code = http_status(exc)
             return with_retry_after(response, exc)
         except RequestEntityTooLarge:
             state.stats.finished(labels, "refused")

@@ -48,6 +48,7 @@ from ..protocol.messages import validate_batch
 from ..stats import Labels, Stats
 from ..storage import IngestAborted, WriteResult
 from .budget import Hold, MemoryBudget
+from .status import http_status, statuses
 
 _END = object()
 _FLUSH = object()  # write the batches held so far (the memory budget is short)
@@ -161,18 +162,19 @@ class TableLocks:
 
 def refusal_reason(exc: ArrowportError) -> str:
     """The reason a refused request is counted under."""
-    if exc.http_status == 413 or exc.grpc_status is GrpcStatus.RESOURCE_EXHAUSTED:
+    http, grpc = statuses(exc)
+    if http == 413 or grpc is GrpcStatus.RESOURCE_EXHAUSTED:
         return "limit"
-    if exc.http_status == 422:
+    if http == 422:
         return "schema_mismatch" if exc.error == "schema_mismatch" else "bad_input"
-    if exc.http_status >= 500:
+    if http >= 500:
         return "storage"
     return "bad_input"
 
 
 def result_of(exc: ArrowportError) -> str:
     """The ``arrowport_requests_total`` result of a request that failed with ``exc``."""
-    return "error" if exc.http_status >= 500 else "refused"
+    return "error" if http_status(exc) >= 500 else "refused"
 
 
 def missing_eos_error(mode: str) -> ProtocolError:
@@ -536,14 +538,10 @@ async def _with_eof(
                     f"limits.min_body_rate ({rate:,} bytes/s): {received:,} bytes in "
                     f"{waited:,.1f} s of waiting; the request was abandoned{kept}",
                     error="body_too_slow",
-                    http_status=408,
-                    grpc_status=GrpcStatus.DEADLINE_EXCEEDED,
                 ) from None
             raise ArrowportError(
                 f"no request body data for {idle:g} s; the request was abandoned{kept}",
                 error="body_timeout",
-                http_status=408,
-                grpc_status=GrpcStatus.DEADLINE_EXCEEDED,
             ) from None
         if rate:
             spent = trio.current_time() - asked

@@ -19,6 +19,7 @@ from ..protocol import ArrowportError
 from ..protocol.sink import IpcSink
 from ..storage import InvalidReadError
 from .answers import public_json
+from .status import http_status
 
 ARROW_STREAM = "application/vnd.apache.arrow.stream"
 READ_BATCH_ROWS = 65_536
@@ -76,7 +77,7 @@ def columns_arg() -> list[str] | None:
 def error_json(exc: ArrowportError) -> Response:
     """``exc`` as a JSON ``{error, detail}`` answer with its HTTP status."""
     response = jsonify(public_json(exc))
-    response.status_code = exc.http_status
+    response.status_code = http_status(exc)
     return with_retry_after(response, exc)
 
 

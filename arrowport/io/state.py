@@ -8,7 +8,7 @@ from datetime import UTC, datetime
 import trio
 
 from ..config import Config
-from ..protocol.errors import ArrowportError, GrpcStatus
+from ..errors import ArrowportError
 from ..stats import Stats
 from ..storage import DeltaStore, DuckLakeStore
 from .budget import MemoryBudget
@@ -123,6 +123,4 @@ class TooBusyError(ArrowportError):
     """Over a server-wide limit: 429 with Retry-After, or RESOURCE_EXHAUSTED."""
 
     error = "too_many_requests"
-    http_status = 429
-    grpc_status = GrpcStatus.RESOURCE_EXHAUSTED
     retry_after = 1  # seconds

@@ -1,8 +1,10 @@
-"""The one error tree.
+"""Protocol errors: the sans-IO layer's branch of the one error tree.
 
-Every error Arrowport reports to a client is an :class:`ArrowportError`. It
-carries a short machine-readable ``error`` code, a human ``detail``, and the
-status hints the adapters map it to: an HTTP status and a gRPC status code.
+The root, :class:`ArrowportError`, lives in ``arrowport/errors.py`` and knows
+only codes (``arrowport/io/status.py`` maps them to statuses). A
+:class:`ProtocolError` also carries status hints, as h11's carry
+``error_status_hint``: an HTTP status and a gRPC status code, which the
+adapters use in place of the table's entry for its code.
 
 As in h11, code inside the protocol core raises :class:`LocalProtocolError`;
 ``next_event()`` re-raises it as :class:`RemoteProtocolError`, because by then
@@ -12,6 +14,18 @@ it is a fact about what the peer sent.
 from __future__ import annotations
 
 import enum
+
+from ..errors import ArrowportError
+
+__all__ = [
+    "ArrowportError",
+    "GrpcStatus",
+    "LocalProtocolError",
+    "ProtocolError",
+    "RemoteProtocolError",
+    "invalid",
+    "limit_exceeded",
+]
 
 
 class GrpcStatus(enum.IntEnum):
@@ -34,12 +48,16 @@ class GrpcStatus(enum.IntEnum):
     UNAUTHENTICATED = 16
 
 
-class ArrowportError(Exception):
-    """Root of every error that is reported to a client."""
+class ProtocolError(ArrowportError):
+    """The bytes received do not form an acceptable stream.
 
-    error: str = "error"
-    http_status: int = 500
-    grpc_status: GrpcStatus = GrpcStatus.INTERNAL
+    ``http_status`` and ``grpc_status`` are hints: the statuses this error is
+    answered with, whatever the status table says about its code.
+    """
+
+    error = "invalid_stream"
+    http_status: int = 400
+    grpc_status: GrpcStatus = GrpcStatus.INVALID_ARGUMENT
 
     def __init__(
         self,
@@ -49,26 +67,11 @@ class ArrowportError(Exception):
         http_status: int | None = None,
         grpc_status: GrpcStatus | None = None,
     ) -> None:
-        super().__init__(detail)
-        self.detail = detail
-        if error is not None:
-            self.error = error
+        super().__init__(detail, error=error)
         if http_status is not None:
             self.http_status = http_status
         if grpc_status is not None:
             self.grpc_status = grpc_status
-
-    def to_json(self) -> dict[str, object]:
-        """The JSON body an HTTP adapter sends: ``{error, detail}``."""
-        return {"error": self.error, "detail": self.detail}
-
-
-class ProtocolError(ArrowportError):
-    """The bytes received do not form an acceptable stream."""
-
-    error = "invalid_stream"
-    http_status = 400
-    grpc_status = GrpcStatus.INVALID_ARGUMENT
 
 
 class LocalProtocolError(ProtocolError):

@@ -293,7 +293,6 @@ class DeltaStore:
                     "idempotency keys need commit: request; in batch mode each commit is "
                     "acknowledged as it happens, so resend only unacknowledged batches",
                     error="idempotency_unsupported",
-                    http_status=400,
                 )
         dupes = duplicate_names(schema.names)
         if dupes:

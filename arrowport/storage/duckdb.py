@@ -429,7 +429,6 @@ class DuckDBStore:
                     "idempotency keys need commit: request; in batch mode each commit is "
                     "acknowledged as it happens, so resend only unacknowledged batches",
                     error="idempotency_unsupported",
-                    http_status=400,
                 )
         dupes = duplicate_names(schema.names)
         if dupes:

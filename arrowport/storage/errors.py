@@ -1,19 +1,20 @@
-"""Errors raised by storage writers and readers (part of the one error tree)."""
+"""Errors raised by storage writers and readers (part of the one error tree).
+
+They carry codes only; ``arrowport/io/status.py`` says what each is answered with.
+"""
 
 from __future__ import annotations
 
 import difflib
 from collections.abc import Iterable, Sequence
 
-from ..protocol.errors import ArrowportError, GrpcStatus
+from ..errors import ArrowportError
 
 
 class SchemaMismatchError(ArrowportError):
     """The incoming schema does not fit the target table: 422."""
 
     error = "schema_mismatch"
-    http_status = 422
-    grpc_status = GrpcStatus.INVALID_ARGUMENT
 
     def __init__(
         self,
@@ -42,48 +43,36 @@ class UnsupportedTypeError(ArrowportError):
     """A column's Arrow type has no DuckDB equivalent: 422."""
 
     error = "unsupported_type"
-    http_status = 422
-    grpc_status = GrpcStatus.INVALID_ARGUMENT
 
 
 class UnrepresentableValueError(ArrowportError):
     """A value the backend cannot store exactly (it would be cut or changed): 422."""
 
     error = "unrepresentable_value"
-    http_status = 422
-    grpc_status = GrpcStatus.INVALID_ARGUMENT
 
 
 class WriteRejectedError(ArrowportError):
     """The database refused the rows (constraint, conversion): 422."""
 
     error = "write_rejected"
-    http_status = 422
-    grpc_status = GrpcStatus.INVALID_ARGUMENT
 
 
 class StorageError(ArrowportError):
     """The storage layer failed (I/O, disk full, lock): 503."""
 
     error = "storage_error"
-    http_status = 503
-    grpc_status = GrpcStatus.UNAVAILABLE
 
 
 class IngestAborted(ArrowportError):
     """The request ended before its stream completed; nothing was committed."""
 
     error = "aborted"
-    http_status = 400
-    grpc_status = GrpcStatus.CANCELLED
 
 
 class TableNotFoundError(ArrowportError):
     """The named table does not exist (reads and drops): 404."""
 
     error = "table_not_found"
-    http_status = 404
-    grpc_status = GrpcStatus.NOT_FOUND
 
     def __init__(self, detail: str, *, table: str, suggestions: tuple[str, ...] = ()) -> None:
         super().__init__(detail)
@@ -110,8 +99,6 @@ class InvalidReadError(ArrowportError):
     """A read asks for something impossible (a negative limit, a repeated column): 400."""
 
     error = "invalid_read"
-    http_status = 400
-    grpc_status = GrpcStatus.INVALID_ARGUMENT
 
 
 class ColumnNotFoundError(InvalidReadError):

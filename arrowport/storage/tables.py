@@ -60,11 +60,7 @@ def prepare_read_cursor(cur: duckdb.DuckDBPyConnection) -> None:
 
 def valid_table_name(name: str) -> str:
     """``name`` if it is a valid identifier, else ``InvalidNameError`` (400, INVALID_ARGUMENT)."""
-    try:
-        return validate_name(name, "table")
-    except InvalidNameError as exc:
-        exc.grpc_status = InvalidReadError.grpc_status
-        raise
+    return validate_name(name, "table")
 
 
 def is_internal(name: str) -> bool:

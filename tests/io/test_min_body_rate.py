@@ -10,6 +10,7 @@ import trio.testing
 
 from arrowport.config import ConfigError, Limits, parse_config
 from arrowport.io.ingest import _with_eof
+from arrowport.io.status import http_status
 from arrowport.protocol.errors import ArrowportError
 
 
@@ -42,7 +43,7 @@ async def test_trickle_below_the_rate_is_cut_off_once_its_credit_is_spent(
     elapsed = trio.current_time() - started
     assert 10.5 < elapsed < 12.0, elapsed  # past the 10 s credit: ~1 s earned back
     error = caught.value
-    assert error.error == "body_too_slow" and error.http_status == 408
+    assert error.error == "body_too_slow" and http_status(error) == 408
     assert "below limits.min_body_rate (1,000 bytes/s)" in str(error)
     assert "nothing was committed" in str(error)
 

@@ -25,6 +25,7 @@ import pytest
 from deltalake import DeltaTable
 
 from arrowport.config import DeltaOptions
+from arrowport.io.status import http_status
 from arrowport.names import InvalidIdempotencyKeyError
 from arrowport.storage import (
     DeltaStore,
@@ -549,7 +550,7 @@ def test_invalid_keys_are_refused(store: DeltaStore, lake: Path, key: str) -> No
     with pytest.raises(InvalidIdempotencyKeyError) as info:
         store.open_write("t", _ids(0).schema, idempotency_key=key)
     assert info.value.error == "invalid_idempotency_key"
-    assert info.value.http_status == 400
+    assert http_status(info.value) == 400
     assert not (lake / "t").exists()
 
 
@@ -566,7 +567,7 @@ def test_batch_mode_with_a_key_is_refused(store: DeltaStore, lake: Path) -> None
     with pytest.raises(WriteRejectedError) as info:
         store.open_write("t", _ids(0).schema, commit="batch", idempotency_key="k1")
     assert info.value.error == "idempotency_unsupported"
-    assert info.value.http_status == 400
+    assert http_status(info.value) == 400
     assert not (lake / "t").exists()
 
 
@@ -1037,7 +1038,7 @@ def test_failing_cast_in_the_second_insert_rolls_back(lake: Path) -> None:
     assert len(_parquet(path)) == 2
     with pytest.raises(UnrepresentableValueError) as refused:
         w.insert([pa.record_batch({"ts": pa.array([4000, 4001], pa.timestamp("ns"))})])
-    assert refused.value.http_status == 422 and "'ts'" in refused.value.detail
+    assert http_status(refused.value) == 422 and "'ts'" in refused.value.detail
     assert _parquet(path) == files
     dt = DeltaTable(str(path))
     assert dt.version() == 0

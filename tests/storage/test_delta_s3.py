@@ -12,6 +12,7 @@ from deltalake import DeltaTable
 from s3_support import MotoS3
 
 from arrowport.config import DeltaOptions
+from arrowport.io.status import http_status
 from arrowport.storage import DeltaStore, SchemaMismatchError, StorageError
 from arrowport.storage import delta_maintenance as dtm
 from arrowport.storage import delta_tables as dtb
@@ -203,7 +204,7 @@ def test_a_rollback_in_an_outage_keeps_the_original_error(
         with s3.outage(methods, status), pytest.raises(StorageError, match=error) as raised:
             w.finish()  # type: ignore[attr-defined]
         w.rollback()  # type: ignore[attr-defined]  # as the server does afterwards: a no-op
-    assert raised.value.http_status == 503
+    assert http_status(raised.value) == 503
     assert "delet" not in str(raised.value).lower()  # not the cleanup's error
     [warning] = [r for r in caplog.records if r.name == "arrowport.storage"]
     assert warning.levelno == logging.WARNING

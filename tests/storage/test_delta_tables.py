@@ -15,6 +15,7 @@ import pytest
 from deltalake import DeltaTable, write_deltalake
 
 from arrowport.config import DeltaOptions
+from arrowport.io.status import http_status
 from arrowport.names import InvalidNameError
 from arrowport.storage import (
     ColumnNotFoundError,
@@ -116,7 +117,7 @@ def test_missing_table_suggests_close_names(three: DeltaStore) -> None:
     """An unknown table is a 404 naming the close match."""
     with pytest.raises(TableNotFoundError) as info:
         dtb.table_info(three, "event")
-    assert info.value.http_status == 404
+    assert http_status(info.value) == 404
     assert info.value.suggestions == ("events",)
     assert "did you mean 'events'" in info.value.detail
 
@@ -193,7 +194,7 @@ def test_scan_of_a_missing_version_names_the_latest(three: DeltaStore, version: 
     """A version out of range is a 400 that names the latest version."""
     with pytest.raises(InvalidReadError) as info:
         dtb.scan(three, "events", version=version)
-    assert info.value.http_status == 400
+    assert http_status(info.value) == 400
     assert "0 to 2" in info.value.detail
 
 
@@ -568,7 +569,7 @@ def test_unreadable_log_is_a_one_line_storage_error(three: DeltaStore) -> None:
         with pytest.raises(StorageError) as info:
             call()
         detail = info.value.detail
-        assert info.value.http_status == 503
+        assert http_status(info.value) == 503
         assert detail.startswith("Delta table 'broken': reading the log failed: ")
         assert "\n" not in detail and "\x1b" not in detail, detail
     assert [i.name for i in dtb.list_tables(three)] == ["events"]  # the others still list

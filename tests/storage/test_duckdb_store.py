@@ -9,6 +9,8 @@ import duckdb
 import pyarrow as pa
 import pytest
 
+from arrowport.errors import ArrowportError
+from arrowport.io.status import http_status
 from arrowport.storage import DuckDBStore, IngestAborted, SchemaMismatchError
 from arrowport.storage.schema import Column, check_subset
 
@@ -162,7 +164,7 @@ def test_constraint_violation_is_write_rejected(store: DuckDBStore, tmp_path: Pa
     batch = pa.record_batch({"a": [1, 1]})
     with pytest.raises(Exception) as info:
         store.write("k", batch.schema, iter([batch]))
-    assert getattr(info.value, "http_status", None) == 422
+    assert isinstance(info.value, ArrowportError) and http_status(info.value) == 422
     assert store.count_rows("k") == 0
 
 

@@ -10,6 +10,7 @@ import pyarrow as pa
 import pyarrow.lib
 import pytest
 
+from arrowport.io.status import http_status
 from arrowport.storage import (
     SchemaMismatchError,
     UnrepresentableValueError,
@@ -172,7 +173,7 @@ def test_values_a_backend_would_change_are_refused(backend: str, arr: pa.Array, 
     """A value the backend would cut, wrap or drop is a 422 naming the column, not a change."""
     with pytest.raises(UnrepresentableValueError) as refused:
         _convert(arr, backend)
-    assert refused.value.http_status == 422
+    assert http_status(refused.value) == 422
     assert "'c'" in refused.value.detail and why in refused.value.detail
 
 
@@ -227,7 +228,7 @@ def test_shapes_no_backend_takes_are_refused(backend: str) -> None:
     ):
         with pytest.raises(UnsupportedTypeError) as refused:
             typemap.plan(schema, backend)
-        assert refused.value.http_status == 422
+        assert http_status(refused.value) == 422
         assert repr(schema.field(0).name) in refused.value.detail
 
 
