@@ -174,6 +174,49 @@ def month_day_nano_micros(arr: pa.Array) -> pa.Array:
     return arr
 
 
+def month_day_nano_parquet(arr: pa.Array) -> pa.Array:
+    """Refuse month-day-nano intervals Parquet's INTERVAL cannot hold: it has unsigned
+    months, days and milliseconds (DuckLake cuts the rest, wraps past 2**32 - 1 ms
+    and fails on negative values)."""
+    for value in arr.to_pylist():
+        if value is None:
+            continue
+        months, days, nanos = value.months, value.days, value.nanoseconds
+        if min(months, days, nanos) < 0:
+            raise ValueRefused(f"interval {value} is negative; Parquet intervals are unsigned")
+        if nanos % 1_000_000 or nanos // 1_000_000 > 2**32 - 1:
+            raise ValueRefused(
+                f"interval {value} is not a whole number of milliseconds below 2**32, "
+                "as Parquet intervals are"
+            )
+    return arr
+
+
+def check_multiple(factor: int, what: str) -> Convert:
+    """Refuse values (as their integer storage) that are not multiples of ``factor``."""
+
+    def convert(arr: pa.Array) -> pa.Array:
+        ints = storage(arr).view(pa.int64())
+        rest = pc.subtract(ints, pc.multiply(pc.divide(ints, factor), factor))
+        if pc.any(pc.not_equal(rest, 0)).as_py():
+            raise ValueRefused(f"a {what} value is not a multiple of {factor}")
+        return arr
+
+    return convert
+
+
+def union_without_nulls(arr: pa.Array) -> pa.Array:
+    """Refuse a sparse union holding a null: DuckDB reads it back as a null of its
+    first member, so which member it was is lost."""
+    for i in range(arr.type.num_fields):
+        if arr.field(i).null_count:
+            types = pa.Array.from_buffers(pa.int8(), len(arr), [None, arr.buffers()[1]], arr.offset)
+            chosen = pc.equal(types, pa.scalar(arr.type.type_codes[i], pa.int8()))
+            if pc.any(pc.and_(chosen, arr.field(i).is_null())).as_py():
+                raise ValueRefused("a union value is null; DuckDB would not keep its member")
+    return arr
+
+
 def duration_micros(arr: pa.Array) -> pa.Array:
     """A duration in microseconds, refused if that changes it or it would not fit
     in nanoseconds (DuckDB's INTERVAL is read back as month-day-nano)."""

@@ -29,7 +29,9 @@ from . import arrays
 from .arrays import Convert, ValueRefused, chain
 from .errors import SchemaMismatchError, UnrepresentableValueError, UnsupportedTypeError
 
-MAX_NESTING = 32  # levels of list/struct/map inside a column
+# Levels of list/struct/map inside a column: DuckDB fails at 63; a DuckLake read of a
+# 32-level list ran for minutes; delta-rs breaks at 63 (tables it cannot read again).
+MAX_NESTING = {"duckdb": 32, "ducklake": 16, "delta": 16}
 
 
 class Backend(enum.Enum):
@@ -53,6 +55,7 @@ _DATE_RANGE = (-(2**31) + 2, 2**31 - 2)
 _DELTA_DATE_RANGE = (-719_162, 2_932_896)
 _DELTA_TIMESTAMP_RANGE_US = (-62_135_596_800_000_000, 253_402_300_799_999_999)
 _DAY_MS = 86_400_000
+_PARQUET_INTERVAL_MAX_US = (2**32 - 1) * 1_000
 _DUCKDB_TIMESTAMP_RANGE_US = (-9_223_372_022_400_000_000, 9_223_372_036_854_775_806)
 # DuckLake's Parquet writer needs a time of day: 00:00 to 24:00 (others fail, are
 # changed, or invalidate the database).
@@ -148,8 +151,8 @@ def _field(f: pa.Field, kind: Backend, depth: int) -> tuple[pa.Field, Convert | 
 
 
 def _map(t: pa.DataType, kind: Backend, depth: int) -> _Node:
-    if depth > MAX_NESTING:
-        raise _Refused(f"nested more than {MAX_NESTING} levels deep")
+    if depth > MAX_NESTING[kind.value]:
+        raise _Refused(f"nested more than {MAX_NESTING[kind.value]} levels deep")
     delta = kind is Backend.DELTA
     lake = kind is Backend.DUCKLAKE
     if isinstance(t, pa.BaseExtensionType):
@@ -209,17 +212,28 @@ def _map(t: pa.DataType, kind: Backend, depth: int) -> _Node:
     if pa.types.is_duration(t):
         if delta:
             raise _Refused("Delta has no duration type")
+        if lake:  # Parquet's INTERVAL: unsigned milliseconds, at most 2**32 - 1
+            parquet = arrays.check_range(0, _PARQUET_INTERVAL_MAX_US, "duration (us)")
+            whole_ms = arrays.check_multiple(1_000, "duration (us)")
+            return _Node(pa.duration("us"), chain(arrays.duration_micros, parquet, whole_ms))
         return _Node(pa.duration("us"), arrays.duration_micros)
     if str(t) in _INTERVALS:
         if delta:
             raise _Refused("Delta has no interval type")
         if t == pa.month_day_nano_interval():
+            if lake:
+                return _Node(t, arrays.month_day_nano_parquet)
             return _Node(t, arrays.month_day_nano_micros)
         if str(t) == "day_time_interval":
             # DuckDB folds the days into microseconds (1 day becomes 24 hours, which
             # differ across a DST change) and fails on large values; pyarrow 26 cannot
             # convert the array either.
             raise _Refused("day-time intervals are not stored; send month_day_nano_interval")
+        if lake:  # pyarrow cannot read the months to check them for Parquet's INTERVAL
+            raise _Refused(
+                "DuckLake refuses negative year-month intervals and pyarrow cannot check "
+                "them; send month_day_nano_interval"
+            )
         return _Node(t)  # DuckDB reads year-month intervals exactly
     if pa.types.is_string_view(t) or pa.types.is_binary_view(t):
         if delta:
@@ -313,7 +327,7 @@ def _nested(t: pa.DataType, kind: Backend, depth: int) -> _Node:
             _, convert = _field(t.field(i), kind, depth + 1)
             if convert is not None or t.type_codes[i] != i:
                 raise _Refused("a union member that needs conversion, or out-of-order type codes")
-        return _Node(t)
+        return _Node(t, arrays.union_without_nulls)
     raise _Refused("no storage type for it")
 
 

@@ -20,6 +20,7 @@ from arrowport.storage import (
 
 DOC = Path(__file__).resolve().parents[2] / "docs" / "types.md"
 BACKENDS = ("duckdb", "ducklake", "delta")
+MDN = pa.month_day_nano_interval()
 
 # One type per Arrow type id (the two pyarrow cannot build are checked for presence only).
 REPRESENTATIVE: dict[str, pa.DataType] = {
@@ -167,6 +168,21 @@ def test_nested_dictionaries_are_decoded(backend: str) -> None:
             pa.array([[("a", 1), ("a", 2)]], pa.map_(pa.string(), pa.int64())),
             "same key twice",
         ),
+        ("ducklake", pa.array([1_500], pa.duration("us")), "not a multiple of 1000"),
+        ("ducklake", pa.array([-1_000], pa.duration("us")), "outside the range"),
+        (
+            "ducklake",
+            pa.array([pa.scalar((0, 0, 100 * 86_400 * 10**9), MDN).as_py()], MDN),
+            "whole number of milliseconds below 2**32",
+        ),
+        ("ducklake", pa.array([pa.scalar((-1, 0, 0), MDN).as_py()], MDN), "negative"),
+        (
+            "duckdb",
+            pa.UnionArray.from_sparse(
+                pa.array([0, 1], pa.int8()), [pa.array([1, 2]), pa.array(["a", None])]
+            ),
+            "union value is null",
+        ),
     ],
 )
 def test_values_a_backend_would_change_are_refused(backend: str, arr: pa.Array, why: str) -> None:
@@ -218,7 +234,7 @@ def test_shapes_no_backend_takes_are_refused(backend: str) -> None:
     with pytest.raises(SchemaMismatchError):
         typemap.plan(pa.schema([]), backend)
     deep: pa.DataType = pa.int64()
-    for _ in range(typemap.MAX_NESTING + 1):
+    for _ in range(typemap.MAX_NESTING[backend] + 1):
         deep = pa.list_(deep)
     for schema in (
         pa.schema([("x\0a", pa.int64())]),
