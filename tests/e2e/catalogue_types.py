@@ -97,6 +97,38 @@ TYPE_CASES: list[Case] = [
         status=400,
     ),
     _refused(
+        "type_duration_sub_ms_ducklake",
+        "a duration[us] of 1,500 us sent to DuckLake (Parquet intervals hold milliseconds: "
+        "it was stored as 1 ms)",
+        _stream({"d": pa.array([1_500], pa.duration("us"))}),
+        "unrepresentable_value",
+        "column 'd'.*not a multiple of 1000",
+        servers=("ducklake",),
+    ),
+    _refused(
+        "type_interval_wrap_ducklake",
+        "a month_day_nano interval of 100 days in nanoseconds sent to DuckLake (it was stored as "
+        "about 14 hours)",
+        _stream({"iv": pa.array([pa.scalar((0, 0, 100 * 86_400 * 10**9), MDN).as_py()], MDN)}),
+        "unrepresentable_value",
+        "column 'iv'.*below 2\\*\\*32",
+        servers=("ducklake",),
+    ),
+    _refused(
+        "type_union_null",
+        "a sparse union holding a null (DuckDB reads it back as a null of another member)",
+        _stream(
+            {
+                "u": pa.UnionArray.from_sparse(
+                    pa.array([0, 1], pa.int8()), [pa.array([1, 2]), pa.array(["a", None])]
+                )
+            }
+        ),
+        "unrepresentable_value",
+        "column 'u'.*union value is null",
+        servers=("plain",),
+    ),
+    _refused(
         "type_date_min",
         "a date32 column holding -2**31 days (broke every later DuckLake read)",
         _stream({"d": pa.array([-(2**31)], pa.date32())}),
