@@ -33,6 +33,9 @@ Invariant, fed whole, byte by byte and split at (seeded) random points:
    with ``validate=True`` emits as many batches and fails with the same error
    code (or, when the request failed on bytes after the end marker, succeeds
    with trailing bytes).
+5. The storage type plans take every schema the decoder accepts (a plan, or a 422),
+   and 6. converting any validated batch for any backend gives a fully valid batch of
+   the plan's target schema, or a 422 (``storage/typemap.py``).
 
 Any other exception, or a violation (:class:`InvariantViolation`), is a bug.
 Known bugs that are not fixed yet are listed in :data:`KNOWN_BUGS`; setting
@@ -51,6 +54,7 @@ from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
+import pyarrow as pa
 from flight_invariant import LIMITS as FLIGHT_LIMITS
 from flight_invariant import InvariantViolation, _Field, _Message, _random_split, _summary, from_ipc
 from flight_invariant import join as flight_join
@@ -83,6 +87,8 @@ from arrowport.protocol import (
 from arrowport.protocol.flight import DescriptorReceived, FlightDataDecoder, MetadataReceived
 from arrowport.protocol.flight_pb import DESCRIPTOR_CMD, DESCRIPTOR_PATH, WIRE_LEN, FlightDescriptor
 from arrowport.protocol.messages import validate_batch
+from arrowport.storage import typemap
+from arrowport.storage.typemap import TypePlan
 
 __all__ = ["KNOWN_BUGS", "InvariantViolation", "Outcome", "check", "mutate", "run", "seeds"]
 
@@ -163,6 +169,7 @@ class _Request:
         self.queued = 0  # events queued before the writer started
         self.ended = False
         self.key_in_metadata = False  # DoPut without a key: the event after the schema may name it
+        self.plans: dict[str, TypePlan] = {}  # the stream's type plan per backend that takes it
 
     def _bug(self, name: str, detail: str) -> None:
         if name not in self.tolerate:
@@ -254,6 +261,7 @@ class _Request:
                 if self.schema is not None:  # a second writer would wait for the table lock
                     raise InvariantViolation("a second SchemaReceived")
                 self.schema = event.schema
+                self.plans = _type_plans(event.schema)
             elif isinstance(event, BatchReceived):
                 if self.schema is None:
                     raise InvariantViolation("a BatchReceived before the schema")
@@ -262,6 +270,7 @@ class _Request:
                 self.stage = "validate"
                 validate_batch(event.batch)
                 self.stage = "request"
+                _check_conversions(self.plans, event.batch)
                 self.events.append(_summary(event))
                 self._queue("batch")
             elif isinstance(event, MetadataReceived):
@@ -277,6 +286,44 @@ class _Request:
                     raise trailing_data_error()
             elif not isinstance(event, DescriptorReceived):  # ingest ignores later descriptors
                 raise InvariantViolation(f"unexpected event {event!r:.200}")
+
+
+BACKENDS = ("duckdb", "ducklake", "delta")
+
+
+def _type_plans(schema: pa.Schema) -> dict[str, TypePlan]:
+    """5. The storage type plans (``storage/typemap.py``) take any schema the decoder
+    accepts: a plan, or a 422 (``ArrowportError``) naming what no backend stores."""
+    plans = {}
+    for backend in BACKENDS:
+        try:
+            plans[backend] = typemap.plan(schema, backend)
+        except ArrowportError as exc:
+            if http_status(exc) != 422:
+                raise InvariantViolation(f"type plan {backend}: {exc!r}") from exc
+        except Exception as exc:
+            raise InvariantViolation(f"type plan {backend} raised {exc!r}") from exc
+    return plans
+
+
+def _check_conversions(plans: dict[str, TypePlan], batch: pa.RecordBatch) -> None:
+    """6. Converting a validated batch gives a valid batch of the plan's target schema,
+    or a 422; the engines never see anything else."""
+    for backend, plan in plans.items():
+        try:
+            converted = plan.convert(batch)
+        except ArrowportError as exc:
+            if http_status(exc) != 422:
+                raise InvariantViolation(f"convert {backend}: {exc!r}") from exc
+            continue
+        except Exception as exc:
+            raise InvariantViolation(f"convert {backend} raised {exc!r}") from exc
+        if not converted.schema.equals(plan.target):
+            raise InvariantViolation(f"convert {backend}: not the plan's target schema")
+        try:
+            converted.validate(full=True)
+        except pa.ArrowException as exc:
+            raise InvariantViolation(f"convert {backend} made an invalid batch: {exc}") from exc
 
 
 def run(transport: str, chunks: Iterable[bytes], tolerate: frozenset[str] | None = None) -> Outcome:

@@ -88,8 +88,8 @@ def nesting_depth(data_type: pa.DataType, limit: int) -> int:
 
 
 def check_field_names(schema: pa.Schema) -> None:
-    """Raise ``invalid_schema`` if a field name, at any depth, is not valid UTF-8
-    (the IPC format says it is; pyarrow raises when the name is read)."""
+    """Raise ``invalid_schema`` if a field name or a time zone, at any depth, is not
+    valid UTF-8 (the IPC format says it is; pyarrow raises when the string is read)."""
     stack: list[pa.Field] = []
     try:
         stack.extend(schema)
@@ -102,10 +102,12 @@ def check_field_names(schema: pa.Schema) -> None:
                     data_type = data_type.value_type
                 else:
                     data_type = data_type.storage_type
+            if isinstance(data_type, pa.TimestampType):
+                data_type.tz  # noqa: B018 - as the name
             stack.extend(data_type.field(i) for i in range(data_type.num_fields))
     except UnicodeDecodeError:
         raise invalid(
-            "a field name in the schema is not valid UTF-8", error="invalid_schema"
+            "a field name or time zone in the schema is not valid UTF-8", error="invalid_schema"
         ) from None
 
 

@@ -254,7 +254,11 @@ def check_precision(precision: int, scale: int) -> Convert:
         if not isinstance(arr.type, pa.Decimal128Type | pa.Decimal256Type):
             probe = arr.cast(pa.decimal128(precision, scale), safe=False)  # no min_max kernel
         found = pc.min_max(probe)
-        for value in (found["min"].as_py(), found["max"].as_py()):
+        try:
+            extremes = (found["min"].as_py(), found["max"].as_py())
+        except ArithmeticError as exc:  # decimal.InvalidOperation: not a readable number
+            raise ValueRefused(f"a decimal that cannot be read: {exc!r}") from None
+        for value in extremes:
             if value is not None and value.copy_abs() >= bound:  # exact (no context rounding)
                 raise ValueRefused(f"{value} has more digits than decimal({precision}, {scale})")
         return arr

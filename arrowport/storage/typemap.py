@@ -186,6 +186,8 @@ def _map(t: pa.DataType, kind: Backend, depth: int) -> _Node:
     if pa.types.is_decimal(t):
         if t.precision > 38:
             raise _Refused("precision above 38 digits, the most DuckDB and Delta store")
+        if not 0 <= t.scale <= t.precision:
+            raise _Refused("a scale below 0 or above the precision, which no backend stores")
         digits = arrays.check_precision(t.precision, t.scale)
         if isinstance(t, pa.Decimal256Type) or (delta and not isinstance(t, pa.Decimal128Type)):
             wide = pa.decimal128(t.precision, t.scale)

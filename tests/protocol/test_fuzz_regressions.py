@@ -159,3 +159,38 @@ def test_regression_descriptor_target_refuses_deep_json() -> None:
     with pytest.raises(ArrowportError) as raised:
         descriptor_target(FlightDescriptor(type=DESCRIPTOR_CMD, cmd=cmd))
     assert http_status(raised.value) == 400
+
+
+def test_regression_time_zone_not_utf8_is_refused() -> None:
+    """A DoPut whose schema has a timestamp with the time zone ``E\\xc2rope/Paris``.
+
+    Found once the harness ran the storage type plans (invariant 5): reading the
+    zone raised ``UnicodeDecodeError`` there, a 500. Fixed, the decoder refuses it
+    as it does a field name that is not UTF-8: 400 ``invalid_schema``.
+    """
+    data = (CRASHES / "timezone_not_utf8.request").read_bytes()
+    outcome = request_check(data, frozenset())
+    assert outcome.error is not None and outcome.error[:2] == ("invalid_schema", 400)
+
+
+def test_regression_decimal_scale_above_precision_is_a_422_plan() -> None:
+    """A stream with a ``decimal32(7, 8388610)`` column and a valid batch.
+
+    Found by invariant 6: the precision check read the values as Python decimals,
+    which raised ``InvalidOperation`` (a 500). Fixed, every backend's type plan
+    refuses a scale below 0 or above the precision (422) before any value is read.
+    """
+    from arrowport.io.status import http_status
+    from arrowport.storage import UnsupportedTypeError, typemap
+
+    data = (CRASHES / "decimal_scale_above_precision.request").read_bytes()
+    request_check(data, frozenset())  # the invariant holds (it raises otherwise)
+    schema = pa.schema([("d32", pa.decimal32(7, 7))])
+    for backend in ("duckdb", "ducklake", "delta"):
+        typemap.plan(schema, backend)  # a scale equal to the precision is fine
+    for scale in (-1, 8):
+        bad = pa.schema([("d", pa.decimal128(7, scale))])
+        for backend in ("duckdb", "ducklake", "delta"):
+            with pytest.raises(UnsupportedTypeError) as refused:
+                typemap.plan(bad, backend)
+            assert http_status(refused.value) == 422 and "'d'" in refused.value.detail
