@@ -44,7 +44,10 @@ _PLAIN = {"string_view": pa.large_string(), "binary_view": pa.large_binary()}
 
 
 def plain_type(t: pa.DataType) -> pa.DataType:
-    """A view type's plain (large) equivalent; any other type as it is."""
+    """A view type's plain (large) equivalent, a dictionary's value type; any other
+    type as it is."""
+    if isinstance(t, pa.DictionaryType):
+        return plain_type(t.value_type)
     return _PLAIN.get(str(t), t)
 
 
@@ -60,13 +63,29 @@ def dictionary_decode(values: Convert | None) -> Convert:
         plain = plain_type(dictionary.type)
         if plain != dictionary.type:
             dictionary = dictionary.cast(plain)
-        return dictionary.take(arr.indices)
+        taken: pa.Array = dictionary.take(arr.indices)
+        return taken
 
     return convert
 
 
-def run_end_decode(arr: pa.Array) -> pa.Array:
-    return pc.run_end_decode(arr)
+def run_end_decode(values: Convert | None) -> Convert:
+    """A run-end encoded array as its values: the runs' values are converted by
+    ``values`` first (once per run), made plain where pyarrow 26 has no decode kernel
+    (dictionaries, views), then expanded."""
+
+    def convert(arr: pa.Array) -> pa.Array:
+        physical = arr.values  # every run, whatever the slice
+        if values is not None:
+            physical = values(physical)
+        plain = plain_type(physical.type)
+        if plain != physical.type:
+            physical = physical.cast(plain)
+        runs = pa.RunEndEncodedArray.from_arrays(arr.run_ends, physical)
+        decoded: pa.Array = pc.run_end_decode(runs)
+        return decoded.slice(arr.offset, len(arr))
+
+    return convert
 
 
 def list_view_to_list(target: pa.DataType) -> Convert:

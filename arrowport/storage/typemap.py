@@ -125,10 +125,9 @@ def plan(schema: pa.Schema, backend: str | Backend) -> TypePlan:
         except _Refused as exc:
             bad.append(f"{field.name!r} ({field.type}: {exc})")
             continue
-        if node.convert is None and node.target == field.type:
-            fields.append(field)  # kept as it is, zero-copy
-        else:
-            fields.append(pa.field(field.name, node.target, field.nullable))
+        # without metadata at any depth: DuckDB reads extension names from it (a
+        # `geoarrow.wkb` binary column would become GEOMETRY and its bytes change)
+        fields.append(pa.field(field.name, _bare(node.target), field.nullable))
         converts.append(node.convert)
     if bad:
         raise UnsupportedTypeError(f"{_label(kind)} cannot store these columns: " + "; ".join(bad))
@@ -167,7 +166,7 @@ def _map(t: pa.DataType, kind: Backend, depth: int) -> _Node:
         return _Node(arrays.plain_type(inner.target), arrays.dictionary_decode(inner.convert))
     if pa.types.is_run_end_encoded(t):
         inner = _map(t.value_type, kind, depth)
-        return _Node(inner.target, chain(arrays.run_end_decode, inner.convert))
+        return _Node(arrays.plain_type(inner.target), arrays.run_end_decode(inner.convert))
     if pa.types.is_null(t):
         if delta:  # delta-rs writes Delta's `void`, which other readers refuse
             return _Node(pa.string(), lambda a: pa.nulls(len(a), pa.string()))
@@ -258,6 +257,9 @@ def _timestamp(t: pa.TimestampType, kind: Backend) -> _Node:
     to_micros = None if t.unit == "us" else arrays.safe_cast(micros)
     if kind is Backend.DELTA:  # Delta stores microseconds, years 1 to 9999
         span = arrays.check_range(*_DELTA_TIMESTAMP_RANGE_US, "timestamp (us since 1970)")
+        if t.tz is not None and t.tz != "UTC":  # Delta's timestamp is a UTC instant
+            utc = pa.timestamp("us", "UTC")
+            return _Node(utc, chain(to_micros, arrays.safe_cast(utc), span))
         return _Node(micros, chain(to_micros, span))
     # DuckDB's range (int64 max and -max are its +-infinity); outside it a read fails
     low, high = _DUCKDB_TIMESTAMP_RANGE_US
@@ -331,6 +333,31 @@ def _nested(t: pa.DataType, kind: Backend, depth: int) -> _Node:
                 raise _Refused("a union member that needs conversion, or out-of-order type codes")
         return _Node(t, arrays.union_without_nulls)
     raise _Refused("no storage type for it")
+
+
+def _bare(t: pa.DataType) -> pa.DataType:
+    """``t`` with no field metadata at any depth (an equal type: pyarrow compares
+    types without it, so the arrays need no conversion)."""
+    if isinstance(t, pa.BaseExtensionType) or not t.num_fields:
+        return t
+    if pa.types.is_struct(t):
+        return pa.struct([_bare_field(t.field(i)) for i in range(t.num_fields)])
+    if pa.types.is_map(t):
+        return pa.map_(_bare_field(t.key_field), _bare_field(t.item_field), t.keys_sorted)
+    if pa.types.is_fixed_size_list(t):
+        return pa.list_(_bare_field(t.value_field), t.list_size)
+    if pa.types.is_large_list(t):
+        return pa.large_list(_bare_field(t.value_field))
+    if pa.types.is_list(t):
+        return pa.list_(_bare_field(t.value_field))
+    if pa.types.is_union(t):
+        members = [_bare_field(t.field(i)) for i in range(t.num_fields)]
+        return pa.union(members, t.mode, list(t.type_codes))
+    return t
+
+
+def _bare_field(f: pa.Field) -> pa.Field:
+    return pa.field(f.name, _bare(f.type), f.nullable)
 
 
 def _unique_keys(arr: pa.Array) -> pa.Array:

@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import re
+import struct
 from decimal import Decimal
 from pathlib import Path
 
+import duckdb
 import pyarrow as pa
 import pyarrow.lib
 import pytest
@@ -269,3 +271,43 @@ def test_a_null_map_hides_its_keys(backend: str) -> None:
     assert _convert(maps, backend).to_pylist() == [[("a", 1), ("b", 2)], None, [("c", 5)]]
     sliced = _convert(maps.slice(2, 1), backend)
     assert sliced.to_pylist() == [[("c", 5)]]
+
+
+def test_field_metadata_does_not_reach_duckdb(tmp_path: Path) -> None:
+    """A binary column labelled `geoarrow.wkb` (unregistered in pyarrow) is stored as the
+    bytes sent in a BLOB; DuckDB would otherwise make it GEOMETRY and rewrite the WKB."""
+    from arrowport.storage import DuckDBStore
+
+    wkb = b"\x00" + struct.pack(">I", 1) + struct.pack(">dd", 1.5, 2.5)  # big-endian point
+    label = {"ARROW:extension:name": "geoarrow.wkb"}
+    schema = pa.schema([pa.field("g", pa.binary(), metadata=label)])
+    batch = pa.record_batch([pa.array([wkb, None])], schema=schema)
+    plan = typemap.plan(schema, "duckdb")
+    assert plan.target.field(0).metadata is None and plan.identity
+    store = DuckDBStore(tmp_path / "x.duckdb")
+    store.open()
+    try:
+        store.write("geo", schema, [batch])
+        assert store.scan("geo").read_all().column("g").to_pylist() == [wkb, None]
+    finally:
+        store.close()
+    with duckdb.connect(str(tmp_path / "x.duckdb"), read_only=True) as con:
+        assert con.execute("SELECT typeof(g) FROM geo LIMIT 1").fetchone() == ("BLOB",)
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_run_end_encoded_dictionaries_are_decoded(backend: str) -> None:
+    """run_end_encoded<int32, dictionary<string>> (pyarrow has no decode kernel for it),
+    whole and sliced, holds the same values."""
+    values = pa.array(["a", "b", None]).dictionary_encode()
+    runs = pa.RunEndEncodedArray.from_arrays(pa.array([2, 5, 6], pa.int32()), values)
+    assert _convert(runs, backend).to_pylist() == ["a", "a", "b", "b", "b", None]
+    assert _convert(runs.slice(1, 3), backend).to_pylist() == ["a", "b", "b"]
+
+
+def test_delta_keeps_zoned_timestamps_as_utc_instants() -> None:
+    """timestamp[us, Asia/Tokyo] goes to Delta (which has no zones) as the same instants in UTC."""
+    arr = pa.array([0, 1_700_000_000_000_000, None], pa.timestamp("us", "Asia/Tokyo"))
+    out = _convert(arr, "delta")
+    assert out.type == pa.timestamp("us", "UTC")
+    assert out.cast(pa.int64()).to_pylist() == arr.cast(pa.int64()).to_pylist()
