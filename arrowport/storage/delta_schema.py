@@ -3,6 +3,7 @@ columns, and the schema a write leaves (``strict`` or ``merge``)."""
 
 from __future__ import annotations
 
+import json
 from typing import Any
 
 import pyarrow as pa
@@ -24,11 +25,35 @@ _DUCKDB_NAMES = {
 
 
 def delta_columns(schema: Schema) -> list[Column]:
+    """The columns for the shared schema policy. A nested type is its whole Delta JSON
+    (field names, element and value types): a struct, list or map must match exactly,
+    or pyarrow's cast would fill renamed fields with nulls and drop unknown ones."""
     columns = []
     for f in schema.fields:
         kind = str(getattr(f.type, "type", f.type))
-        columns.append(Column(f.name, _DUCKDB_NAMES.get(kind, kind.upper()), f.nullable))
+        if kind in ("struct", "array", "map"):
+            name = f"{kind.upper()} {_nested_json(f.type)}"
+        else:
+            name = _DUCKDB_NAMES.get(kind, kind.upper())
+        columns.append(Column(f.name, name, f.nullable))
     return columns
+
+
+_NOT_COMPARED = frozenset({"metadata", "nullable", "containsNull", "valueContainsNull"})
+
+
+def _nested_json(t: Any) -> str:
+    """A nested Delta type as JSON without field metadata (which a write strips) and
+    nullability (a stream may be stricter than its table; delta-rs checks the rest)."""
+
+    def bare(node: Any) -> Any:
+        if isinstance(node, dict):
+            return {k: bare(v) for k, v in node.items() if k not in _NOT_COMPARED}
+        if isinstance(node, list):
+            return [bare(v) for v in node]
+        return node
+
+    return json.dumps(bare(json.loads(t.to_json())), sort_keys=True)
 
 
 def _microseconds(t: pa.DataType) -> pa.DataType:

@@ -254,3 +254,34 @@ def test_same_key_committed_concurrently_is_a_conflict_retried_into_a_replay(
     assert dt.version() == 1
     assert dt.to_pyarrow_table().num_rows == 30
     assert len(_data_files(tmp_path / "lake" / "t")) == 2  # the loser's files were deleted
+
+
+@pytest.mark.parametrize(
+    "column",
+    [
+        pa.array([{"A": 2}]),  # a field renamed (by case): pyarrow's cast made it null
+        pa.array([{"a": 3, "z": 9}]),  # an extra field: the cast dropped it
+        pa.array([[{"b": 1}]]),  # the same inside a list
+        pa.array([[("k", {"b": 1})]], pa.map_(pa.string(), pa.struct([("b", pa.int64())]))),
+    ],
+)
+def test_nested_fields_must_match_the_table(
+    store: DeltaStore, tmp_path: Path, column: pa.Array
+) -> None:
+    """A struct, list or map whose fields differ from the table's is refused 422, not cast
+    into nulls and dropped fields; a stricter nullability still appends."""
+    first = pa.array([{"a": 1}]) if pa.types.is_struct(column.type) else None
+    if first is None:
+        first = (
+            pa.array([[{"a": 1}]])
+            if pa.types.is_list(column.type)
+            else pa.array([[("k", {"a": 1})]], pa.map_(pa.string(), pa.struct([("a", pa.int64())])))
+        )
+    _write(store, "t", [pa.record_batch({"x": first})])
+    with pytest.raises(SchemaMismatchError, match="conflicting types: x"):
+        store.open_write("t", pa.schema([("x", column.type)]))
+    strict = pa.struct([pa.field("a", pa.int64(), nullable=False)])
+    if pa.types.is_struct(column.type):
+        _write(store, "t", [pa.record_batch({"x": pa.array([{"a": 4}], strict)})])
+    rows = DeltaTable(str(tmp_path / "lake" / "t")).to_pyarrow_table().column("x").to_pylist()
+    assert first.to_pylist()[0] in rows and None not in rows
