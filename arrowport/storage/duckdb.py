@@ -182,7 +182,6 @@ class DuckDBStore:
             duckdb_ledger.prune(cur, self.key_ttl_hours, time.time())
 
     def close(self, *, checkpoint: bool = True) -> None:
-        self.gate.close_readers()  # scans still open hold the database instance
         with self._cursor_lock:
             con, self._con = self._con, None
         if con is None:

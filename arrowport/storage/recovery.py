@@ -134,15 +134,6 @@ class Gate:
             with contextlib.suppress(Exception):
                 reader.close()
 
-    def close_readers(self) -> None:
-        """Close every tracked reader (the store is closing: each holds the database
-        instance open, and opening the same file again would wait on it forever)."""
-        with self._cond:
-            readers, self._readers = list(self._readers.values()), {}
-        for reader in readers:
-            with contextlib.suppress(Exception):
-                reader.close()
-
     # -- invalidation and reopening -------------------------------------------------
 
     def invalidated(self, exc: BaseException) -> StorageUnavailable:
