@@ -42,14 +42,7 @@ class TableExistsError(ArrowportError):
 
 def open_duckdb(config: Config) -> DuckDBStore:
     """The configured DuckDB store, opened (as the server opens it)."""
-    settings = config.duckdb
-    store = DuckDBStore(
-        config.db_path,
-        extensions=config.duckdb_extensions,
-        memory_limit=settings.memory_limit,
-        threads=settings.threads,
-        checkpoint_threshold=settings.checkpoint_threshold,
-    )
+    store = DuckDBStore.from_config(config)
     try:
         store.open()
     except StorageError as exc:

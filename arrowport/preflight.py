@@ -33,14 +33,7 @@ def preflight(config: Config) -> list[str]:
         from .io.listener import tls_context
 
         tls_context(tls.certfile, tls.keyfile)
-    duck = config.duckdb
-    store = DuckDBStore(
-        config.db_path,
-        extensions=config.duckdb_extensions,
-        memory_limit=duck.memory_limit,
-        threads=duck.threads,
-        checkpoint_threshold=duck.checkpoint_threshold,
-    )
+    store = DuckDBStore.from_config(config)
     needed = list(store.extensions)
     if config.uses("ducklake"):
         lake = config.ducklake

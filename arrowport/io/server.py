@@ -46,15 +46,7 @@ hypercorn.trio.tcp_server.MAX_RECV = RECEIVE_SIZE
 
 
 def open_stores(config: Config) -> dict[str, Any]:
-    duck = config.duckdb
-    store = DuckDBStore(
-        config.db_path,
-        extensions=config.duckdb_extensions,
-        memory_limit=duck.memory_limit,
-        threads=duck.threads,
-        checkpoint_threshold=duck.checkpoint_threshold,
-        key_ttl_hours=config.idempotency.key_ttl_hours,
-    )
+    store = DuckDBStore.from_config(config)
     store.open()
     delta = DeltaStore.from_config(config)
     stores: dict[str, Any] = {"duckdb": store, "delta": delta}

@@ -23,7 +23,7 @@ import re
 import threading
 import time
 from collections.abc import Iterable, Sequence
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import duckdb
 import pyarrow as pa
@@ -52,6 +52,9 @@ from .tables import (
     table_names,
     valid_table_name,
 )
+
+if TYPE_CHECKING:
+    from ..config import Config
 
 log = logging.getLogger("arrowport.storage")
 
@@ -131,6 +134,19 @@ class DuckDBStore:
         self.schema_mismatches = 0
         self.replays = 0
         self.keyed_commits = 0
+
+    @classmethod
+    def from_config(cls, config: Config) -> DuckDBStore:
+        """The store ``config`` describes (not opened)."""
+        duck = config.duckdb
+        return cls(
+            config.db_path,
+            extensions=config.duckdb_extensions,
+            memory_limit=duck.memory_limit,
+            threads=duck.threads,
+            checkpoint_threshold=duck.checkpoint_threshold,
+            key_ttl_hours=config.idempotency.key_ttl_hours,
+        )
 
     # -- lifecycle ----------------------------------------------------------
 
