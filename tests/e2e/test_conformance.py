@@ -174,11 +174,10 @@ def _report(all_runs: Runs) -> dict[str, object]:
     return out
 
 
-def _check(runs: Runs, backend: str, kind: str, case: str, transport: str) -> None:
+def _problems(runs: Runs, backend: str, kind: str, case: str, transport: str) -> list[str]:
     run = runs.get(backend)
     s = run.sent[(kind, case, transport)]
-    problems = verdict(s.outcome, s.sent, run.stored[s.table], run.server, valid=s.valid)
-    assert not problems, f"{backend} {transport} {case}:\n" + "\n".join(problems)
+    return verdict(s.outcome, s.sent, run.stored[s.table], run.server, valid=s.valid)
 
 
 def _cases(names: list[str]) -> list[object]:
@@ -193,7 +192,8 @@ def _cases(names: list[str]) -> list[object]:
 @pytest.mark.parametrize(("backend", "transport", "case"), _cases(GOLD))
 def test_gold_stream(runs: Runs, backend: str, transport: str, case: str) -> None:
     """The gold stream is stored and read back equal, or refused 4xx naming a column."""
-    _check(runs, backend, "gold", case, transport)
+    problems = _problems(runs, backend, "gold", case, transport)
+    assert not problems, f"{backend} {transport} {case}:\n" + "\n".join(problems)
 
 
 @pytest.mark.parametrize(("backend", "transport", "case"), _cases(FUZZ))
