@@ -19,7 +19,6 @@ from __future__ import annotations
 import itertools
 import logging
 import os
-import re
 import threading
 import time
 from collections.abc import Iterable, Sequence
@@ -59,7 +58,6 @@ if TYPE_CHECKING:
 log = logging.getLogger("arrowport.storage")
 
 _source_ids = itertools.count(1)
-_PATH = re.compile(r"(?:[A-Za-z]:)?(?:[/\\][\w.@+-]+){2,}[/\\]?")  # a file path in a message
 
 
 # Extensions whose work the duckdb Python package does itself: accepted, not loaded
@@ -576,14 +574,13 @@ class DuckDBStore:
             cur.unregister(name)
 
     def translate(self, exc: BaseException) -> BaseException:
-        """Map a DuckDB exception to the error a client is shown: one line of the
-        engine's message, paths masked (the full text goes to the log)."""
+        """Map a DuckDB exception to the error a client is shown (the answer shows one
+        line of it without paths, and the log the rest: io/answers.py)."""
         if not isinstance(exc, duckdb.Error):
             return exc
         if invalidates(exc):
             return self.gate.invalidated(exc)
-        log.warning("DuckDB: %s: %s", type(exc).__name__, exc)
-        line = _PATH.sub("<path>", first_line(exc))
+        line = str(exc).strip()
         if isinstance(
             exc,
             duckdb.ConstraintException
