@@ -106,6 +106,13 @@ class Limits:
     max_concurrent_requests: int = 64
     max_inflight_bytes: int = 1024**3
     max_schema_metadata_bytes: int = 256 * 1024
+    # whole requests (a Flight batch-mode stream counts everything it sent): None is no limit
+    max_request_rows: int | None = 100_000_000
+    max_request_decoded_bytes: int | None = 32 * 1024**3
+    # connections, HTTP/1.1 and HTTP/2 alike; the server-wide one is also kept below the
+    # process's descriptor limit (RLIMIT_NOFILE) minus a headroom for files and sockets
+    max_connections: int = 4096
+    max_connections_per_client: int = 256
 
     def decoder_kwargs(self) -> dict[str, int]:
         return {
@@ -132,6 +139,9 @@ class DuckDBSettings:
 @dataclass(frozen=True, slots=True)
 class FlightSettings:
     allow_table_drop: bool = False
+    # largest gRPC message Arrowport sends (DoGet slices batches to fit); 4 MiB is the
+    # receive limit of grpc-go, grpc-java, grpcio and tonic clients by default
+    max_message_size: int = 4 * 1024**2
 
 
 @dataclass(frozen=True, slots=True)
@@ -428,6 +438,8 @@ def _limits(raw: Mapping[str, Any], key: str) -> Limits:
             "max_batch_rows",
             "queue_depth",
             "max_concurrent_requests",
+            "max_connections",
+            "max_connections_per_client",
         ):
             values[name] = _int(value, where, minimum=1)
         elif name in ("body_idle_timeout", "connection_idle_timeout"):
@@ -436,7 +448,16 @@ def _limits(raw: Mapping[str, Any], key: str) -> Limits:
             values[name] = _bool(value, where)
         elif name == "min_body_rate":  # bytes per second; 0 turns it off
             values[name] = parse_size(value, where)
-        elif name == "max_request_size" and value in (None, 0, "0", "unlimited"):
+        elif name == "max_request_rows":
+            values[name] = (
+                None if value in (None, 0, "0", "unlimited") else _int(value, where, minimum=1)
+            )
+        elif name in ("max_request_size", "max_request_decoded_bytes") and value in (
+            None,
+            0,
+            "0",
+            "unlimited",
+        ):
             values[name] = None
         else:
             values[name] = parse_size(value, where)
@@ -817,8 +838,14 @@ def parse_config(
     values["limits"] = _limits(_mapping(raw.get("limits"), "limits"), "limits")
     flight = _mapping(raw.get("flight"), "flight")
     _check_keys(flight, set(FlightSettings.__dataclass_fields__), "flight.")
+    message_size = parse_size(
+        flight.get("max_message_size", FlightSettings().max_message_size), "flight.max_message_size"
+    )
+    if message_size < 64 * 1024:
+        raise ConfigError("flight.max_message_size: must be at least 64KiB")
     values["flight"] = FlightSettings(
-        allow_table_drop=_bool(flight.get("allow_table_drop", False), "flight.allow_table_drop")
+        allow_table_drop=_bool(flight.get("allow_table_drop", False), "flight.allow_table_drop"),
+        max_message_size=message_size,
     )
     values["auth"] = _auth(_mapping(raw.get("auth"), "auth"), "auth", env_token)
     values["tls"] = _tls(_mapping(raw.get("tls"), "tls"), "tls")
