@@ -34,6 +34,7 @@ from .auth import authenticate, authorize_table, authorize_write
 from .backends import backend_unavailable
 from .body import StreamingASGIHTTPConnection, StreamingRequest
 from .delta_http import add_delta_read_routes
+from .http1 import send_continue, waiting_for_continue
 from .ingest import Progress, ingest, refusal_reason, result_of
 from .lake_http import add_ducklake_read_routes
 from .read_http import error_json, with_retry_after
@@ -57,8 +58,12 @@ async def _drain_body(limit: int = DRAIN_LIMIT, seconds: float = DRAIN_SECONDS) 
     """Read and discard what remains of a refused body, within bounds.
 
     Answering while the client is still sending makes many clients report a
-    reset instead of our error; a bounded drain lets the answer arrive.
+    reset instead of our error; a bounded drain lets the answer arrive. A
+    client still waiting for ``100 Continue`` has sent no body: nothing is
+    read, and the connection closes after the answer.
     """
+    if waiting_for_continue(request.scope):
+        return
     drained = 0
     with trio.move_on_after(seconds):
         try:
@@ -88,8 +93,8 @@ def create_app(state: ServerState) -> QuartTrio:
         rid = logs.REQUEST_ID.get()
         if rid:
             response.headers["X-Request-Id"] = rid
-        if state.draining:
-            response.headers["Connection"] = "close"
+        if state.draining or waiting_for_continue(request.scope):
+            response.headers["Connection"] = "close"  # (a body never sent is never read)
         return response
 
     @app.before_request
@@ -190,6 +195,7 @@ def create_app(state: ServerState) -> QuartTrio:
         progress = Progress()
         state.stats.in_flight += 1
         try:
+            await send_continue(request.scope)  # every check passed: now the body
             result = await ingest(
                 request.body,
                 route=route,

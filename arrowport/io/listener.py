@@ -28,12 +28,8 @@ from collections.abc import Awaitable, Callable
 from functools import partial
 from typing import Any
 
-import hypercorn.trio.tcp_server
 import trio
 from hypercorn.config import Config as HypercornConfig
-from hypercorn.events import Closed
-from hypercorn.protocol import ProtocolWrapper
-from hypercorn.protocol.h11 import H2CProtocolRequiredError, H2ProtocolAssumedError
 from hypercorn.trio.lifespan import Lifespan
 from hypercorn.trio.statsd import StatsdLogger
 from hypercorn.trio.tcp_server import TCPServer
@@ -43,38 +39,9 @@ from hypercorn.utils import ShutdownError, raise_shutdown, repr_socket_addr, wra
 
 from ..config import ConfigError
 from .h2conn import PREFACE, RECEIVE_SIZE, H2Server, Handler
+from .http1 import HTTP1Only  # noqa: F401  (the import installs it in hypercorn)
 
 log = logging.getLogger("arrowport.server")
-
-
-class HTTP1Only(ProtocolWrapper):
-    """hypercorn's protocol switch, minus its switch to HTTP/2.
-
-    HTTP/2 reaches Arrowport's own server through the preface sniff. A later
-    switch would run hypercorn's HTTP/2 code, which a client can crash
-    (docs/architecture.md). So ``Upgrade: h2c`` is ignored (the request is
-    answered in HTTP/1.1, as RFC 9110 allows), and a connection that sends the
-    HTTP/2 preface after HTTP/1.1 requests is closed.
-    """
-
-    def __init__(self, *args: Any, **kwargs: Any) -> None:
-        super().__init__(*args, **kwargs)
-        self.protocol._check_protocol = _no_upgrade  # type: ignore[union-attr,method-assign]
-
-    async def handle(self, event: Any) -> None:
-        try:
-            await self.protocol.handle(event)
-        except (H2CProtocolRequiredError, H2ProtocolAssumedError):
-            log.info("closing a connection that asked to switch to HTTP/2 mid-stream")
-            await self.send(Closed())
-
-
-async def _no_upgrade(event: Any) -> None:
-    if event.method == b"PRI" and event.target == b"*":
-        raise H2ProtocolAssumedError(b"")
-
-
-hypercorn.trio.tcp_server.ProtocolWrapper = HTTP1Only  # type: ignore[attr-defined,misc]
 
 
 TLS_CLOSE_TIMEOUT = 5.0
