@@ -16,8 +16,13 @@ Invariants:
   a rollback.
 * A backend the server does not run is FAILED_PRECONDITION (HTTP 400
   ``backend_unavailable``), whatever the method.
-* DoGet reads one batch at a time in a worker thread and sends it before
-  reading the next, so a slow reader holds the server's memory flat.
+* DoGet (``flight_read``) reads one batch at a time in a worker thread and
+  sends it, in slices of at most ``flight.max_message_size``, before reading
+  the next, so a slow reader holds the server's memory flat.
+* A ``grpc-timeout`` bounds the call: past it, the call ends with
+  DEADLINE_EXCEEDED. A DoPut is not cancelled but refused where it waits
+  for data, and its commit checks the deadline in the thread that commits
+  (``deadline``): an answer never says DEADLINE_EXCEEDED for committed data.
 * Storage calls run in worker threads; nothing here blocks the event loop.
 """
 
@@ -30,7 +35,6 @@ import time
 from collections.abc import Awaitable, Callable
 from typing import Any
 
-import pyarrow as pa
 import trio
 
 from .. import logs
@@ -53,11 +57,12 @@ from ..protocol.flight_pb import (
     SchemaResult,
     Ticket,
 )
+from ..protocol.grpc import deadline_exceeded, parse_timeout
 from ..stats import Labels
 from .auth import authenticate, authorize_table, authorize_write, handshake_token
 from .backends import backend_unavailable
+from .deadline import DeadlineStore
 from .flight_messages import (
-    MessageSink,
     ack_json,
     action_table,
     bad_request,
@@ -66,23 +71,18 @@ from .flight_messages import (
     descriptor_target,
     metadata_idempotency_key,
     not_grpc,
-    parse_ticket,
-    send_flight_data,
 )
+from .flight_read import do_get
 from .grpc import GRPC_CONTENT_TYPE, GrpcCall
 from .h2conn import H2Stream, StreamGone
 from .health import liveness, readiness
 from .ingest import Commit, Progress, ingest, refusal_reason, result_of
-from .read_http import next_batch
 from .state import ServerState
 from .status import grpc_status
 
 log = logging.getLogger("arrowport.flight")
 
 SERVICE = "/arrow.flight.protocol.FlightService/"
-# DoGet sends batches of this many rows: small enough that the one batch in
-# flight per reader (plus h2's copies of it) stays a few MB.
-DOGET_BATCH_ROWS = 32_768
 
 
 class FlightService:
@@ -136,9 +136,19 @@ class FlightService:
                     f"methods {', '.join(sorted(self.methods))}",
                     error="unimplemented",
                 )
+            timeout = stream.headers.get(b"grpc-timeout")
+            if timeout is not None:
+                call.set_timeout(parse_timeout(timeout))
             if method != "Handshake":  # from the headers, before any message is read
                 call.token = self._authenticate(stream)
-            await handler(call)
+            if call.timeout is None or method == "DoPut":  # DoPut checks it where it waits
+                await handler(call)
+            else:
+                with trio.move_on_at(call.deadline):
+                    await handler(call)
+                    call.timeout = None
+                if call.timeout is not None:
+                    raise deadline_exceeded(call.timeout, "the call was abandoned")
         except (StreamGone, trio.Cancelled):
             raise
         except Exception as exc:
@@ -260,41 +270,7 @@ class FlightService:
     # -- DoGet --------------------------------------------------------------
 
     async def do_get(self, call: GrpcCall) -> None:
-        ticket = Ticket.decode(await call.unary_request("Ticket"))
-        spec = parse_ticket(ticket.ticket)
-        backend = spec.backend
-        extra = {}
-        if spec.version is not None:
-            extra["version"] = spec.version
-            if backend is None:  # time travel on the default backend, if it has versions
-                default = self.state.config.storage_backend
-                backend = default if default in ("ducklake", "delta") else "delta"
-        reader = await self._thread(
-            self.store(backend).scan,
-            spec.table,
-            columns=spec.columns,
-            limit=spec.limit,
-            batch_rows=DOGET_BATCH_ROWS,
-            **extra,
-        )
-        sink = MessageSink()
-        try:
-            writer = pa.ipc.new_stream(sink, reader.schema)
-            while True:
-                batch = await trio.to_thread.run_sync(next_batch, reader)
-                if batch is None:
-                    break
-                writer.write_batch(batch)
-                del batch
-                for header, body in sink.messages():
-                    await send_flight_data(call, header, body)
-            if call.messages_sent == 0:  # no rows: the schema alone
-                writer.close()
-                for header, body in sink.messages():
-                    await send_flight_data(call, header, body)
-        finally:
-            with trio.CancelScope(shield=True):
-                await trio.to_thread.run_sync(reader.close)
+        await do_get(call, self)
 
     # -- DoPut --------------------------------------------------------------
 
@@ -331,6 +307,8 @@ class FlightService:
         except ArrowportError:
             stats.refused("bad_input")
             raise
+        if call.timeout is not None:
+            store = DeadlineStore(store, call.deadline_monotonic, call.timeout)
 
         async def acknowledge(commit: Commit) -> None:
             # batch mode sends acks holding the table: a client that reads none cannot hold it

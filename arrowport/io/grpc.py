@@ -8,19 +8,29 @@ Invariants:
   happens in the method: an ``ArrowportError`` keeps its status and message;
   anything else is INTERNAL and logged as a bug.
 * A call whose client is gone (reset or disconnect) sends nothing more.
+* Every answer's headers say ``grpc-accept-encoding: identity``: Arrowport
+  refuses compressed messages (UNIMPLEMENTED), and the header tells a client
+  what to send instead.
+* With a ``grpc-timeout`` (``set_timeout``), ``chunks()`` refuses to wait
+  past the deadline: DEADLINE_EXCEEDED (``protocol.grpc.deadline_exceeded``).
 """
 
 from __future__ import annotations
 
 import logging
+import math
+import time
 from collections.abc import AsyncIterator
 from typing import Any
+
+import trio
 
 from ..protocol import NEED_DATA, ArrowportError, GrpcStatus
 from ..protocol.grpc import (
     GrpcMessage,
     GrpcMessageDecoder,
     GrpcStreamEnded,
+    deadline_exceeded,
     prefix,
     status_trailers,
 )
@@ -32,6 +42,7 @@ from .status import grpc_status
 log = logging.getLogger("arrowport.grpc")
 
 GRPC_CONTENT_TYPE = b"application/grpc"
+ACCEPT_ENCODING = (b"grpc-accept-encoding", b"identity")
 MAX_CONTROL_MESSAGE = 4 * 1024 * 1024  # tickets, actions, descriptors: small
 MAX_STATUS_MESSAGE = 2048  # characters; percent-encoded it stays well under 16 KiB
 
@@ -45,13 +56,37 @@ class GrpcCall:
         self.token: Any = None  # the caller's auth token, once authenticated
         self.response_headers: list[tuple[bytes, bytes]] = []  # extra, sent with the first
         self.messages_sent = 0
+        self.timeout: float | None = None  # grpc-timeout, in seconds
+        self.deadline = math.inf  # trio's clock
+        self.deadline_monotonic = math.inf  # time.monotonic(), for worker threads
+
+    def set_timeout(self, seconds: float) -> None:
+        """Start the call's deadline: ``seconds`` from now."""
+        self.timeout = seconds
+        self.deadline = trio.current_time() + seconds
+        self.deadline_monotonic = time.monotonic() + seconds
 
     # -- receiving ----------------------------------------------------------
 
     async def chunks(self) -> AsyncIterator[bytes | memoryview]:
-        """The request's DATA payloads, as they arrive."""
-        while chunk := await self.stream.receive_some():
-            yield chunk
+        """The request's DATA payloads, as they arrive (not past the deadline)."""
+        if self.timeout is None:
+            while chunk := await self.stream.receive_some():
+                yield chunk
+            return
+        while True:
+            received: bytes | memoryview | None = None
+            with trio.move_on_at(self.deadline):  # (never yield inside a cancel scope)
+                received = await self.stream.receive_some()
+            if received is None:
+                raise deadline_exceeded(
+                    self.timeout,
+                    "the request was abandoned before its end (nothing unacknowledged was "
+                    "committed)",
+                )
+            if not received:
+                return
+            yield received
 
     async def messages(self, max_size: int = MAX_CONTROL_MESSAGE) -> AsyncIterator[bytes]:
         """The request's gRPC messages, for small (non-bulk) requests."""
@@ -88,7 +123,12 @@ class GrpcCall:
         if not self.headers_sent:
             self.headers_sent = True
             await self.stream.send_headers(
-                [(b":status", b"200"), (b"content-type", GRPC_CONTENT_TYPE), *self.response_headers]
+                [
+                    (b":status", b"200"),
+                    (b"content-type", GRPC_CONTENT_TYPE),
+                    ACCEPT_ENCODING,
+                    *self.response_headers,
+                ]
             )
 
     async def send_message(self, payload: bytes) -> None:
@@ -118,6 +158,7 @@ class GrpcCall:
                 [
                     (b":status", b"200"),
                     (b"content-type", GRPC_CONTENT_TYPE),
+                    ACCEPT_ENCODING,
                     *self.response_headers,
                     *trailers,
                 ],

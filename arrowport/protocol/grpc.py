@@ -15,6 +15,11 @@ Invariants:
   ``ERROR`` for good.
 * ``grpc-message`` values are percent-encoded UTF-8; decoding never fails (a
   malformed escape is kept as it is).
+* ``grpc-timeout`` is 1 to 8 ASCII digits and one unit (H M S m u n);
+  ``parse_timeout`` returns seconds, and refuses anything else as
+  INVALID_ARGUMENT (the spec leaves a malformed value's answer open; grpc-go
+  refuses it too, rather than run the call without the deadline its client
+  meant).
 """
 
 from __future__ import annotations
@@ -173,6 +178,46 @@ class GrpcMessageDecoder:
             )
         self._length = length
         self._transition(_Input.PREFIX)
+
+
+# -- deadlines -----------------------------------------------------------------
+
+_TIMEOUT_UNITS = {
+    ord("H"): 3600.0,
+    ord("M"): 60.0,
+    ord("S"): 1.0,
+    ord("m"): 1e-3,
+    ord("u"): 1e-6,
+    ord("n"): 1e-9,
+}
+
+
+def parse_timeout(value: bytes) -> float:
+    """The seconds a ``grpc-timeout`` value allows; raises ``LocalProtocolError``."""
+    digits, unit = value[:-1], value[-1:]
+    if not (
+        1 <= len(digits) <= 8
+        and digits.isdigit()
+        and digits.isascii()
+        and unit
+        and unit[0] in _TIMEOUT_UNITS
+    ):
+        shown = value[:32].decode("latin-1")
+        raise invalid(
+            f"malformed grpc-timeout {shown!r}: expected 1 to 8 digits and a unit (H M S m u n)",
+            error="invalid_grpc_timeout",
+        )
+    return int(digits) * _TIMEOUT_UNITS[unit[0]]
+
+
+def deadline_exceeded(timeout: float, what: str) -> LocalProtocolError:
+    """The call outlived its ``grpc-timeout``: DEADLINE_EXCEEDED; ``what`` says what happened."""
+    return LocalProtocolError(
+        f"the call's deadline (grpc-timeout {timeout:g} s) passed; {what}",
+        error="deadline_exceeded",
+        http_status=408,
+        grpc_status=GrpcStatus.DEADLINE_EXCEEDED,
+    )
 
 
 # -- status --------------------------------------------------------------------
