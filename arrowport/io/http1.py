@@ -12,6 +12,9 @@ every connection the listener hands to hypercorn:
   before the application sees them, with the same JSON body ``{error,
   detail}`` as every other refusal, and the connection is closed; so are
   h11's own refusals (a bad request line, a head too large);
+* a connection the client closes ends at once: hypercorn kept its task and
+  descriptor until the keep-alive timer fired (``connection_idle_timeout``),
+  so a client making a connection per request held hundreds of descriptors;
 * ``Expect: 100-continue`` is not answered when the request arrives (hypercorn
   answers it at once) but when the application asks for it with
   ``send_continue(request.scope)``, after its auth, route and content-type
@@ -30,7 +33,7 @@ from typing import Any
 import h11
 import hypercorn.trio.tcp_server
 from h11._receivebuffer import ReceiveBuffer
-from hypercorn.events import Closed
+from hypercorn.events import Closed, Updated
 from hypercorn.protocol import ProtocolWrapper
 from hypercorn.protocol.h11 import H2CProtocolRequiredError, H2ProtocolAssumedError
 
@@ -109,6 +112,10 @@ class HTTP1Only(ProtocolWrapper):
         except (H2CProtocolRequiredError, H2ProtocolAssumedError):
             log.info("closing a connection that asked to switch to HTTP/2 mid-stream")
             await self.send(Closed())
+        if isinstance(event, Closed):
+            # hypercorn's connection task (and its descriptor) waits for the keep-alive
+            # timer even after the client closed an idle connection: stop the timer
+            await self.send(Updated(idle=False))
 
     @property
     def waiting_for_continue(self) -> bool:

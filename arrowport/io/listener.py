@@ -38,6 +38,7 @@ from hypercorn.typing import ConnectionState, LifespanState
 from hypercorn.utils import ShutdownError, raise_shutdown, repr_socket_addr, wrap_app
 
 from ..config import ConfigError
+from .connections import ConnectionTracker
 from .h2conn import PREFACE, RECEIVE_SIZE, H2Server, Handler
 from .http1 import HTTP1Only  # noqa: F401  (the import installs it in hypercorn)
 
@@ -231,11 +232,13 @@ async def serve(
     *,
     shutdown_trigger: Callable[[], Awaitable[None]],
     ssl_context: ssl.SSLContext | None = None,
+    connections: ConnectionTracker | None = None,
     task_status: trio.TaskStatus[list[str]] = trio.TASK_STATUS_IGNORED,
 ) -> None:
     """Serve ``app`` (ASGI) and ``flight`` (HTTP/2 streams) on ``config.bind``.
 
     With ``ssl_context`` (see ``tls_context``) every connection must be TLS.
+    With ``connections``, a connection over its limits is closed at once.
     """
     config.set_statsd_logger_class(StatsdLogger)
     asgi = wrap_app(app, config.wsgi_max_body_size, "asgi")
@@ -328,7 +331,7 @@ async def serve(
                     nursery.start_soon(
                         partial(
                             trio.serve_listeners,
-                            connection,
+                            connection if connections is None else connections.guard(connection),
                             listeners,
                             handler_nursery=server_nursery,
                         )

@@ -28,6 +28,7 @@ from ..stats import LABELS
 from ..storage import DeltaStore, DuckLakeStore, StorageError
 from ..storage.delta_tables import table_names, table_stats
 from .auth import authenticate
+from .connections import ConnectionTracker
 from .state import ServerState
 
 log = logging.getLogger(__name__)
@@ -244,6 +245,44 @@ def install(state: ServerState) -> None:
     prom.disable_created_metrics()  # type: ignore[no-untyped-call]  # no *_created series
     state.stats.registry.register(ServerCollector(state))
     prom.ProcessCollector(registry=state.stats.registry)
+
+
+class ConnectionCollector(Collector):
+    """Open connections, and connections closed at once for being over a limit."""
+
+    def __init__(self, tracker: ConnectionTracker) -> None:
+        self.tracker = tracker
+
+    def describe(self) -> list[GaugeMetricFamily]:
+        return []
+
+    def collect(self) -> Iterator[GaugeMetricFamily | CounterMetricFamily]:
+        tracker = self.tracker
+        yield _gauge(
+            "arrowport_connections_open",
+            "Connections open now, HTTP/1.1 and HTTP/2 together.",
+            tracker.open,
+        )
+        yield _gauge(
+            "arrowport_connections_limit",
+            "Most connections open at once: limits.max_connections, lowered to fit the "
+            "descriptor limit less its headroom.",
+            tracker.limit,
+        )
+        refused = CounterMetricFamily(
+            "arrowport_connections_refused",
+            "New connections closed at once: over the server-wide limit (server) or over "
+            "limits.max_connections_per_client (client).",
+            labels=["reason"],
+        )
+        for reason, count in tracker.refused.items():
+            refused.add_metric([reason.value], count)
+        yield refused
+
+
+def install_connections(state: ServerState, tracker: ConnectionTracker) -> None:
+    """Add the connection gauges and refusal counter of ``tracker`` to the server's registry."""
+    state.stats.registry.register(ConnectionCollector(tracker))
 
 
 # Scrapes take one thread of their own at a time, never the default limiter's threads that

@@ -30,6 +30,7 @@ from ..preflight import preflight
 from ..storage import DeltaStore, DuckDBStore, DuckLakeStore, StorageError
 from . import listener, metrics
 from .backends import warn_unserved
+from .connections import ConnectionTracker
 from .flight import FlightService
 from .http import create_app
 from .state import ServerState
@@ -244,6 +245,11 @@ async def serve(
     state = ServerState(config=config, stores=stores)
     warn_unserved(config, state.store_for)
     metrics.install(state)
+    limits = config.limits  # read at start, like the port
+    connections = ConnectionTracker.for_process(
+        limits.max_connections, limits.max_connections_per_client
+    )
+    metrics.install_connections(state, connections)
     app = create_app(state)
     duck: DuckDBStore = stores["duckdb"]
     try:
@@ -275,6 +281,7 @@ async def serve(
                     FlightService(state),
                     shutdown_trigger=stop_when_told,
                     ssl_context=ssl_context,
+                    connections=connections,
                     task_status=task_status,
                 )
                 nursery.cancel_scope.cancel()  # stop the helpers too
