@@ -20,9 +20,10 @@ Invariants:
   sends it, in slices of at most ``flight.max_message_size``, before reading
   the next, so a slow reader holds the server's memory flat.
 * A ``grpc-timeout`` bounds the call: past it, the call ends with
-  DEADLINE_EXCEEDED. A DoPut is not cancelled but refused where it waits
-  for data, and its commit checks the deadline in the thread that commits
-  (``deadline``): an answer never says DEADLINE_EXCEEDED for committed data.
+  DEADLINE_EXCEEDED. A DoPut (``flight_put``) is not cancelled but refused
+  where it waits for data, and its commit checks the deadline in the thread
+  that commits (``deadline``): an answer never says DEADLINE_EXCEEDED for
+  committed data.
 * Storage calls run in worker threads; nothing here blocks the event loop.
 """
 
@@ -30,17 +31,13 @@ from __future__ import annotations
 
 import json
 import logging
-import math
-import time
 from collections.abc import Awaitable, Callable
 from typing import Any
 
 import trio
 
 from .. import logs
-from ..names import validate_idempotency_key
-from ..protocol import NEED_DATA, ArrowportError, GrpcStatus
-from ..protocol.flight import DescriptorReceived, FlightDataDecoder
+from ..protocol import ArrowportError, GrpcStatus
 from ..protocol.flight_pb import (
     DESCRIPTOR_CMD,
     DESCRIPTOR_PATH,
@@ -52,31 +49,24 @@ from ..protocol.flight_pb import (
     FlightInfo,
     HandshakeRequest,
     HandshakeResponse,
-    PutResult,
     Result,
     SchemaResult,
     Ticket,
 )
 from ..protocol.grpc import deadline_exceeded, parse_timeout
-from ..stats import Labels
-from .auth import authenticate, authorize_table, authorize_write, handshake_token
+from .auth import authenticate, handshake_token
 from .backends import backend_unavailable
-from .deadline import DeadlineStore
 from .flight_messages import (
-    ack_json,
     action_table,
-    bad_request,
     descriptor_backend,
     descriptor_name,
-    descriptor_target,
-    metadata_idempotency_key,
     not_grpc,
 )
+from .flight_put import _first_descriptor, do_put  # noqa: F401  (bench imports the first from here)
 from .flight_read import do_get
 from .grpc import GRPC_CONTENT_TYPE, GrpcCall
 from .h2conn import H2Stream, StreamGone
 from .health import liveness, readiness
-from .ingest import Commit, Progress, ingest, refusal_reason, result_of
 from .state import ServerState
 from .status import grpc_status
 
@@ -275,110 +265,7 @@ class FlightService:
     # -- DoPut --------------------------------------------------------------
 
     async def do_put(self, call: GrpcCall) -> None:
-        started = time.monotonic()
-        config = self.state.config  # one snapshot for the whole request
-        decoder = FlightDataDecoder(**config.limits.decoder_kwargs(), validate=False)
-        chunks = call.chunks()
-        stats = self.state.stats
-        try:
-            with trio.fail_after(config.limits.body_idle_timeout or math.inf):
-                descriptor = await _first_descriptor(decoder, chunks)
-            name, key = descriptor_target(descriptor)
-            table, backend = descriptor_backend(descriptor)
-            if table is not None:  # {"table", "backend"}: as ListFlights describes tables
-                route = config.table_route(table, backend or config.storage_backend)
-                authorize_table(call.token, config, route.table, route.backend)
-            else:
-                route = config.route(name)
-                authorize_write(call.token, route.stream)
-            if key is not None:
-                validate_idempotency_key(key)
-        except trio.TooSlowError:
-            stats.refused("bad_input")
-            raise ArrowportError(
-                f"no FlightData for {config.limits.body_idle_timeout:g} s; the DoPut was abandoned",
-                error="body_timeout",
-            ) from None
-        except ArrowportError as exc:
-            stats.refused(refusal_reason(exc))
-            raise
-        try:
-            store = self.store(route.backend, None if table is not None else route.stream)
-        except ArrowportError:
-            stats.refused("bad_input")
-            raise
-        if call.timeout is not None:
-            store = DeadlineStore(store, call.deadline_monotonic, call.timeout)
-
-        async def acknowledge(commit: Commit) -> None:
-            # batch mode sends acks holding the table: a client that reads none cannot hold it
-            with trio.move_on_after(config.limits.body_idle_timeout or math.inf) as scope:
-                await call.send_message(PutResult(app_metadata=ack_json(route, commit)).encode())
-            if scope.cancelled_caught:
-                idle = config.limits.body_idle_timeout
-                raise ArrowportError(
-                    f"the client read no acknowledgement for {idle:g} s; the request was "
-                    "abandoned (what was acknowledged before stays committed)",
-                    error="ack_timeout",
-                )
-
-        try:
-            self.state.admit(config)
-        except ArrowportError:
-            stats.refused("limit")
-            raise
-        progress = Progress()
-        labels = Labels.of(route, "flight")
-        stats.in_flight += 1
-        try:
-            result = await ingest(
-                chunks,
-                route=route,
-                store=store,
-                limits=config.limits,
-                locks=self.state.locks,
-                stats=stats,
-                progress=progress,
-                limiter=self.state.write_limiter,
-                decoder=decoder,
-                on_commit=acknowledge,
-                idempotency_key=key,
-                key_from_metadata=metadata_idempotency_key if key is None else None,
-                budget=self.state.budget,
-                protocol="flight",
-            )
-        except ArrowportError as exc:
-            stats.finished(labels, result_of(exc))
-            stats.refused(refusal_reason(exc), labels)
-            log.info("DoPut %s refused: %s: %s", route.stream, exc.error, exc.detail)
-            raise
-        except BaseException as exc:
-            gone = isinstance(exc, trio.Cancelled | StreamGone)
-            stats.finished(labels, "disconnected" if gone else "error")
-            if gone:
-                stats.refused("disconnected", labels)
-                log.info(
-                    "DoPut %s: client went away; %d rows committed", route.stream, progress.rows
-                )
-            raise
-        finally:
-            stats.in_flight -= 1
-        stats.finished(
-            labels,
-            "replayed" if result.replayed else "ok",
-            seconds=time.monotonic() - started,
-            wire=0 if result.replayed else result.bytes,
-            decoded=0 if result.replayed else result.decoded_bytes,
-        )
-        log.info(
-            "DoPut %s -> %s: %d rows, %d batches, %d bytes in %.1f ms",
-            route.stream,
-            result.table,
-            result.rows,
-            result.batches,
-            result.bytes,
-            (time.monotonic() - started) * 1000,
-        )
+        await do_put(call, self)
 
     # -- actions ------------------------------------------------------------
 
@@ -427,20 +314,6 @@ class FlightService:
             await self._thread(store.drop_table, info.name)
         log.info("table %s dropped by a Flight table.drop action", info.name)
         return json.dumps({"dropped": info.name}).encode()
-
-
-async def _first_descriptor(decoder: FlightDataDecoder, chunks: Any) -> FlightDescriptor:
-    """Read until DoPut's first event, which must be its descriptor."""
-    iterator = aiter(chunks)
-    while True:
-        event = decoder.next_event()
-        if isinstance(event, DescriptorReceived):
-            return event.descriptor
-        if event is not NEED_DATA:
-            raise bad_request(
-                "DoPut's first FlightData must carry a FlightDescriptor naming the stream"
-            )
-        decoder.receive_data(await anext(iterator, b""))
 
 
 def _header(stream: H2Stream, name: bytes) -> str | None:

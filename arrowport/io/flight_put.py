@@ -1,0 +1,162 @@
+"""Flight DoPut: FlightData into the ingest pipeline, acknowledged only after commit.
+
+Invariants:
+
+* DoPut feeds the request's DATA through a ``FlightDataDecoder`` into the same
+  ingest pipeline as HTTP: the same routing, limits, schema policy and
+  transactions. A ``PutResult`` is sent only after a commit; a client that
+  disconnects or cancels before ending its stream gets a rollback.
+* With a ``grpc-timeout``, the call is not cancelled (a commit in a worker
+  thread cannot be): it is refused where it waits for data (``GrpcCall.chunks``)
+  and where it would write or commit (``deadline.DeadlineStore``), so an answer
+  never says DEADLINE_EXCEEDED for committed data.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import time
+from typing import Any
+
+import trio
+
+from ..names import validate_idempotency_key
+from ..protocol import NEED_DATA, ArrowportError
+from ..protocol.flight import DescriptorReceived, FlightDataDecoder
+from ..protocol.flight_pb import FlightDescriptor, PutResult
+from ..stats import Labels
+from .auth import authorize_table, authorize_write
+from .deadline import DeadlineStore
+from .flight_messages import (
+    ack_json,
+    bad_request,
+    descriptor_backend,
+    descriptor_target,
+    metadata_idempotency_key,
+)
+from .grpc import GrpcCall
+from .h2conn import StreamGone
+from .ingest import Commit, Progress, ingest, refusal_reason, result_of
+
+log = logging.getLogger("arrowport.flight")
+
+
+async def do_put(call: GrpcCall, service: Any) -> None:
+    """Serve one DoPut; ``service`` is the ``FlightService`` (its state and stores)."""
+    started = time.monotonic()
+    config = service.state.config  # one snapshot for the whole request
+    decoder = FlightDataDecoder(**config.limits.decoder_kwargs(), validate=False)
+    chunks = call.chunks()
+    stats = service.state.stats
+    try:
+        with trio.fail_after(config.limits.body_idle_timeout or math.inf):
+            descriptor = await _first_descriptor(decoder, chunks)
+        name, key = descriptor_target(descriptor)
+        table, backend = descriptor_backend(descriptor)
+        if table is not None:  # {"table", "backend"}: as ListFlights describes tables
+            route = config.table_route(table, backend or config.storage_backend)
+            authorize_table(call.token, config, route.table, route.backend)
+        else:
+            route = config.route(name)
+            authorize_write(call.token, route.stream)
+        if key is not None:
+            validate_idempotency_key(key)
+    except trio.TooSlowError:
+        stats.refused("bad_input")
+        raise ArrowportError(
+            f"no FlightData for {config.limits.body_idle_timeout:g} s; the DoPut was abandoned",
+            error="body_timeout",
+        ) from None
+    except ArrowportError as exc:
+        stats.refused(refusal_reason(exc))
+        raise
+    try:
+        store = service.store(route.backend, None if table is not None else route.stream)
+    except ArrowportError:
+        stats.refused("bad_input")
+        raise
+    if call.timeout is not None:
+        store = DeadlineStore(store, call.deadline_monotonic, call.timeout)
+
+    async def acknowledge(commit: Commit) -> None:
+        # batch mode sends acks holding the table: a client that reads none cannot hold it
+        with trio.move_on_after(config.limits.body_idle_timeout or math.inf) as scope:
+            await call.send_message(PutResult(app_metadata=ack_json(route, commit)).encode())
+        if scope.cancelled_caught:
+            idle = config.limits.body_idle_timeout
+            raise ArrowportError(
+                f"the client read no acknowledgement for {idle:g} s; the request was "
+                "abandoned (what was acknowledged before stays committed)",
+                error="ack_timeout",
+            )
+
+    try:
+        service.state.admit(config)
+    except ArrowportError:
+        stats.refused("limit")
+        raise
+    progress = Progress()
+    labels = Labels.of(route, "flight")
+    stats.in_flight += 1
+    try:
+        result = await ingest(
+            chunks,
+            route=route,
+            store=store,
+            limits=config.limits,
+            locks=service.state.locks,
+            stats=stats,
+            progress=progress,
+            limiter=service.state.write_limiter,
+            decoder=decoder,
+            on_commit=acknowledge,
+            idempotency_key=key,
+            key_from_metadata=metadata_idempotency_key if key is None else None,
+            budget=service.state.budget,
+            protocol="flight",
+        )
+    except ArrowportError as exc:
+        stats.finished(labels, result_of(exc))
+        stats.refused(refusal_reason(exc), labels)
+        log.info("DoPut %s refused: %s: %s", route.stream, exc.error, exc.detail)
+        raise
+    except BaseException as exc:
+        gone = isinstance(exc, trio.Cancelled | StreamGone)
+        stats.finished(labels, "disconnected" if gone else "error")
+        if gone:
+            stats.refused("disconnected", labels)
+            log.info("DoPut %s: client went away; %d rows committed", route.stream, progress.rows)
+        raise
+    finally:
+        stats.in_flight -= 1
+    stats.finished(
+        labels,
+        "replayed" if result.replayed else "ok",
+        seconds=time.monotonic() - started,
+        wire=0 if result.replayed else result.bytes,
+        decoded=0 if result.replayed else result.decoded_bytes,
+    )
+    log.info(
+        "DoPut %s -> %s: %d rows, %d batches, %d bytes in %.1f ms",
+        route.stream,
+        result.table,
+        result.rows,
+        result.batches,
+        result.bytes,
+        (time.monotonic() - started) * 1000,
+    )
+
+
+async def _first_descriptor(decoder: FlightDataDecoder, chunks: Any) -> FlightDescriptor:
+    """Read until DoPut's first event, which must be its descriptor."""
+    iterator = aiter(chunks)
+    while True:
+        event = decoder.next_event()
+        if isinstance(event, DescriptorReceived):
+            return event.descriptor
+        if event is not NEED_DATA:
+            raise bad_request(
+                "DoPut's first FlightData must carry a FlightDescriptor naming the stream"
+            )
+        decoder.receive_data(await anext(iterator, b""))
