@@ -83,6 +83,13 @@ class ConnectionTracker:
                 descriptors,
                 headroom(descriptors or 0),
             )
+        if max_per_client >= limit:
+            log.warning(
+                "limits.max_connections_per_client (%d) is not below the connection limit (%d): "
+                "one client address can hold every connection",
+                max_per_client,
+                limit,
+            )
         return cls(limit, max_per_client)
 
     def admit(self, client: str) -> Refusal | None:
