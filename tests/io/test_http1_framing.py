@@ -102,6 +102,20 @@ def test_ambiguous_framing_is_400_json_and_closed(server: Server, lines: list[st
     assert answer.count(b"HTTP/1.1 ") == 1 and b"connection: close" in answer.lower()
 
 
+@pytest.mark.parametrize(
+    "head",
+    [b"GET / HTTP/1.1\r\nHost: x\r\nno colon here\r\n\r\n", b"GET /\x00 HTTP/1.1\r\n\r\n"],
+    ids=["bad_header_line", "bad_request_line"],
+)
+def test_h11_refusals_get_a_json_body_too(server: Server, head: bytes) -> None:
+    """Requests h11 itself refuses get 400 with {error, detail} as well, then the close."""
+    with _connect(server) as sock:
+        sock.sendall(head)
+        answer = _read_until_closed(sock)
+    status, body = _status_and_json(answer)
+    assert status == 400 and body["error"] == "bad_request" and body["detail"], answer
+
+
 def test_gzip_then_chunked_is_501_and_closed(server: Server) -> None:
     """A transfer coding before chunked that Arrowport does not implement: 501 JSON, closed."""
     with _connect(server) as sock:
