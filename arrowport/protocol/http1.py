@@ -13,6 +13,7 @@ framing is in any way ambiguous is refused, and the connection closed:
   coding (``chunked, identity``, ``xchunked``): 400 (§6.3); ``chunked`` last
   after another coding (``gzip, chunked``): 501, a coding not implemented
   (§6.1);
+* ``Transfer-Encoding`` in an HTTP/1.0 request: 400 (§6.1, faulty framing);
 * a header line that starts with whitespace (obs-fold) or a field name
   followed by whitespace: 400 (§5.1, §5.2).
 
@@ -59,6 +60,8 @@ def framing_problem(lines: list[bytearray] | list[bytes]) -> FramingProblem | No
         return _bad("more than one Content-Length header")
     if lengths and not (lengths[0].isdigit() and lengths[0].isascii()):
         return _bad("Content-Length must be one decimal number")
+    if encodings and bytes(lines[0]).endswith(b" HTTP/1.0"):
+        return _bad("Transfer-Encoding in an HTTP/1.0 request (its framing is faulty)")
     if len(encodings) > 1:
         return _bad("more than one Transfer-Encoding header")
     if encodings:

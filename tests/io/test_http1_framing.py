@@ -59,8 +59,10 @@ def _read_one(sock: socket.socket) -> bytes:
 
 
 def _head(method: str, path: str, *lines: str) -> bytes:
-    head = f"{method} {path} HTTP/1.1\r\nHost: x\r\n" + "".join(f"{x}\r\n" for x in lines)
-    return head.encode()
+    """A request head; a line "HTTP/1.0" among ``lines`` makes it an HTTP/1.0 request."""
+    version = "HTTP/1.0" if "HTTP/1.0" in lines else "HTTP/1.1"
+    fields = "".join(f"{x}\r\n" for x in lines if x != "HTTP/1.0")
+    return f"{method} {path} {version}\r\nHost: x\r\n{fields}".encode()
 
 
 def _status_and_json(answer: bytes) -> tuple[int, dict[str, str]]:
@@ -83,6 +85,7 @@ SMUGGLING = {
     "te_obs_fold": ["Transfer-Encoding:", " chunked"],
     "obs_fold_elsewhere": ["X-Note: a", "\tb", "Transfer-Encoding: chunked"],
     "te_space_before_colon": ["Transfer-Encoding : chunked"],
+    "te_in_http_1_0": ["Transfer-Encoding: chunked", "HTTP/1.0"],
 }
 
 
