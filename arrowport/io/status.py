@@ -52,6 +52,8 @@ STATUSES: dict[str, tuple[int, GrpcStatus]] = {
     "storage_unavailable": (503, GrpcStatus.UNAVAILABLE),  # reopening: with Retry-After
     "aborted": (400, GrpcStatus.CANCELLED),
     "body_timeout": (408, _DEADLINE),
+    "deadline_exceeded": (408, _DEADLINE),  # a gRPC call past its grpc-timeout
+    "invalid_grpc_timeout": (400, _INVALID),
     "body_too_slow": (408, _DEADLINE),
     "ack_timeout": (408, _DEADLINE),
     # -- access and load -----------------------------------------------------------------
