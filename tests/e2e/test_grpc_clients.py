@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import contextlib
 import struct
-import threading
 import time
 from collections.abc import Iterator
 
@@ -23,7 +22,7 @@ from flight_helpers import flight_client, put_table
 from arrowport.protocol.flight_pb import DESCRIPTOR_PATH, Action, FlightDescriptor, Ticket
 from arrowport.protocol.grpc import frame
 from tests.io.h2_client import SERVICE, H2Client, Response, flight_data, ipc_messages
-from tests.support import ARROW, Server, ipc_bytes, read_response, start_upload
+from tests.support import Server, ipc_bytes, read_response, start_upload
 
 MiB = 1024 * 1024
 WIDE_ROWS = 40_000  # 512-byte strings: DoGet reads 32,768-row batches of about 17 MiB
@@ -309,6 +308,3 @@ def test_grpcio_gzip_call_is_refused_unimplemented(server: Server) -> None:
             list(call(big, compression=grpc.Compression.Gzip, timeout=30))
     assert raised.value.code() is grpc.StatusCode.UNIMPLEMENTED
     server.assert_serving()
-
-
-_ = (ARROW, threading)
