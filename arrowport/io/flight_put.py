@@ -39,6 +39,10 @@ from .grpc import GrpcCall
 from .h2conn import StreamGone
 from .ingest import Commit, Progress, ingest, refusal_reason, result_of
 
+# gRPC: "the RPC's deadline expiring is considered a client cancellation"; it is counted as
+# one whichever side notices first (the client's RST_STREAM, or the server's own deadline)
+GONE = "disconnected"
+
 log = logging.getLogger("arrowport.flight")
 
 
@@ -69,7 +73,7 @@ async def do_put(call: GrpcCall, service: Any) -> None:
             error="body_timeout",
         ) from None
     except ArrowportError as exc:
-        stats.refused(refusal_reason(exc))
+        stats.refused(_reason(exc))
         raise
     try:
         store = service.store(route.backend, None if table is not None else route.stream)
@@ -117,8 +121,8 @@ async def do_put(call: GrpcCall, service: Any) -> None:
             protocol="flight",
         )
     except ArrowportError as exc:
-        stats.finished(labels, result_of(exc))
-        stats.refused(refusal_reason(exc), labels)
+        stats.finished(labels, GONE if exc.error == "deadline_exceeded" else result_of(exc))
+        stats.refused(_reason(exc), labels)
         log.info("DoPut %s refused: %s: %s", route.stream, exc.error, exc.detail)
         raise
     except BaseException as exc:
@@ -160,3 +164,7 @@ async def _first_descriptor(decoder: FlightDataDecoder, chunks: Any) -> FlightDe
                 "DoPut's first FlightData must carry a FlightDescriptor naming the stream"
             )
         decoder.receive_data(await anext(iterator, b""))
+
+
+def _reason(exc: ArrowportError) -> str:
+    return GONE if exc.error == "deadline_exceeded" else refusal_reason(exc)
