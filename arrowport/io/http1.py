@@ -46,7 +46,6 @@ _ERRORS = {
     400: "bad_request",
     408: "request_timeout",
     431: "headers_too_large",
-    501: "not_implemented",
 }
 
 
@@ -137,6 +136,8 @@ class HTTP1Only(ProtocolWrapper):
         protocol: Any = self.protocol
         connection = protocol.connection
         detail = getattr(connection, "refusal", "") or "malformed HTTP/1.1 request"
+        if status_code >= 500:  # h11 hints 501 for a coding it lacks: still the client's request
+            status_code = 400
         log.info("refused an HTTP/1.1 request from %s (%d): %s", self.client, status_code, detail)
         error = _ERRORS.get(status_code, "bad_request")
         body = json.dumps({"error": error, "detail": detail}).encode()

@@ -11,8 +11,8 @@ framing is in any way ambiguous is refused, and the connection closed:
   number: 400 (§6.3);
 * more than one ``Transfer-Encoding`` field, or ``chunked`` not its final
   coding (``chunked, identity``, ``xchunked``): 400 (§6.3); ``chunked`` last
-  after another coding (``gzip, chunked``): 501, a coding not implemented
-  (§6.1);
+  after another coding (``gzip, chunked``): 400 too (§6.1 allows 501, but a
+  client's request is never answered with a 5xx here);
 * ``Transfer-Encoding`` in an HTTP/1.0 request: 400 (§6.1, faulty framing);
 * a header line that starts with whitespace (obs-fold) or a field name
   followed by whitespace: 400 (§5.1, §5.2).
@@ -33,8 +33,8 @@ class FramingProblem:
     detail: str
 
 
-def _bad(detail: str, status: int = 400) -> FramingProblem:
-    return FramingProblem(status, detail)
+def _bad(detail: str) -> FramingProblem:
+    return FramingProblem(400, detail)
 
 
 def framing_problem(lines: list[bytearray] | list[bytes]) -> FramingProblem | None:
@@ -70,5 +70,5 @@ def framing_problem(lines: list[bytearray] | list[bytes]) -> FramingProblem | No
             return None
         if codings[-1] != b"chunked" or b"chunked" in codings[:-1]:
             return _bad("Transfer-Encoding must end with chunked, once")
-        return _bad("only Transfer-Encoding: chunked is supported", 501)
+        return _bad("only Transfer-Encoding: chunked is supported (no other transfer coding)")
     return None

@@ -119,13 +119,14 @@ def test_h11_refusals_get_a_json_body_too(server: Server, head: bytes) -> None:
     assert status == 400 and body["error"] == "bad_request" and body["detail"], answer
 
 
-def test_gzip_then_chunked_is_501_and_closed(server: Server) -> None:
-    """A transfer coding before chunked that Arrowport does not implement: 501 JSON, closed."""
+def test_gzip_then_chunked_is_400_and_closed(server: Server) -> None:
+    """A transfer coding before chunked that Arrowport does not implement: 400 JSON, closed."""
     with _connect(server) as sock:
         sock.sendall(_head("POST", "/ingest/gz", AUTH, CT, "Transfer-Encoding: gzip, chunked", ""))
         answer = _read_until_closed(sock)
     status, body = _status_and_json(answer)
-    assert status == 501 and body["error"] == "not_implemented", answer
+    assert status == 400 and body["error"] == "bad_request", answer
+    assert "only Transfer-Encoding: chunked" in body["detail"], answer
 
 
 def test_plain_chunked_and_content_length_still_work(server: Server) -> None:
