@@ -455,3 +455,99 @@ def in_threads(*jobs: Callable[[], object]) -> list[object]:
 def descriptor_count(server: Server) -> int:
     assert server.proc is not None
     return len(os.listdir(f"/proc/{server.proc.pid}/fd"))
+
+
+# -- gRPC bytes -------------------------------------------------------------------------------
+
+
+def _varint(n: int) -> bytes:
+    out = bytearray()
+    while True:
+        byte = n & 0x7F
+        n >>= 7
+        out.append(byte | (0x80 if n else 0))
+        if not n:
+            return bytes(out)
+
+
+def _field(tag: bytes, value: bytes) -> bytes:
+    return tag + _varint(len(value)) + value
+
+
+def flight_data(message: pa.ipc.Message, descriptor: bytes = b"") -> bytes:
+    """One gRPC-framed FlightData: the descriptor (wire bytes), the IPC header and body."""
+    body = message.body.to_pybytes() if message.body is not None else b""
+    payload = (
+        (_field(b"\x0a", descriptor) if descriptor else b"")
+        + _field(b"\x12", message.metadata.to_pybytes())
+        + (_field(b"\xc2\x3e", body) if body else b"")
+    )
+    return grpc_message(payload)
+
+
+def doput_messages(table: pa.Table, stream: str) -> list[bytes]:
+    """A DoPut of ``table`` to ``stream``: the schema message with the descriptor, then
+    one FlightData per batch."""
+    import pyarrow.flight as fl
+
+    descriptor = fl.FlightDescriptor.for_path(stream).serialize()
+    out = [flight_data(pa.ipc.read_message(table.schema.serialize()), descriptor)]
+    out += [flight_data(pa.ipc.read_message(b.serialize())) for b in table.to_batches()]
+    return out
+
+
+def flight_data_ipc(payload: bytes) -> bytes:
+    """A FlightData message's IPC header and body, as IPC stream bytes."""
+    header = body = b""
+    pos = 0
+    while pos < len(payload):
+        key, pos = _read_varint(payload, pos)
+        if key & 7 == 2:
+            length, pos = _read_varint(payload, pos)
+            value, pos = payload[pos : pos + length], pos + length
+            if key >> 3 == 2:
+                header = value
+            elif key >> 3 == 1000:
+                body = value
+        elif key & 7 == 0:
+            _, pos = _read_varint(payload, pos)
+        else:
+            raise ValueError(f"unexpected wire type in FlightData: {key}")
+    pad = b"\x00" * (-len(header) % 8)
+    return b"\xff\xff\xff\xff" + struct.pack("<i", len(header) + len(pad)) + header + pad + body
+
+
+def _read_varint(data: bytes, pos: int) -> tuple[int, int]:
+    n = shift = 0
+    while True:
+        byte = data[pos]
+        pos += 1
+        n |= (byte & 0x7F) << shift
+        shift += 7
+        if not byte & 0x80:
+            return n, pos
+
+
+def header_blocks(attacker: RawH2) -> dict[int, list[dict[str, str]]]:
+    """The header blocks the server sent on each stream, decoded in order."""
+    decoder = hpack.Decoder()
+    out: dict[int, list[dict[str, str]]] = {}
+    pending = b""
+    for kind, flags, sid, payload in list(attacker.frames):
+        if kind not in (HEADERS, CONTINUATION):
+            continue
+        if kind == HEADERS:
+            pad = payload[0] if flags & 0x8 else 0
+            start = (1 if flags & 0x8 else 0) + (5 if flags & 0x20 else 0)
+            payload = payload[start : len(payload) - pad]
+        pending += payload
+        if flags & END_HEADERS:
+            block = {
+                (k.decode() if isinstance(k, bytes) else k): (
+                    v.decode() if isinstance(v, bytes) else v
+                )
+                for k, v in decoder.decode(pending)
+            }
+            out.setdefault(sid, []).append(block)
+            pending = b""
+    return out
