@@ -15,10 +15,8 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
-from attack_support import (
+from attack_h2 import (
     ACK,
-    ALLOWANCE,
-    ATTACK_SECONDS,
     CANCEL,
     CONTINUATION,
     DATA,
@@ -26,17 +24,21 @@ from attack_support import (
     END_STREAM,
     ENHANCE_YOUR_CALM,
     HEADERS,
-    MiB,
     PING,
     RST_STREAM,
     RawH2,
-    attack,
     frame,
     frames_of,
     grpc_message,
     header_block,
-    in_threads,
     repeat,
+)
+from attack_support import (
+    ALLOWANCE,
+    ATTACK_SECONDS,
+    MiB,
+    attack,
+    in_threads,
     start_server,
     written,
 )
@@ -72,11 +74,15 @@ def test_rapid_reset_is_cut_off_and_the_server_stays_responsive(h2_server: Serve
     sent: list[object] = []
 
     def run() -> None:
-        sent.extend(in_threads(*(lambda a=a: a.flood(frames_of(stream), ATTACK_SECONDS) for a in attackers)))
+        sent.extend(
+            in_threads(*(lambda a=a: a.flood(frames_of(stream), ATTACK_SECONDS) for a in attackers))
+        )
 
     report = attack(h2_server, run, ALLOWANCE)
     closed = [a.closed_within(CLOSE_WITHIN) for a in attackers]
-    report.notes.append(f"sent {[int(s) // MiB for s in sent]} MiB; " + ", ".join(map(_calm, attackers)))
+    report.notes.append(
+        f"sent {[int(s) // MiB for s in sent]} MiB; " + ", ".join(map(_calm, attackers))
+    )
     for a in attackers:
         a.close()
     report.check_service()
@@ -141,9 +147,9 @@ def test_a_client_that_never_reads_cannot_pile_up_ping_acks(h2_server: Server) -
 
 
 def test_continuation_flood_is_bounded_before_it_is_buffered(h2_server: Server) -> None:
-    """HEADERS without END_HEADERS, then endless CONTINUATION frames (valid HPACK, 1 MiB
-    each, as the server's MAX_FRAME_SIZE allows) on four connections: each connection is closed once its header block passes the
-    header list limit, and the server's memory does not grow with the flood."""
+    """HEADERS without END_HEADERS, then endless 1 MiB CONTINUATION frames (valid HPACK; the
+    server's MAX_FRAME_SIZE) on four connections: each is closed once its header block passes
+    the header list limit, before it is buffered; memory does not grow with the flood."""
     pad = b"\x00\x05x-pad\x7f\xe9\x06" + b"a" * 1000  # literal, not indexed: "x-pad: a…"
     block = pad * 1038  # whole representations, 1,048,380 bytes: the MAX_FRAME_SIZE we see
     head = frame(HEADERS, 0, 1, header_block("DoAction"))

@@ -68,7 +68,9 @@ def test_zstd_bombs_are_refused_before_decompression(budget_server: Server) -> N
     statuses: list[object] = []
 
     def run() -> None:
-        statuses.extend(in_threads(*(lambda i=i: _post(budget_server, f"bomb{i}", body) for i in range(4))))
+        statuses.extend(
+            in_threads(*(lambda i=i: _post(budget_server, f"bomb{i}", body) for i in range(4)))
+        )
 
     report = attack(budget_server, run, BUDGET + ALLOWANCE)
     report.notes.append(f"{len(body):,}-byte bodies answered {statuses}")
@@ -136,7 +138,9 @@ def _ree_rows(rows: int) -> pa.Table:
 
 
 @pytest.mark.parametrize("make", [_null_rows, _ree_rows], ids=["null_typed", "run_end_encoded"])
-def test_tiny_bodies_declaring_huge_row_counts_are_refused(budget_server: Server, make: Any) -> None:
+def test_tiny_bodies_declaring_huge_row_counts_are_refused(
+    budget_server: Server, make: Any
+) -> None:
     """A body of a few hundred bytes whose one column (null-typed, or run-end encoded)
     declares 20 million rows is refused 413 by max_request_rows (1,000,000); nothing is
     written."""

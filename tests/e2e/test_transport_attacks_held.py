@@ -15,22 +15,24 @@ import time
 from pathlib import Path
 
 import pyarrow as pa
-from attack_support import (
-    ALLOWANCE,
+from attack_h2 import (
     DATA,
     END_HEADERS,
     END_STREAM,
     HEADERS,
-    IDLE_TIMEOUT,
-    STREAM_IDLE_CONFIG,
-    MiB,
     RawH2,
-    Report,
-    attack,
     frame,
     grpc_message,
     header_block,
     settings_frame,
+)
+from attack_support import (
+    ALLOWANCE,
+    IDLE_TIMEOUT,
+    STREAM_IDLE_CONFIG,
+    MiB,
+    Report,
+    attack,
     start_server,
     written,
 )
@@ -169,7 +171,9 @@ def test_connections_over_the_limits_are_refused_not_the_server_locked(
     report = attack(server, run, ALLOWANCE, post_after=True)
     held = sum(a.received > 0 and not a.eof for a in attackers)
     emfile = [line for line in server.log if "EMFILE" in line or "Too many open files" in line]
-    report.notes.append(f"{held} of {len(attackers)} attacker connections held; {len(emfile)} EMFILE lines")
+    report.notes.append(
+        f"{held} of {len(attackers)} attacker connections held; {len(emfile)} EMFILE lines"
+    )
     for a in attackers:
         a.close()
     report.check_service()
@@ -208,9 +212,8 @@ def test_doget_readers_with_a_zero_window_cost_bounded_memory(
     report = attack(server, run, ALLOWANCE + streams * each)
     started = time.monotonic()
     released = _released([(a, [1, 3]) for a in attackers], RELEASED_WITHIN)
-    report.notes.append(
-        f"{sum(released)}/{len(released)} connections released in {time.monotonic() - started:.1f} s"
-    )
+    took = time.monotonic() - started
+    report.notes.append(f"{sum(released)}/{len(released)} connections released in {took:.1f} s")
     for a in attackers:
         a.close()
     report.check_service()

@@ -14,20 +14,22 @@ from pathlib import Path
 
 import grpc
 import pyarrow as pa
-from attack_support import (
+from attack_h2 import (
     DATA,
     END_HEADERS,
     END_STREAM,
     HEADERS,
     SERVICE,
     RawH2,
-    address,
     doput_messages,
     flight_data_ipc,
     frame,
     grpc_message,
     header_block,
     header_blocks,
+)
+from attack_support import (
+    address,
     health_seconds,
     start_server,
     written,
@@ -138,7 +140,9 @@ def test_grpcio_client_past_its_deadline_commits_nothing(
     """A grpcio DoPut with a 0.5 s deadline whose client stalls gets DEADLINE_EXCEEDED and
     commits nothing."""
     server = start_server(server_factory, tmp_path)
-    messages = [m[5:] for m in doput_messages(pa.table({"id": pa.array([1, 2], pa.int64())}), "slow")]
+    messages = [
+        m[5:] for m in doput_messages(pa.table({"id": pa.array([1, 2], pa.int64())}), "slow")
+    ]
 
     def requests():  # type: ignore[no-untyped-def]
         yield from messages
@@ -165,7 +169,9 @@ def test_grpcio_reads_a_table_of_16_mib_batches_with_default_limits(
     batches (DoGet slices messages to flight.max_message_size)."""
     server = start_server(server_factory, tmp_path)
     rows = 40_000
-    wide = pa.table({"id": pa.array(range(rows), pa.int64()), "blob": pa.array([b"w" * 512] * rows)})
+    wide = pa.table(
+        {"id": pa.array(range(rows), pa.int64()), "blob": pa.array([b"w" * 512] * rows)}
+    )
     assert server.post("wide", ipc_bytes(wide)).status_code == 200
     ticket = b"\x0a\x04wide"  # Ticket{ticket: "wide"}
     host, port = address(server)
