@@ -83,7 +83,7 @@ def test_held_streams_time_out_and_cost_bounded_memory(
             attackers.append((attacker, _hold(attacker, 32, methods[i % 3])))
         time.sleep(1.0)  # let the server take them all in
 
-    report = attack(server, run, ALLOWANCE, post_after=False)
+    report = attack(server, run, ALLOWANCE)
     started = time.monotonic()
     released = _released(attackers, RELEASED_WITHIN)
     report.notes.append(
@@ -168,7 +168,7 @@ def test_connections_over_the_limits_are_refused_not_the_server_locked(
             attackers.append(attacker)
         time.sleep(1.0)
 
-    report = attack(server, run, ALLOWANCE, post_after=True)
+    report = attack(server, run, ALLOWANCE)
     held = sum(a.received > 0 and not a.eof for a in attackers)
     emfile = [line for line in server.log if "EMFILE" in line or "Too many open files" in line]
     report.notes.append(

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import socket
 import time
+from collections.abc import Iterator
 from pathlib import Path
 
 import grpc
@@ -144,7 +145,7 @@ def test_grpcio_client_past_its_deadline_commits_nothing(
         m[5:] for m in doput_messages(pa.table({"id": pa.array([1, 2], pa.int64())}), "slow")
     ]
 
-    def requests():  # type: ignore[no-untyped-def]
+    def requests() -> Iterator[bytes]:
         yield from messages
         time.sleep(1.5)
 
