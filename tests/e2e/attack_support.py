@@ -140,15 +140,16 @@ def health_seconds(server: Server) -> float:
 PROBE_BODY = ipc_bytes(pa.table({"id": pa.array([1], pa.int64())}))
 
 
-def ingest_seconds(server: Server, table: str = "probe") -> float:
+def ingest_seconds(server: Server, table: str = "probe", token: str | None = None) -> float:
     """A fresh connection's small POST /ingest: seconds until it committed (200)."""
+    headers = {"Content-Type": "application/vnd.apache.arrow.stream"}
+    if token is not None:
+        headers["Authorization"] = f"Bearer {token}"
 
     def post() -> bool:
         with httpx.Client(timeout=PROBE_TIMEOUT) as client:
             response = client.post(
-                f"{server.url}/ingest/{table}",
-                content=PROBE_BODY,
-                headers={"Content-Type": "application/vnd.apache.arrow.stream"},
+                f"{server.url}/ingest/{table}", content=PROBE_BODY, headers=headers
             )
             return response.status_code == 200
 
@@ -238,18 +239,17 @@ class Report:
 
 
 def attack(
-    server: Server, run: Callable[[], None], bound: int, *, post_after: bool = True
+    server: Server, run: Callable[[], None], bound: int, *, token: str | None = None
 ) -> Report:
-    """Run ``run`` (the attack) with fresh clients probing and RSS watched; then probe again."""
+    """Run ``run`` (the attack) with fresh clients probing and RSS watched; then probe again
+    (the POST with ``token`` where the server wants one)."""
     health_seconds(server)  # warm: the first answers pay for imports and a table's creation
-    if post_after:
-        ingest_seconds(server)
+    ingest_seconds(server, token=token)
     report = Report(bound=bound)
     with RssWatch(server) as watch, Probe(server) as probe:
         run()
         report.after_health = health_seconds(server)
-        if post_after:
-            report.after_ingest = ingest_seconds(server)
+        report.after_ingest = ingest_seconds(server, token=token)
     report.during = probe.worst
     report.growth = watch.growth
     return report

@@ -44,6 +44,7 @@ from attack_support import (
 )
 from support import Server
 
+TOKEN = "attack-test-token-0123456789abcdef"
 # The connection must be gone this long after a flood stopped (GOAWAY then close).
 CLOSE_WITHIN = 2.0
 
@@ -57,9 +58,15 @@ def _calm(attacker: RawH2) -> str:
     return f"GOAWAY {attacker.goaway}, closed {attacker.eof or attacker.closed_at is not None}"
 
 
-def test_rapid_reset_is_cut_off_and_the_server_stays_responsive(h2_server: Server) -> None:
-    """Two connections opening and resetting DoAction streams in a loop get GOAWAY
-    ENHANCE_YOUR_CALM; fresh clients are answered within 1 s throughout."""
+@pytest.mark.parametrize("token", [None, TOKEN], ids=["no_auth", "auth_refusals"])
+def test_rapid_reset_is_cut_off_and_the_server_stays_responsive(
+    server_factory: type[Server], tmp_path: Path, token: str | None
+) -> None:
+    """Two connections opening and resetting DoAction streams in a loop (answered, or with a
+    token configured refused UNAUTHENTICATED) get GOAWAY ENHANCE_YOUR_CALM; fresh clients
+    are answered within 1 s throughout."""
+    auth = {"auth": {"tokens": [token]}} if token else {}
+    h2_server = start_server(server_factory, tmp_path, auth)
     block = header_block("DoAction")
     body = grpc_message(b"\x0a\x06health")  # Action{type: "health"}
 
@@ -78,7 +85,7 @@ def test_rapid_reset_is_cut_off_and_the_server_stays_responsive(h2_server: Serve
             in_threads(*(lambda a=a: a.flood(frames_of(stream), ATTACK_SECONDS) for a in attackers))
         )
 
-    report = attack(h2_server, run, ALLOWANCE)
+    report = attack(h2_server, run, ALLOWANCE, token=token)
     closed = [a.closed_within(CLOSE_WITHIN) for a in attackers]
     report.notes.append(
         f"sent {[int(s) // MiB for s in sent]} MiB; " + ", ".join(map(_calm, attackers))
