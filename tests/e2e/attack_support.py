@@ -16,7 +16,6 @@ RSS +119 MB", so a failing run is a measurement.
 from __future__ import annotations
 
 import contextlib
-import os
 import resource
 import threading
 import time
@@ -268,8 +267,3 @@ def in_threads(*jobs: Callable[[], object]) -> list[object]:
     for t in threads:
         t.join(60)
     return results
-
-
-def descriptor_count(server: Server) -> int:
-    assert server.proc is not None
-    return len(os.listdir(f"/proc/{server.proc.pid}/fd"))
