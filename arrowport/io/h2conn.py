@@ -194,9 +194,7 @@ class H2Server:
         self.terminated = terminated
         self.idle_timeout = idle_timeout
         self.settings = settings or Http2Settings()
-        self.session = H2Session(
-            self.settings, idle_timeout=idle_timeout, now=trio.current_time()
-        )
+        self.session = H2Session(self.settings, idle_timeout=idle_timeout, now=trio.current_time())
         self.streams: dict[int, H2Stream] = {}  # streams whose handler runs
         self._nursery: trio.Nursery | None = None
         self._wakeup = trio.Event()

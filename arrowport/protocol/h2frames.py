@@ -129,8 +129,8 @@ class ChunkedFrameBuffer(FrameBuffer):
         """A whole frame is buffered (the next slice has work)."""
         if self._size < 9:
             return False
-        header = bytes(self._peek(9))
-        return self._size >= 9 + int.from_bytes(header[:3], "big")
+        length = int.from_bytes(bytes(self._peek(3)), "big")
+        return self._size >= 9 + length or length > self.max_frame_size
 
     def __next__(self) -> Frame:
         while True:
@@ -140,9 +140,9 @@ class ChunkedFrameBuffer(FrameBuffer):
                 frame, length = Frame.parse_frame_header(self._peek(9))
             except (InvalidDataError, InvalidFrameError) as err:
                 raise ProtocolError(f"Received frame with invalid header: {err!s}") from err
+            self._validate_frame_length(length)  # before waiting for the body: never buffer it
             if self._size < 9 + length:
                 raise StopIteration
-            self._validate_frame_length(length)
             body = self._peek(9 + length)[9:]
             try:
                 if isinstance(frame, DataFrame):
@@ -165,7 +165,6 @@ class ChunkedFrameBuffer(FrameBuffer):
             complete = self._update_header_buffer(frame)
             if complete is not None:
                 return complete
-
 
     def _update_header_buffer(self, f: Frame | None) -> Frame | None:
         """h2's, with the header block's size checked before it is kept."""

@@ -232,7 +232,6 @@ class H2Session:
         return False
 
     def _request(self, sid: int, headers: Headers, now: float, out: list[Event]) -> None:
-        self.guard.streams_opened += 1
         self._last_activity = now
         if self.going_away or self.peer_going_away:
             self.h2.reset_stream(sid, ErrorCodes.REFUSED_STREAM)
