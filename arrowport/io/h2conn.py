@@ -24,9 +24,10 @@ Invariants:
   consumes data. The connection window covers every stream's window at once,
   so stalled streams cannot starve the others.
 * Received bytes are read into buffers sized to the traffic (64 KiB, doubled
-  while reads fill them, up to 4 MiB) and DATA payloads are views of them (no
-  copy). A stream that is not reading pins at most two buffers; its further
-  payloads are copied. A decoder keeps a view only until its next feed.
+  while reads fill them, up to 4 MiB; small again after a small read), and
+  DATA payloads are views of them (no copy). A stream that is not reading
+  pins at most two buffers; its further payloads are copied. A decoder keeps
+  a view only until its next feed.
 * Each request runs in a cancel scope that is cancelled when the peer resets
   the stream, the stream waits on its client past ``stream_idle_timeout``, or
   the connection is lost: its handler is cancelled (its transaction rolled back).
@@ -68,6 +69,7 @@ KiB = 1024
 MiB = 1024 * KiB
 RECEIVE_SIZE = 4 * MiB  # the largest receive buffer (and the listener's read size)
 RECEIVE_START = 64 * KiB  # a connection's first receive buffer
+SMALL_READ = 4 * KiB  # a read this small sends the next buffer back to RECEIVE_START
 # what the connections of this process were closed for (arrowport_h2_connections_closed)
 CLOSED: collections.Counter[str] = collections.Counter()
 STREAMS_EXPIRED = [0]  # streams reset for waiting on their client too long
@@ -337,9 +339,11 @@ class H2Server:
         the frame buffer joins such spans without copying. Bytes once
         received are never written again, so frames may keep views of them.
         A buffer starts at 64 KiB and the next one doubles while reads fill
-        them (up to 4 MiB), halving when reads use less than a quarter: an
-        idle connection holds little. Returns what the session has yet to
-        be given (nothing, when the bytes went straight to it), and False at EOF.
+        them (up to 4 MiB); after a small read (control traffic, an idle
+        client) the next one is small again, so idle connections hold little.
+        A buffer is replaced once less than a sixteenth of it is left.
+        Returns what the session has yet to be given (nothing, when the bytes
+        went straight to it), and False at EOF.
         """
         sock = getattr(self.stream, "socket", None)
         if sock is None:
@@ -348,16 +352,16 @@ class H2Server:
                 self._size *= 2
             return (data if isinstance(data, bytes) else memoryview(data)), bool(data)
         buffer = self._buffer
-        if buffer is None or len(buffer) - self._filled < max(self._size // 16, 4 * KiB):
+        if buffer is None or len(buffer) - self._filled < max(len(buffer) // 16, 4 * KiB):
             buffer = self._buffer = memoryview(pa.allocate_buffer(self._size))
             self._filled = 0
         start = self._filled
         space = len(buffer) - start
         n = await sock.recv_into(buffer[start:])
         if n == space and self._size < RECEIVE_SIZE:
-            self._size *= 2
-        elif n < space // 4 and self._size > RECEIVE_START:
-            self._size //= 2
+            self._size *= 2  # bulk data: bigger buffers, fewer frames straddling two
+        elif n < SMALL_READ:
+            self._size = RECEIVE_START  # control traffic, or idle: start small again
         self._filled = start + n
         self.session.add_span(buffer, start, start + n)
         return b"", n > 0
