@@ -29,7 +29,6 @@ from __future__ import annotations
 
 import contextlib
 import math
-from dataclasses import dataclass
 
 import h2.config
 import h2.connection
@@ -49,12 +48,11 @@ from .h2events import (
     Headers,
     Payload,
     RequestStarted,
-    StreamEnded,
-    StreamReset,
     WindowOpened,
 )
 from .h2frames import ChunkedFrameBuffer, quiet_data_frame_repr
 from .h2limits import CloseReason, EnhanceYourCalm, FloodGuard
+from .h2streams import SessionStats, StreamTable
 
 quiet_data_frame_repr()
 
@@ -70,27 +68,6 @@ FRAME_OVERHEAD = 9
 
 class StreamClosed(Exception):
     """The stream (or the connection) can no longer be written."""
-
-
-class _Stream:
-    """A stream handed to a handler, or answered and still open on the client's side."""
-
-    __slots__ = ("remote_ended", "reset", "running", "waiting_since")
-
-    def __init__(self) -> None:
-        self.running = True  # its handler has not finished
-        self.remote_ended = False
-        self.reset = False
-        self.waiting_since: float | None = None  # since when it waits on the client
-
-
-@dataclass(frozen=True, slots=True)
-class SessionStats:
-    """What a connection cost, for logs and metrics."""
-
-    streams_started: int
-    streams_queued: int
-    streams_expired: int
 
 
 class H2Session:
@@ -130,17 +107,13 @@ class H2Session:
         # never exhaust the connection's (h2's default of 64 KiB would be, by one)
         window = (s.max_concurrent_streams + 1) * STREAM_WINDOW
         self.h2.increment_flow_control_window(window - 65_535)
-        self.streams: dict[int, _Stream] = {}
-        self._queued: dict[int, list[Event]] = {}
+        self.table = StreamTable(s.max_concurrent_streams)
+        self.streams = self.table.streams
         self._raw: list[bytes] = []  # frames written by hand (a graceful GOAWAY)
         self._data_queued = 0  # DATA bytes in h2's outbound buffer
         self._inflight_control = 0  # control bytes handed out, not yet written
         self._paused_since: float | None = None
         self._last_activity = now
-        self._running = 0
-        self._started = 0
-        self._queued_total = 0
-        self._expired = 0
         self.going_away = False  # we sent GOAWAY: new streams are refused
         self.peer_going_away = False
         self.went_idle = False  # closed for idleness (tick returned ConnectionIdle)
@@ -211,21 +184,18 @@ class H2Session:
         """Turn one h2 event into ours; True if windows may have opened."""
         if isinstance(event, h2.events.DataReceived):
             sid, flow = event.stream_id, event.flow_controlled_length
-            if not event.data:
-                self.acknowledge(sid, flow)
-            elif sid in self._queued:
-                self._queued[sid].append(DataReceived(sid, event.data, flow))
-            elif (stream := self.streams.get(sid)) is not None and stream.running:
+            if event.data and self.table.data(DataReceived(sid, event.data, flow), out):
                 self._last_activity = now
-                out.append(DataReceived(sid, event.data, flow))
-            else:  # answered already (or gone): acknowledged and dropped
+            else:  # empty, or nobody reads it: the window goes back at once
                 self.acknowledge(sid, flow)
         elif isinstance(event, h2.events.RequestReceived):
             self._request(event.stream_id, tuple(event.headers or ()), now, out)
         elif isinstance(event, h2.events.StreamEnded):
-            self._stream_ended(event.stream_id, out)
+            self.table.ended(event.stream_id, out)
         elif isinstance(event, h2.events.StreamReset):
-            self._stream_reset(event.stream_id, event.error_code or 0, event.remote_reset, out)
+            sid = event.stream_id
+            for unread in self.table.reset(sid, event.error_code or 0, event.remote_reset, out):
+                self.acknowledge(sid, unread.flow)
             return True
         elif isinstance(event, h2.events.WindowUpdated | h2.events.RemoteSettingsChanged):
             return True
@@ -237,51 +207,7 @@ class H2Session:
             self.h2.reset_stream(sid, ErrorCodes.REFUSED_STREAM)
             self.guard.count_reset()
             return
-        started = RequestStarted(sid, headers)
-        if self._running < self.settings.max_concurrent_streams:
-            self._start(started, [], out)
-        else:
-            self._queued[sid] = [started]
-            self._queued_total += 1
-
-    def _start(self, started: RequestStarted, later: list[Event], out: list[Event]) -> None:
-        stream = self.streams[started.stream_id] = _Stream()
-        self._running += 1
-        self._started += 1
-        out.append(started)
-        for event in later:
-            out.append(event)
-            if isinstance(event, StreamEnded):
-                stream.remote_ended = True
-
-    def _stream_ended(self, sid: int, out: list[Event]) -> None:
-        if sid in self._queued:
-            self._queued[sid].append(StreamEnded(sid))
-            return
-        stream = self.streams.get(sid)
-        if stream is None:
-            return
-        stream.remote_ended = True
-        if stream.running:
-            out.append(StreamEnded(sid))
-        else:
-            del self.streams[sid]
-
-    def _stream_reset(self, sid: int, code: int, by_peer: bool, out: list[Event]) -> None:
-        queued = self._queued.pop(sid, None)
-        if queued is not None:  # never started: give its window back
-            for event in queued:
-                if isinstance(event, DataReceived):
-                    self.acknowledge(sid, event.flow)
-            return
-        stream = self.streams.get(sid)
-        if stream is None:
-            return
-        if stream.running:
-            stream.reset = True
-            out.append(StreamReset(sid, code, by_peer))
-        else:
-            del self.streams[sid]
+        self.table.request(RequestStarted(sid, headers), out)
 
     # -- output ---------------------------------------------------------------
 
@@ -347,42 +273,26 @@ class H2Session:
     def _writable(self, stream_id: int) -> None:
         if self.closed:
             raise StreamClosed("the connection is closed")
-        stream = self.streams.get(stream_id)
-        if stream is not None and stream.reset:
+        if self.table.is_reset(stream_id):
             raise StreamClosed("the stream was reset")
 
     def stream_waiting(self, stream_id: int, waiting: bool, now: float) -> None:
         """The stream's handler starts (or stops) waiting on the client."""
-        stream = self.streams.get(stream_id)
-        if stream is not None:
-            stream.waiting_since = now if waiting else None
+        self.table.waiting(stream_id, waiting, now)
         if not waiting:
             self._last_activity = now
 
     def handler_done(self, stream_id: int, now: float, *, answered: bool) -> list[Event]:
         """The stream's handler returned; events start a queued stream, if any."""
-        stream = self.streams.get(stream_id)
-        if stream is None or not stream.running:
-            return []
-        stream.running = False
-        self._running -= 1
+        out: list[Event] = []
+        unanswered = self.table.finish(stream_id, now, answered, out)
+        if unanswered is None:
+            return out
         self._last_activity = now
-        if not answered and not stream.reset and not self.closed:
+        if unanswered and not self.closed:
             # the handler ended without answering: never leave the client waiting
             with contextlib.suppress(h2.exceptions.ProtocolError):
                 self.h2.reset_stream(stream_id, ErrorCodes.INTERNAL_ERROR)
-            del self.streams[stream_id]
-        elif stream.remote_ended or stream.reset:
-            del self.streams[stream_id]
-        else:  # answered early: the client must still end it, and may not take forever
-            stream.waiting_since = now
-        out: list[Event] = []
-        while self._queued and self._running < self.settings.max_concurrent_streams:
-            sid = next(iter(self._queued))
-            later = self._queued.pop(sid)
-            first = later.pop(0)
-            assert isinstance(first, RequestStarted)
-            self._start(first, later, out)
         return out
 
     # -- time -----------------------------------------------------------------
@@ -399,33 +309,22 @@ class H2Session:
         else:
             self._paused_since = None
         out: list[Event] = []
-        for sid, stream in list(self.streams.items()):
-            since = stream.waiting_since
-            if since is not None and not stream.reset and now - since >= self.stream_idle_timeout:
-                self._expire(sid, stream, out)
-        busy = self._queued or any(
-            s.running and not s.reset and s.waiting_since is None for s in self.streams.values()
-        )
-        if busy:
+        for sid in self.table.overdue(now, self.stream_idle_timeout):
+            self._expire(sid, out)
+        if self.table.busy:
             self._last_activity = now
         elif now - self._last_activity >= self.idle_timeout and not self.going_away:
             self.go_away()
             self.went_idle = True
-            for sid, stream in list(self.streams.items()):
-                if not stream.reset:
-                    self._expire(sid, stream, out)
+            for sid in self.table.overdue(now, -math.inf):
+                self._expire(sid, out)
             out.append(ConnectionIdle())
         return out
 
-    def _expire(self, sid: int, stream: _Stream, out: list[Event]) -> None:
-        self._expired += 1
+    def _expire(self, sid: int, out: list[Event]) -> None:
         with contextlib.suppress(h2.exceptions.ProtocolError):
             self.h2.reset_stream(sid, ErrorCodes.CANCEL)
-        if stream.running:
-            stream.reset = True
-            out.append(StreamReset(sid, ErrorCodes.CANCEL, by_peer=False))
-        else:
-            del self.streams[sid]
+        self.table.expire(sid, ErrorCodes.CANCEL, out)
 
     # -- the end --------------------------------------------------------------
 
@@ -444,7 +343,7 @@ class H2Session:
 
     @property
     def handlers_running(self) -> int:
-        return self._running
+        return self.table.running
 
     def abort(self, reason: CloseReason, detail: str) -> ConnectionClosed:
         """Close now, for a reason the driver found (nothing more is parsed)."""
@@ -457,7 +356,7 @@ class H2Session:
 
     @property
     def stats(self) -> SessionStats:
-        return SessionStats(self._started, self._queued_total, self._expired)
+        return self.table.stats
 
 
 __all__ = ["PREFACE", "H2Session", "Payload", "StreamClosed"]
