@@ -58,6 +58,7 @@ class ChunkedFrameBuffer(FrameBuffer):
         self._size = 0
         self._span: tuple[memoryview, int, int] | None = None  # where the last chunk lies
         self.goaway_received = False
+        self.goaway_after = 0  # the last stream the client opened before its GOAWAY
 
     def add_span(self, base: memoryview, start: int, end: int) -> None:
         """Add ``base[start:end]``, received just after the previous span of ``base``.
@@ -160,7 +161,9 @@ class ChunkedFrameBuffer(FrameBuffer):
             if isinstance(frame, GoAwayFrame) and frame.stream_id == 0:
                 # h2 would close the connection at once, cutting off the answers of
                 # streams in flight; the client wants no new streams, and none come.
-                self.goaway_received = True
+                if not self.goaway_received:  # streams opened after it are refused
+                    self.goaway_received = True
+                    self.goaway_after = self.guard.highest_stream
                 continue
             complete = self._update_header_buffer(frame)
             if complete is not None:

@@ -94,7 +94,7 @@ class FloodGuard:
         self._priority = 0
         self._window_updates = 0
         self._empty = 0
-        self._highest_stream = 0
+        self.highest_stream = 0
         self.max_header_block = settings.max_header_list_size + HEADER_BLOCK_SLACK
 
     def frame(self, frame: Frame) -> None:
@@ -104,8 +104,8 @@ class FloodGuard:
             empty = not frame.data and "END_STREAM" not in frame.flags
             self._count_empty(empty)
         elif isinstance(frame, HeadersFrame | ContinuationFrame):
-            if isinstance(frame, HeadersFrame) and frame.stream_id > self._highest_stream:
-                self._highest_stream = frame.stream_id  # a new stream (h2 checks the rest)
+            if isinstance(frame, HeadersFrame) and frame.stream_id > self.highest_stream:
+                self.highest_stream = frame.stream_id  # a new stream (h2 checks the rest)
                 self.streams_opened += 1
             self._count_empty(not frame.data and "END_HEADERS" not in frame.flags)
         elif isinstance(frame, PingFrame):

@@ -203,7 +203,8 @@ class H2Session:
 
     def _request(self, sid: int, headers: Headers, now: float, out: list[Event]) -> None:
         self._last_activity = now
-        if self.going_away or self.peer_going_away:
+        peer_gone = self.frames.goaway_received and sid > self.frames.goaway_after
+        if self.going_away or peer_gone:
             self.h2.reset_stream(sid, ErrorCodes.REFUSED_STREAM)
             self.guard.count_reset()
             return

@@ -7,6 +7,7 @@ Each input is fed whole, byte by byte and with a trailing partial frame (the
 from __future__ import annotations
 
 import h2.connection
+import h2.settings
 import pytest
 from h2.errors import ErrorCodes
 from h2_testing import REQUEST, client, feed, frames_of, opening, session
@@ -336,3 +337,26 @@ def test_protocol_errors_close_the_connection(junk: bytes, mode: str) -> None:
     closed = _closed(feed(s, junk, mode))
     assert closed is not None and closed.reason is CloseReason.PROTOCOL_ERROR
     frames_of(s.data_to_send())
+
+
+def test_a_zero_window_reader_gets_nothing_queued() -> None:
+    """With no window from the client, send_data takes nothing: the handler holds its message."""
+    c = client()
+    c.update_settings({h2.settings.SettingCodes.INITIAL_WINDOW_SIZE: 0})
+    s = session()
+    feed(s, opening(c) + c.data_to_send() + _open(c, 1, end=True))
+    s.send_headers(1, [(b":status", b"200")], end_stream=False)
+    assert s.send_data(1, memoryview(b"m" * 100_000)) == 0
+    data = [f for f in frames_of(s.data_to_send()) if isinstance(f, DataFrame)]
+    assert data == []
+
+
+def test_after_the_client_goes_away_new_streams_are_refused(mode: str) -> None:
+    """A stream opened after the client's GOAWAY gets REFUSED_STREAM, not a handler."""
+    c = client()
+    s = session()
+    goaway = bytes(GoAwayFrame(0, last_stream_id=0).serialize())
+    events = feed(s, opening(c) + goaway + _open(c, 1, end=True), mode)
+    assert not [e for e in events if isinstance(e, RequestStarted)]
+    resets = [f for f in frames_of(s.data_to_send()) if isinstance(f, RstStreamFrame)]
+    assert [f.error_code for f in resets] == [ErrorCodes.REFUSED_STREAM]
