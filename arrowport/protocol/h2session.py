@@ -205,7 +205,8 @@ class H2Session:
         self._last_activity = now
         peer_gone = self.frames.goaway_received and sid > self.frames.goaway_after
         if self.going_away or peer_gone:
-            self.h2.reset_stream(sid, ErrorCodes.REFUSED_STREAM)
+            with contextlib.suppress(h2.exceptions.ProtocolError):  # closed already
+                self.h2.reset_stream(sid, ErrorCodes.REFUSED_STREAM)
             self.guard.count_reset()
             return
         self.table.request(RequestStarted(sid, headers), out)

@@ -360,3 +360,15 @@ def test_after_the_client_goes_away_new_streams_are_refused(mode: str) -> None:
     assert not [e for e in events if isinstance(e, RequestStarted)]
     resets = [f for f in frames_of(s.data_to_send()) if isinstance(f, RstStreamFrame)]
     assert [f.error_code for f in resets] == [ErrorCodes.REFUSED_STREAM]
+
+
+def test_a_stream_opened_and_reset_after_goaway_is_no_error(mode: str) -> None:
+    """HEADERS then RST_STREAM after the client's GOAWAY, in one slice: no exception (fuzz find)."""
+    c = client()
+    s = session()
+    goaway = bytes(GoAwayFrame(0, last_stream_id=0).serialize())
+    data = opening(c) + goaway + _open(c, 1)
+    c.reset_stream(1, ErrorCodes.CANCEL)
+    events = feed(s, data + c.data_to_send(), mode)
+    assert _closed(events) is None and not s.streams
+    frames_of(s.data_to_send())
