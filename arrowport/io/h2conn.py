@@ -270,7 +270,7 @@ class H2Server:
         elif n < SMALL_READ:
             self._size = RECEIVE_START  # control traffic, or idle: start small again
         self._filled = start + n
-        self.session.add_span(buffer, start, start + n)
+        self.session.add_span(buffer, start, start + n)  # a bad preface closes the session
         return b"", n > 0
 
     def _dispatch(self, events: list[Event]) -> bool:
@@ -366,11 +366,15 @@ class H2Server:
         await self._go_away(scope)
 
     async def _go_away(self, scope: trio.CancelScope) -> None:
-        """The session sent GOAWAY: let the running handlers finish, then close."""
+        """The session sent GOAWAY: let the running handlers finish, then close.
+
+        A client that reads nothing gets ``write_timeout`` to take the rest.
+        """
         self._wake()
         while self.streams:
             await trio.sleep(0.05)  # answered streams still uploading do not hold us up
-        await self.wait_flushed()
+        with trio.move_on_after(self.settings.write_timeout or math.inf):
+            await self.wait_flushed()
         scope.cancel()
 
     def _close(self) -> None:
@@ -413,7 +417,9 @@ def _peer(stream: trio.abc.Stream) -> str:
     inner = getattr(stream, "transport_stream", stream)
     sock = getattr(inner, "socket", None)
     try:
-        host, port = sock.getpeername()[:2] if sock is not None else ("?", 0)
+        name = sock.getpeername() if sock is not None else None
     except OSError:
         return "?"
-    return f"{host}:{port}"
+    if isinstance(name, tuple) and len(name) >= 2:
+        return f"{name[0]}:{name[1]}"
+    return str(name or "?")

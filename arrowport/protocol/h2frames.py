@@ -68,6 +68,9 @@ class ChunkedFrameBuffer(FrameBuffer):
         """
         if end <= start:
             return
+        if self._preamble_len:  # the client preface is not through yet: check it
+            self.add_data(base[start:end])
+            return
         last = self._span
         if last is not None and last[0] is base and last[2] == start and self._chunks:
             self._chunks[-1] = base[last[1] : end]  # the first chunk's offset stays valid

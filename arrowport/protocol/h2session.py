@@ -137,14 +137,25 @@ class H2Session:
         """A whole frame is buffered and may be parsed now (call ``next_slice``)."""
         return not self.closed and not self.reading_paused and self.frames.has_frame()
 
-    def add_span(self, base: memoryview, start: int, end: int) -> None:
-        """Hand over ``base[start:end]`` (never written again) without a copy."""
-        self.frames.add_span(base, start, end)
+    def add_span(self, base: memoryview, start: int, end: int) -> list[Event]:
+        """Hand over ``base[start:end]`` (never written again) without a copy.
+
+        Returns ``ConnectionClosed`` if the bytes are not an HTTP/2 preface.
+        """
+        try:
+            self.frames.add_span(base, start, end)
+        except h2.exceptions.ProtocolError as exc:
+            self.h2.close_connection(ErrorCodes.PROTOCOL_ERROR)
+            return [self._close(CloseReason.PROTOCOL_ERROR, str(exc))]
+        return []
 
     def receive_data(self, data: bytes | memoryview, now: float) -> list[Event]:
-        """Take received bytes and parse one slice of what is buffered."""
-        if self.closed:
-            return []
+        """Take received bytes and parse one slice of what is buffered.
+
+        Once the connection is closed, this only says so again.
+        """
+        if self.close_reason is not None:
+            return [ConnectionClosed(self.close_reason, self.close_detail)]
         try:
             self.frames.add_data(data)
         except h2.exceptions.ProtocolError as exc:  # not an HTTP/2 preface

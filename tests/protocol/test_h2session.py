@@ -377,3 +377,16 @@ def test_a_stream_opened_and_reset_after_goaway_is_no_error(mode: str) -> None:
     events = feed(s, data + c.data_to_send(), mode)
     assert _closed(events) is None and not s.streams
     frames_of(s.data_to_send())
+
+
+def test_spans_handed_over_without_a_copy_have_their_preface_checked() -> None:
+    """``add_span`` (the driver's zero-copy path) checks the preface as ``receive_data`` does."""
+    c = client()
+    good = memoryview(opening(c) + _open(c, 1, end=True))
+    s = session()
+    assert s.add_span(good, 0, 10) == [] and s.add_span(good, 10, len(good)) == []
+    events = s.next_slice(0.0)
+    assert [e.stream_id for e in events if isinstance(e, RequestStarted)] == [1]
+    bad = session()
+    closed = _closed(bad.add_span(memoryview(b"GET / HTTP/1.1\r\n\r\n"), 0, 18))
+    assert closed is not None and closed.reason is CloseReason.PROTOCOL_ERROR
