@@ -145,6 +145,47 @@ class FlightSettings:
 
 
 @dataclass(frozen=True, slots=True)
+class Http2Settings:
+    """``http2``: the HTTP/2 (Flight) transport's limits; docs/configuration.md says why each."""
+
+    max_concurrent_streams: int = 32  # streams open, and handlers running, per connection
+    max_header_list_size: int = 64 * 1024  # decoded; a header block may be 16 KiB larger
+    flood_window: float = 10.0  # seconds over which the per-window budgets below count
+    max_stream_resets: int = 1000  # streams reset by the client or refused, per window
+    max_pings: int = 1000  # PING frames per window
+    max_ping_acks: int = 10  # PING ACKs per window (Arrowport sends no PING)
+    max_settings: int = 100  # SETTINGS frames per window
+    max_priority_per_stream: int = 100  # PRIORITY frames per stream opened
+    max_window_updates_per_data_frame: int = 10  # WINDOW_UPDATEs per DATA frame sent
+    max_empty_frames: int = 10  # consecutive DATA/HEADERS/CONTINUATION with no payload
+    max_outbound_control_bytes: int = 256 * 1024  # unsent control frames; then stop reading
+    write_timeout: float = 30.0  # a peer that reads nothing for this long is closed
+    stream_idle_timeout: float = 90.0  # a stream waiting on its client this long is reset
+
+
+_HTTP2_SIZES = {"max_header_list_size", "max_outbound_control_bytes"}
+_HTTP2_TIMES = {"flood_window", "write_timeout", "stream_idle_timeout"}
+
+
+def _http2(raw: Mapping[str, Any], key: str) -> Http2Settings:
+    _check_keys(raw, set(Http2Settings.__dataclass_fields__), f"{key}.")
+    values: dict[str, Any] = {}
+    for name, value in raw.items():
+        where = f"{key}.{name}"
+        if name in _HTTP2_SIZES:
+            values[name] = parse_size(value, where)
+        elif name in _HTTP2_TIMES:
+            values[name] = _float(value, where)
+        else:
+            values[name] = _int(value, where, minimum=1)
+        if name in ("flood_window", "max_header_list_size") and not values[name]:
+            raise ConfigError(f"{where}: must be positive")
+    if values.get("max_concurrent_streams", 1) > 1000:
+        raise ConfigError(f"{key}.max_concurrent_streams: at most 1000")
+    return Http2Settings(**values)
+
+
+@dataclass(frozen=True, slots=True)
 class Token:
     """One accepted bearer token; ``streams`` limits what it may write (None: any)."""
 
@@ -269,6 +310,7 @@ class Config:
     ducklake: DuckLakeConfig = DuckLakeConfig()
     limits: Limits = Limits()
     flight: FlightSettings = FlightSettings()
+    http2: Http2Settings = Http2Settings()
     auth: AuthSettings = AuthSettings()
     tls: TlsSettings = TlsSettings()
     idempotency: IdempotencySettings = IdempotencySettings()
@@ -727,6 +769,7 @@ _TOP_KEYS = set(_PARSERS) | {
     "ducklake",
     "limits",
     "flight",
+    "http2",
     "auth",
     "tls",
     "idempotency",
@@ -847,6 +890,7 @@ def parse_config(
         allow_table_drop=_bool(flight.get("allow_table_drop", False), "flight.allow_table_drop"),
         max_message_size=message_size,
     )
+    values["http2"] = _http2(_mapping(raw.get("http2"), "http2"), "http2")
     values["auth"] = _auth(_mapping(raw.get("auth"), "auth"), "auth", env_token)
     values["tls"] = _tls(_mapping(raw.get("tls"), "tls"), "tls")
     idem = _mapping(raw.get("idempotency"), "idempotency")

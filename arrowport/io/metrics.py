@@ -27,6 +27,7 @@ from ..protocol import ArrowportError
 from ..stats import LABELS
 from ..storage import DeltaStore, DuckLakeStore, StorageError
 from ..storage.delta_tables import table_names, table_stats
+from . import h2conn
 from .auth import authenticate
 from .connections import ConnectionTracker
 from .state import ServerState
@@ -78,6 +79,7 @@ class ServerCollector(Collector):
         for labels, rate in sorted(state.stats.rates().items(), key=lambda item: str(item[0])):
             rates.add_metric([labels.stream, labels.table, labels.backend, labels.protocol], rate)
         yield rates
+        yield from _h2_closes()
         yield from self._duckdb()
         yield from self._reopens()
         yield from self._delta_tables()
@@ -220,6 +222,25 @@ class ServerCollector(Collector):
             seen.popleft()
         (t0, v0), (t1, v1) = seen[0], seen[-1]
         return (v1 - v0) / (t1 - t0) if t1 > t0 else 0.0
+
+
+def _h2_closes() -> Iterator[CounterMetricFamily]:
+    """HTTP/2 connections the server closed, by reason; streams reset for waiting too long."""
+    closed = CounterMetricFamily(
+        "arrowport_h2_connections_closed",
+        "HTTP/2 (Flight) connections closed by the server, by reason (a flood budget "
+        "spent, a protocol error, a client that reads nothing, idleness).",
+        labels=["reason"],
+    )
+    for reason, count in sorted(h2conn.CLOSED.items()):
+        closed.add_metric([reason], count)
+    yield closed
+    yield CounterMetricFamily(
+        "arrowport_h2_streams_expired",
+        "HTTP/2 streams reset (CANCEL) after waiting on their client for "
+        "http2.stream_idle_timeout.",
+        value=h2conn.STREAMS_EXPIRED[0],
+    )
 
 
 def _gauge(name: str, help_text: str, value: float) -> GaugeMetricFamily:

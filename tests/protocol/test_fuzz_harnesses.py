@@ -18,6 +18,7 @@ import sys
 from pathlib import Path
 
 import corpus
+import h2session_invariant
 import pytest
 import request_invariant
 from ipc_testing import GOLDENS
@@ -141,3 +142,43 @@ def test_harness_fuzzes_without_crashing(tmp_path: Path, name: str) -> None:
     done = _DONE.search(output)
     assert done, output[-4000:]
     assert int(done.group(1)) > count  # fuzzed past the seeds, not just loaded them
+
+
+# -- the HTTP/2 session harness (fuzz/fuzz_h2session.py) ------------------------------
+
+
+def test_h2session_seeds_and_mutants_hold_the_invariant() -> None:
+    """Seeds and frame-level mutants: no exception, whole frames out, bounded memory."""
+    seeds = h2session_invariant.seeds()
+    verdicts = {name: h2session_invariant.check(data) for name, data in seeds.items()}
+    assert verdicts["request"] is None and verdicts["continuation"] == "header_block"
+    rng = random.Random(SEED)
+    donors = list(seeds.values())
+    seen = set()
+    for i in range(10 * MUTANTS):
+        data = donors[i % len(donors)]
+        for _ in range(rng.randint(1, 3)):
+            data = h2session_invariant.mutate(data, rng, donors)
+        seen.add(h2session_invariant.check(data))
+    assert {None, "protocol_error"} <= seen and len(seen) > 3
+
+
+def test_h2session_harness_fuzzes_without_crashing(tmp_path: Path) -> None:
+    """A few seconds of coverage-guided fuzzing of the HTTP/2 session: no crash, runs done."""
+    pytest.importorskip("atheris")
+    seeds = tmp_path / "corpus"
+    code, output = _harness(
+        "h2session",
+        f"-max_total_time={SECONDS}",
+        "-seed=1",
+        "-timeout=20",
+        "-rss_limit_mb=32768",
+        "-malloc_limit_mb=2048",
+        f"-artifact_prefix={tmp_path}/",
+        str(seeds),
+        cwd=tmp_path,
+    )
+    assert code == 0, output[-4000:]
+    done = _DONE.search(output)
+    assert done, output[-4000:]
+    assert int(done.group(1)) > len(h2session_invariant.seeds())

@@ -8,10 +8,20 @@ from views of them; a DATA frame's payload stays a view of the chunk it
 arrived in. Only a frame that straddles two reads is joined (one copy).
 
 Invariants: views are only ever taken of memory nobody writes again
-(``bytes``, or a receive buffer that ``H2Server`` hands over for good), so
-nothing can change under a payload that a stream has not consumed yet; framing, size and
-header-block rules are h2's own (``_validate_frame_length``,
-``_update_header_buffer``).
+(``bytes``, or a receive buffer that the driver hands over for good), so
+nothing can change under a payload that a stream has not consumed yet; framing
+and size rules are h2's own (``_validate_frame_length``).
+
+Two defenses live here because only here is a frame seen before h2 acts on it:
+
+* every frame is shown to the ``FloodGuard`` first (its budgets may end the
+  connection with ENHANCE_YOUR_CALM);
+* a header block is bounded as it arrives: h2's ``_update_header_buffer``
+  keeps up to 64 CONTINUATION frames of up to ``MAX_FRAME_SIZE`` each before
+  any check (CVE-2024-27316); this one counts the bytes first.
+
+Parsing is sliced: ``budget`` frames (and ``byte_budget`` bytes) per call of
+h2's ``receive_data``; the rest stays buffered for the next call.
 """
 
 from __future__ import annotations
@@ -22,7 +32,9 @@ import hyperframe.frame
 from h2.exceptions import FrameDataMissingError, ProtocolError
 from h2.frame_buffer import FrameBuffer
 from hyperframe.exceptions import InvalidDataError, InvalidFrameError, InvalidPaddingError
-from hyperframe.frame import DataFrame, Frame, GoAwayFrame
+from hyperframe.frame import ContinuationFrame, DataFrame, Frame, GoAwayFrame, HeadersFrame
+
+from .h2limits import FloodGuard
 
 
 def quiet_data_frame_repr() -> None:
@@ -35,13 +47,18 @@ def quiet_data_frame_repr() -> None:
 
 
 class ChunkedFrameBuffer(FrameBuffer):
-    def __init__(self) -> None:
+    def __init__(self, guard: FloodGuard) -> None:
         super().__init__(server=True)
+        self.guard = guard
+        self.budget = 0  # frames left in this slice
+        self.byte_budget = 0  # ... and bytes
+        self._header_bytes = 0  # of the header block being received
         self._chunks: collections.deque[memoryview] = collections.deque()
         self._offset = 0  # consumed bytes of the first chunk
         self._size = 0
         self._span: tuple[memoryview, int, int] | None = None  # where the last chunk lies
         self.goaway_received = False
+        self.goaway_after = 0  # the last stream the client opened before its GOAWAY
 
     def add_span(self, base: memoryview, start: int, end: int) -> None:
         """Add ``base[start:end]``, received just after the previous span of ``base``.
@@ -50,6 +67,9 @@ class ChunkedFrameBuffer(FrameBuffer):
         arrived over several reads is still parsed without a copy.
         """
         if end <= start:
+            return
+        if self._preamble_len:  # the client preface is not through yet: check it
+            self.add_data(base[start:end])
             return
         last = self._span
         if last is not None and last[0] is base and last[2] == start and self._chunks:
@@ -104,17 +124,29 @@ class ChunkedFrameBuffer(FrameBuffer):
             if not self._chunks:
                 self._span = None
 
+    @property
+    def buffered(self) -> int:
+        """Received bytes not parsed yet."""
+        return self._size
+
+    def has_frame(self) -> bool:
+        """A whole frame is buffered (the next slice has work)."""
+        if self._size < 9:
+            return False
+        length = int.from_bytes(bytes(self._peek(3)), "big")
+        return self._size >= 9 + length or length > self.max_frame_size
+
     def __next__(self) -> Frame:
         while True:
-            if self._size < 9:
+            if self._size < 9 or self.budget <= 0 or self.byte_budget <= 0:
                 raise StopIteration
             try:
                 frame, length = Frame.parse_frame_header(self._peek(9))
             except (InvalidDataError, InvalidFrameError) as err:
                 raise ProtocolError(f"Received frame with invalid header: {err!s}") from err
+            self._validate_frame_length(length)  # before waiting for the body: never buffer it
             if self._size < 9 + length:
                 raise StopIteration
-            self._validate_frame_length(length)
             body = self._peek(9 + length)[9:]
             try:
                 if isinstance(frame, DataFrame):
@@ -126,14 +158,28 @@ class ChunkedFrameBuffer(FrameBuffer):
             except InvalidFrameError as err:
                 raise FrameDataMissingError("Frame data missing or invalid") from err
             self._consume(9 + length)
+            self.budget -= 1
+            self.byte_budget -= 9 + length
+            self.guard.frame(frame)
             if isinstance(frame, GoAwayFrame) and frame.stream_id == 0:
                 # h2 would close the connection at once, cutting off the answers of
                 # streams in flight; the client wants no new streams, and none come.
-                self.goaway_received = True
+                if not self.goaway_received:  # streams opened after it are refused
+                    self.goaway_received = True
+                    self.goaway_after = self.guard.highest_stream
                 continue
             complete = self._update_header_buffer(frame)
             if complete is not None:
                 return complete
+
+    def _update_header_buffer(self, f: Frame | None) -> Frame | None:
+        """h2's, with the header block's size checked before it is kept."""
+        if isinstance(f, HeadersFrame | ContinuationFrame):
+            if isinstance(f, HeadersFrame) or not self._headers_buffer:
+                self._header_bytes = 0
+            self._header_bytes += len(f.data)
+            self.guard.check_header_block(self._header_bytes)
+        return super()._update_header_buffer(f)  # type: ignore[no-any-return]
 
 
 def _parse_data(frame: DataFrame, body: memoryview) -> None:
