@@ -70,6 +70,8 @@ MiB = 1024 * KiB
 RECEIVE_SIZE = 4 * MiB  # the largest receive buffer (and the listener's read size)
 RECEIVE_START = 64 * KiB  # a connection's first receive buffer
 SMALL_READ = 4 * KiB  # a read this small sends the next buffer back to RECEIVE_START
+LINGER = 1.0  # seconds to discard a closed connection's input after its GOAWAY ...
+LINGER_BYTES = 4 * MiB  # ... and at most this many bytes of it
 # what the connections of this process were closed for (arrowport_h2_connections_closed)
 CLOSED: collections.Counter[str] = collections.Counter()
 STREAMS_EXPIRED = [0]  # streams reset for waiting on their client too long
@@ -219,6 +221,7 @@ class H2Server:
                 self._wake()  # the session queued a GOAWAY: let the writer send it
                 with trio.move_on_after(1):
                     await self.wait_flushed()
+                await self._linger()
                 return
             self._wake()
             if session.more_input:
@@ -236,6 +239,29 @@ class H2Server:
             if not more:
                 return
             events = session.receive_data(data, trio.current_time())
+
+    async def _linger(self) -> None:
+        """Half-close, then discard what the client still sends (``LINGER``, ``LINGER_BYTES``).
+
+        Closing a socket with unread input resets the connection, and the
+        client's kernel may then drop the GOAWAY before the client reads it
+        (nginx's lingering close). A client that keeps sending past the bound
+        is reset. TLS streams cannot half-close: they are closed at once.
+        """
+        send_eof = getattr(self.stream, "send_eof", None)
+        if send_eof is None or self._written < self._queued:  # not flushed: it is not reading
+            return
+        discarded = 0
+        with trio.move_on_after(LINGER):
+            try:
+                await send_eof()
+                while discarded < LINGER_BYTES:
+                    data = await self.stream.receive_some(RECEIVE_START)
+                    if not data:
+                        break
+                    discarded += len(data)
+            except (trio.BrokenResourceError, trio.ClosedResourceError, OSError):
+                pass
 
     async def _receive(self) -> tuple[bytes | memoryview, bool]:
         """Read into Arrow-allocated buffers, filled read after read.

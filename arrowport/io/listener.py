@@ -37,7 +37,7 @@ from hypercorn.trio.worker_context import WorkerContext
 from hypercorn.typing import ConnectionState, LifespanState
 from hypercorn.utils import ShutdownError, raise_shutdown, repr_socket_addr, wrap_app
 
-from ..config import ConfigError
+from ..config import ConfigError, Http2Settings
 from .connections import ConnectionTracker
 from .h2conn import PREFACE, RECEIVE_SIZE, H2Server, Handler
 from .http1 import HTTP1Only  # noqa: F401  (the import installs it in hypercorn)
@@ -233,6 +233,7 @@ async def serve(
     shutdown_trigger: Callable[[], Awaitable[None]],
     ssl_context: ssl.SSLContext | None = None,
     connections: ConnectionTracker | None = None,
+    h2_settings: Http2Settings | None = None,
     task_status: trio.TaskStatus[list[str]] = trio.TASK_STATUS_IGNORED,
 ) -> None:
     """Serve ``app`` (ASGI) and ``flight`` (HTTP/2 streams) on ``config.bind``.
@@ -268,6 +269,7 @@ async def serve(
             received=received,
             terminated=terminated,
             idle_timeout=config.keep_alive_timeout,
+            settings=h2_settings,
         ).run()
 
     async def http1(stream: Any) -> None:  # hypercorn types it SSLStream

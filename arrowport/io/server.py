@@ -282,6 +282,7 @@ async def serve(
                     shutdown_trigger=stop_when_told,
                     ssl_context=ssl_context,
                     connections=connections,
+                    h2_settings=config.http2,
                     task_status=task_status,
                 )
                 nursery.cancel_scope.cancel()  # stop the helpers too

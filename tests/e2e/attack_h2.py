@@ -106,7 +106,11 @@ class RawH2:
         buf = b""
         while True:
             try:
+                # ``flood`` makes the shared socket non-blocking: wait for it to be readable
+                select.select([self.sock], [], [], 0.5)
                 chunk = self.sock.recv(1 << 16)
+            except BlockingIOError:
+                continue
             except OSError:
                 chunk = b""
             if not chunk:

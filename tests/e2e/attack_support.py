@@ -46,6 +46,7 @@ ATTACK_SECONDS = 2.0  # how long a flood runs
 IDLE_TIMEOUT = 2.0
 STREAM_IDLE_CONFIG: dict[str, dict[str, Any]] = {
     "limits": {"connection_idle_timeout": IDLE_TIMEOUT, "body_idle_timeout": IDLE_TIMEOUT},
+    "http2": {"stream_idle_timeout": IDLE_TIMEOUT},
 }
 
 
