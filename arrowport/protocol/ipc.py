@@ -120,7 +120,6 @@ class IPCStreamDecoder:
             validate=validate,
             announce=announce,
         )
-        self.announce = announce
         self.max_metadata_size = max_metadata_size
         self._state = State.PREFIX
         self._input = InputBuffer()
@@ -139,6 +138,15 @@ class IPCStreamDecoder:
     @property
     def state(self) -> State:
         return self._state
+
+    @property
+    def announce(self) -> bool:
+        return self._messages.announce
+
+    @announce.setter
+    def announce(self, value: bool) -> None:
+        """Set before the first message body is reached."""
+        self._messages.announce = value
 
     @property
     def schema(self) -> pa.Schema | None:
