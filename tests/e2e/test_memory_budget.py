@@ -25,7 +25,7 @@ from support import ARROW, Server, start_upload
 
 MiB = 1024 * 1024
 BUDGET = 64 * MiB
-SLACK = 48 * MiB  # buffers (1 MiB per HTTP body, socket buffers), DuckDB, allocator
+SLACK = 64 * MiB  # buffers (1 MiB per HTTP body, socket buffers), DuckDB, allocator
 
 
 def _rss(server: Server) -> int:
