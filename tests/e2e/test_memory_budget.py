@@ -19,6 +19,7 @@ from pathlib import Path
 
 import httpx
 import pyarrow as pa
+import pyarrow.flight as fl
 import pytest
 from flight_helpers import flight_client, put_table
 from support import ARROW, Server, start_upload
@@ -151,6 +152,31 @@ def test_concurrent_zstd_bombs_stay_within_budget(server: Server) -> None:
         assert isinstance(answer, httpx.Response), answer
         assert answer.status_code == 200, answer.text
         assert answer.json()["decoded_bytes"] == 64 * MiB
+    assert watch.grown <= BUDGET + 32 * MiB + SLACK, watch.grown / MiB
+    assert max(watch.health) < 1.0, watch.health
+
+
+def test_concurrent_flight_zstd_bombs_stay_within_budget(server: Server) -> None:
+    """The same over Flight: 4 concurrent DoPuts of 2 ZSTD batches of 32 MiB decoded each
+    stay within the budget + one batch + SLACK, and every DoPut commits (retried when the
+    budget is spent: RESOURCE_EXHAUSTED)."""
+    table = pa.table({"x": pa.array([0] * (8 * MiB), pa.int64())})
+    options = fl.FlightCallOptions(write_options=pa.ipc.IpcWriteOptions(compression="zstd"))
+
+    def put(i: int) -> list[dict[str, object]]:
+        client = flight_client(server)
+        while True:
+            try:
+                return put_table(client, f"fbomb{i}", table, max_chunksize=4 * MiB, options=options)
+            except pa.ArrowInvalid as exc:  # the budget is spent: retry
+                assert "resource exhausted" in str(exc), exc
+                time.sleep(0.05)
+
+    with Watch(server) as watch:
+        results = _in_threads([lambda i=i: put(i) for i in range(4)])
+    for acks in results:
+        assert isinstance(acks, list), acks
+        assert acks[-1]["committed_rows"] == 8 * MiB
     assert watch.grown <= BUDGET + 32 * MiB + SLACK, watch.grown / MiB
     assert max(watch.health) < 1.0, watch.health
 
