@@ -12,7 +12,7 @@ from __future__ import annotations
 import flight_testing
 import pyarrow as pa
 import pytest
-from ipc_testing import decode, split_stream, write_stream, write_table
+from ipc_testing import GOLDENS, decode, golden_bytes, split_stream, write_stream, write_table
 
 from arrowport.protocol import NEED_DATA, BatchReceived, GrpcStatus, IPCStreamDecoder
 from arrowport.protocol.events import BatchAnnounced, BodyAnnounced, DictionaryReceived
@@ -162,3 +162,22 @@ def test_flight_request_limits_refuse_like_http(compression: str | None) -> None
     assert size.error is not None
     _limit(size.error, "max_request_decoded_bytes")
     assert len(size.received) == 1
+
+
+@pytest.mark.parametrize("name", sorted(GOLDENS))
+@pytest.mark.parametrize("feed", ["whole", "bytewise"])
+def test_announcing_changes_nothing_but_the_announcements(name: str, feed: str) -> None:
+    """Every golden stream decodes to the same batches and sizes with announce=True; every
+    allocated body was announced, and a batch's announced size (the header's lower bound)
+    is never more than its final, exact one."""
+    data = golden_bytes(name)
+    plain = decode(data, feed).ok()
+    announced = decode(data, feed, announce=True).ok()
+    assert [e.batch for e in announced.received] == [e.batch for e in plain.received]
+    sizes = [e.decoded_bytes for e in announced.received]
+    assert sizes == [e.decoded_bytes for e in plain.received]
+    bodies = [e.nbytes for e in announced.events if isinstance(e, BodyAnnounced)]
+    assert sum(bodies) == announced.decoder.statistics()["allocated_bytes"]
+    estimates = [e.decoded_bytes for e in announced.events if isinstance(e, BatchAnnounced)]
+    assert len(estimates) == len(sizes)
+    assert all(e <= s for e, s in zip(estimates, sizes, strict=True)), (estimates, sizes)
