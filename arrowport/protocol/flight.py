@@ -367,6 +367,12 @@ class FlightDataDecoder:
             )
         if self._header is not None and size < self._header.body_length:
             raise self._body_too_short(size, self._header.body_length)
+        if size and self._messages.schema is None:  # (DoPut reads its descriptor unannounced)
+            raise invalid(
+                "a FlightData data_body before the stream's schema: the first IPC message is "
+                "a Schema, which has no body",
+                error="invalid_ipc_framing",
+            )
         self._state = State.ALLOCATE
         if self.announce and size:
             self._events.append(BodyAnnounced(nbytes=size))  # allocated at the next call

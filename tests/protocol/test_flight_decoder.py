@@ -500,11 +500,17 @@ def test_data_body_shorter_than_body_length(order: str, mode: str) -> None:
 
 @pytest.mark.parametrize("schema_first", [True, False])
 def test_body_without_header(schema_first: bool, mode: str) -> None:
-    """A data_body in a message without data_header is refused."""
+    """A data_body in a message without data_header is refused (before the schema: at its
+    key, before it is allocated, since the first IPC message is a Schema, without a body)."""
     body = framed(encode_field_bytes(1000, b"\x01" * 16))
     data = (small()[0].encode() if schema_first else b"") + body
-    says = "has a data_body but no data_header"
-    assert_error(decode(data, mode).raised(), "invalid_stream", says=says)
+    decoded = decode(data, mode)
+    if schema_first:
+        says = "has a data_body but no data_header"
+        assert_error(decoded.raised(), "invalid_stream", says=says)
+    else:
+        assert_error(decoded.raised(), "invalid_ipc_framing", says="before the stream's schema")
+        assert decoded.decoder.statistics()["allocated_bytes"] == 0
 
 
 def test_duplicate_data_body(mode: str) -> None:
