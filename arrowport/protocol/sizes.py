@@ -162,6 +162,10 @@ def _values_size(
             return int(rows * width)
         average = math.ceil(int(values.get_total_buffer_size()) / len(values))
         return int(rows * max(width, average))
+    if pa.types.is_string_view(value_type):  # binary_length has no kernel for views
+        values = values.cast(pa.large_string())
+    elif pa.types.is_binary_view(value_type):
+        values = values.cast(pa.large_binary())
     lengths = pc.binary_length(values).fill_null(0)
     if indices is not None:
         picked = pc.sum(pc.take(lengths, indices)).as_py() or 0

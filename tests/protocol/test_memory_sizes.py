@@ -181,3 +181,16 @@ def test_announcing_changes_nothing_but_the_announcements(name: str, feed: str) 
     estimates = [e.decoded_bytes for e in announced.events if isinstance(e, BatchAnnounced)]
     assert len(estimates) == len(sizes)
     assert all(e <= s for e, s in zip(estimates, sizes, strict=True)), (estimates, sizes)
+
+
+@pytest.mark.parametrize("value_type", [pa.string_view(), pa.binary_view(), pa.large_string()])
+def test_view_and_large_dictionaries_are_sized(value_type: pa.DataType) -> None:
+    """Dictionaries and REE columns of string_view, binary_view and large_string values (as
+    Polars writes) count their referenced value lengths, and decode."""
+    values = pa.array(["x" * 1000, "y"], value_type)
+    column = pa.DictionaryArray.from_arrays(pa.array([0, 0, 1, None], pa.int32()), values)
+    ree = pa.RunEndEncodedArray.from_arrays(pa.array([3, 4], pa.int32()), values)
+    decoded = decode(write_table(pa.table({"d": column, "r": ree})), announce=True).ok()
+    (received,) = decoded.received
+    assert received.decoded_bytes >= 2 * 1000 + 1 + 3 * 1000 + 1
+    assert received.batch.column(0).equals(column)
