@@ -162,11 +162,10 @@ def _values_size(
             return int(rows * width)
         average = math.ceil(int(values.get_total_buffer_size()) / len(values))
         return int(rows * max(width, average))
-    if pa.types.is_string_view(value_type):  # binary_length has no kernel for views
-        values = values.cast(pa.large_string())
-    elif pa.types.is_binary_view(value_type):
-        values = values.cast(pa.large_binary())
-    lengths = pc.binary_length(values).fill_null(0)
+    if pa.types.is_string_view(value_type) or pa.types.is_binary_view(value_type):
+        lengths = _view_lengths(values)
+    else:
+        lengths = pc.binary_length(values).fill_null(0)
     if indices is not None:
         picked = pc.sum(pc.take(lengths, indices)).as_py() or 0
     else:
@@ -177,3 +176,21 @@ def _values_size(
         count = min(len(runs), len(sizes))
         picked = int(np.dot(runs[:count], sizes[:count]))
     return rows * width + int(picked)
+
+
+def _view_lengths(values: pa.Array) -> pa.Array:
+    """The lengths of a string_view or binary_view array's values, 0 for nulls.
+
+    ``binary_length`` has no kernel for views, and casting a view array that
+    passed full validation can still crash pyarrow (a null slot's view is not
+    checked), so the lengths are read straight from the 16-byte views.
+    """
+    views = values.buffers()[1]
+    if views is None or len(values) == 0:
+        return pa.array([0] * len(values), pa.int64())
+    start = values.offset
+    raw = np.frombuffer(views, dtype=np.int32, count=4 * (start + len(values)))
+    lengths = raw[4 * start :: 4].astype(np.int64).clip(min=0)
+    if values.null_count:
+        lengths[~values.is_valid().to_numpy(zero_copy_only=False)] = 0
+    return pa.array(lengths)

@@ -9,6 +9,9 @@ Each IPC test runs three ways (whole, byte by byte, trailing bytes).
 
 from __future__ import annotations
 
+import base64
+import zlib
+
 import flight_testing
 import pyarrow as pa
 import pytest
@@ -194,3 +197,24 @@ def test_view_and_large_dictionaries_are_sized(value_type: pa.DataType) -> None:
     (received,) = decoded.received
     assert received.decoded_bytes >= 2 * 1000 + 1 + 3 * 1000 + 1
     assert received.batch.column(0).equals(column)
+
+
+# A fuzzed string_view REE/dictionary stream (found by a mutation run of announce=True
+# decoding): it passes full validation, yet pyarrow's cast of its views crashed the
+# process; view lengths are now read from the views themselves.
+_VIEW_CRASH = (
+    "eNqtUTFOAzEQXN9d7i6RhVyg6AoKipQUEaLgCTwCiQSSDp1QoiBKCh7AAyh4AgUPoOQBfIXazHrtO2MIUiQ2Ga3X"
+    "u7Pem7XW2pkiMsQ2Ik0lDajGCaYKKuBeUcM+Bx6Ac2CfmNOgsqQKLIMb6aEazp0AB0BBYniCFkCNH9/WPneE3pzm"
+    "+A7nFxcrZfwbMb8FnpD/kJpxE72RATPg0NeugHfU8VxhRp44zGiS+Urgdn69Wa75Tr5buJRwKWM/ibhcs9q0F8t2"
+    "sZZYA5W758d4Joxi3/w3sWmcRGntulNWuNxN13PU6SScPcxr/I1GJN87IdldTr0pj2BpLszMNvX+1PvjpDZPeCFm"
+    "veeXfS3zrmAR/TM6u9xuJjzWbapi3cbfdcsLt8fH7qWfOj1HOg3/0Kmi7aa9N4keTaLjWaLjfdInxPEcgyROd0a/"
+    "7GG4xVO0n7jvDnuj/9gbqcz/+z2y/wKOt2qw"
+)
+
+
+def test_regression_view_values_that_crash_a_cast_are_sized() -> None:
+    """The fuzzed view stream decodes (or is refused) without crashing, its size counted."""
+    data = zlib.decompress(base64.b64decode(_VIEW_CRASH))
+    decoded = decode(data, announce=True).ok()
+    (received,) = decoded.received
+    assert received.decoded_bytes > 0
