@@ -114,7 +114,8 @@ class Limits:
     max_connections: int = 4096
     max_connections_per_client: int = 256
 
-    def decoder_kwargs(self) -> dict[str, int]:
+    def decoder_kwargs(self) -> dict[str, Any]:
+        """The decoders' limits (``IPCStreamDecoder``, ``FlightDataDecoder``)."""
         return {
             "max_metadata_size": self.max_metadata_size,
             "max_body_size": self.max_body_size,
@@ -124,6 +125,8 @@ class Limits:
             "max_columns": self.max_columns,
             "max_batch_rows": self.max_batch_rows,
             "max_schema_metadata_bytes": self.max_schema_metadata_bytes,
+            "max_request_rows": self.max_request_rows,
+            "max_request_decoded_bytes": self.max_request_decoded_bytes,
         }
 
 

@@ -5,12 +5,15 @@ it to one ``bytearray``, so a slow consumer lets a fast client fill memory,
 and each chunk is copied twice. Here the ASGI receive loop waits while more
 than ``HIGH_WATER`` bytes are buffered, so TCP flow control holds the client
 back, and chunks are handed out as received.
+
+``with_eof`` times any body (HTTP or DoPut) out when its client stalls.
 """
 
 from __future__ import annotations
 
 import collections
-from collections.abc import Generator
+import math
+from collections.abc import AsyncIterator, Generator
 from typing import Any
 
 import trio
@@ -19,6 +22,9 @@ from quart.wrappers import Request
 from quart_trio.asgi import TrioASGIHTTPConnection
 from quart_trio.wrappers.request import TrioRequest
 from werkzeug.exceptions import RequestEntityTooLarge
+
+from ..config import Limits
+from ..protocol import ArrowportError
 
 HIGH_WATER = 1024 * 1024
 
@@ -139,3 +145,56 @@ class StreamingASGIHTTPConnection(TrioASGIHTTPConnection):
                 break
         if not self.answered:  # the client went away: stop the handler
             nursery.cancel_scope.cancel()
+
+
+async def with_eof(
+    chunks: AsyncIterator[bytes | memoryview], limits: Limits, mode: str
+) -> AsyncIterator[bytes | memoryview]:
+    """Yield the body's chunks, then ``b""`` once the body is complete.
+
+    A client that sends nothing for ``limits.body_idle_timeout`` seconds is
+    cut off: it would otherwise hold its table's writer for as long as it
+    likes. So is a request-mode client that trickles (slowloris): with
+    ``limits.min_body_rate``, the time the body may spend waiting for the
+    client is a credit of at most ``body_idle_timeout`` seconds, spent by
+    waiting and earned back at one second per ``min_body_rate`` bytes. Only
+    time spent waiting for the client counts, never time the server spends
+    writing (when flow control holds the client back).
+    """
+    idle = limits.body_idle_timeout or math.inf
+    # batch mode is for long-lived streams whose producers may wait for each ack (each a
+    # commit the server takes its time over): only the idle timeout applies there
+    rate = limits.min_body_rate if mode != "batch" else 0
+    credit = idle
+    received = 0
+    waited = 0.0
+    kept = "; batches before it stay committed" if mode == "batch" else " and nothing was committed"
+    iterator = aiter(chunks)
+    while True:
+        asked = trio.current_time()
+        try:
+            with trio.fail_after(credit):
+                chunk = await anext(iterator)
+        except StopAsyncIteration:
+            break
+        except trio.TooSlowError:
+            if credit < idle:
+                waited = max(waited + credit, 1e-3)
+                raise ArrowportError(
+                    f"the request body arrived at {received / waited:,.0f} bytes/s, below "
+                    f"limits.min_body_rate ({rate:,} bytes/s): {received:,} bytes in "
+                    f"{waited:,.1f} s of waiting; the request was abandoned{kept}",
+                    error="body_too_slow",
+                ) from None
+            raise ArrowportError(
+                f"no request body data for {idle:g} s; the request was abandoned{kept}",
+                error="body_timeout",
+            ) from None
+        if rate:
+            spent = trio.current_time() - asked
+            waited += spent
+            received += len(chunk)
+            credit = max(0.0, min(idle, credit - spent + len(chunk) / rate))
+        if chunk:
+            yield chunk
+    yield b""

@@ -2,17 +2,20 @@
 
 Invariants:
 
-* The request's task decodes each batch, fully validates it in a worker
-  thread (decoders run with ``validate=False`` so that validation leaves the
-  event loop), and queues it in a bounded memory channel; a writer task takes
+* The request's task reads each message and decodes and fully validates
+  each batch in one worker thread hop (decoders run with ``validate=False``
+  and ``announce=True``, so that decompression and validation leave the event
+  loop), and queues it in a bounded memory channel; a writer task takes
   batches in groups and runs each group's INSERT in a thread of its own. Only
   validated batches are queued, so nothing is stored unvalidated, and
   validation overlaps writing.
-  Decoding overlaps inserting, memory is bounded by ``queue_depth`` batches
-  plus one group plus one partial message, and no thread ever waits on the
-  network: a slow client holds no thread.
+  Decoding overlaps inserting, memory is bounded by the in-flight budget
+  (``budget.py``: bodies from before they are allocated, batches from before
+  they are decompressed), and no thread ever waits on the network: a slow
+  client holds no thread.
 * Writes to one table are ordered: a request holds its table's lock from its
-  schema until its commit or rollback.
+  schema until its commit or rollback. It takes the lock before it takes
+  any memory budget, so it never waits for a lock holding budget.
 * Request mode commits only after the decoder reported a clean end of stream
   and the body ended, and only if the request is not cancelled by then (a
   client that hung up gets a rollback). Anything else (protocol error,
@@ -25,8 +28,7 @@ Invariants:
 from __future__ import annotations
 
 import math
-from collections.abc import AsyncIterator, Awaitable, Callable
-from dataclasses import dataclass, field
+from collections.abc import AsyncIterator, Callable
 from typing import Any, Protocol
 
 import pyarrow as pa
@@ -42,13 +44,45 @@ from ..protocol import (
     StreamEnded,
 )
 from ..protocol.errors import GrpcStatus, ProtocolError
-from ..protocol.events import Event, _NeedData
+from ..protocol.events import (
+    BatchAnnounced,
+    BodyAnnounced,
+    DictionaryReceived,
+    Event,
+    _NeedData,
+)
 from ..protocol.flight import MetadataReceived
 from ..protocol.messages import validate_batch
 from ..stats import Labels, Stats
 from ..storage import IngestAborted, WriteResult
-from .budget import Hold, MemoryBudget
-from .status import http_status, statuses
+from .body import with_eof
+from .budget import Hold, MemoryBudget, MessageCosts
+from .ingest_results import (
+    Commit,
+    IngestResult,
+    OnCommit,
+    Progress,
+    TableLocks,
+    _primary,
+    missing_eos_error,
+    refusal_reason,
+    result_of,
+    trailing_data_error,
+)
+
+__all__ = [
+    "Commit",
+    "IngestResult",
+    "OnCommit",
+    "Progress",
+    "Store",
+    "TableLocks",
+    "ingest",
+    "missing_eos_error",
+    "refusal_reason",
+    "result_of",
+    "trailing_data_error",
+]
 
 _END = object()
 _FLUSH = object()  # write the batches held so far (the memory budget is short)
@@ -72,6 +106,9 @@ class Decoder(Protocol):
     @property
     def decoded_bytes(self) -> int: ...
 
+    announce: bool
+
+    def decode_announced(self) -> BatchReceived: ...
     def receive_data(self, data: bytes | bytearray | memoryview) -> None: ...
     def next_event(self) -> Event | _NeedData: ...
     @property
@@ -90,139 +127,6 @@ class Store(Protocol):
         options: Any = ...,
         idempotency_key: str | None = ...,
     ) -> Write: ...
-
-
-@dataclass(frozen=True, slots=True)
-class IngestResult:
-    stream: str
-    table: str
-    backend: str
-    rows: int
-    batches: int
-    bytes: int
-    decoded_bytes: int
-    duration_ms: float
-    commit: str
-    version: int | None = None
-    idempotency_key: str | None = None
-    replayed: bool = False
-
-    def to_json(self) -> dict[str, object]:
-        body: dict[str, object] = {
-            "stream": self.stream,
-            "table": self.table,
-            "backend": self.backend,
-            "rows": self.rows,
-            "batches": self.batches,
-            "bytes": self.bytes,
-            "decoded_bytes": self.decoded_bytes,
-            "duration_ms": round(self.duration_ms, 3),
-            "commit": self.commit,
-        }
-        if self.version is not None:
-            body["version"] = self.version
-        if self.idempotency_key is not None:
-            body["idempotency_key"] = self.idempotency_key
-            body["replayed"] = self.replayed
-        return body
-
-
-@dataclass(slots=True)
-class Progress:
-    """What is committed so far (per-batch mode commits before the end)."""
-
-    rows: int = 0
-    batches: int = 0
-    bytes: int = 0
-
-
-@dataclass(frozen=True, slots=True)
-class Commit:
-    """One commit, as an acknowledgement reports it."""
-
-    rows: int  # committed by this request so far
-    batches: int
-    app_metadata: list[bytes] = field(default_factory=list)  # the client's, in order
-    version: int | None = None  # Delta: the version committed
-    replayed: bool = False  # an idempotency key committed before: nothing was written
-
-
-OnCommit = Callable[[Commit], Awaitable[None]]
-
-
-class TableLocks:
-    """One FIFO lock per table (case-insensitive, as DuckDB resolves names)."""
-
-    def __init__(self) -> None:
-        self._locks: dict[str, trio.Lock] = {}
-
-    def __call__(self, table: str) -> trio.Lock:
-        return self._locks.setdefault(table.lower(), trio.Lock())
-
-
-def refusal_reason(exc: ArrowportError) -> str:
-    """The reason a refused request is counted under."""
-    http, grpc = statuses(exc)
-    if http == 413 or grpc is GrpcStatus.RESOURCE_EXHAUSTED:
-        return "limit"
-    if http == 422:
-        return "schema_mismatch" if exc.error == "schema_mismatch" else "bad_input"
-    if http >= 500:
-        return "storage"
-    return "bad_input"
-
-
-def result_of(exc: ArrowportError) -> str:
-    """The ``arrowport_requests_total`` result of a request that failed with ``exc``."""
-    return "error" if http_status(exc) >= 500 else "refused"
-
-
-def missing_eos_error(mode: str) -> ProtocolError:
-    kept = "batches before it stay committed" if mode == "batch" else "nothing was committed"
-    return ProtocolError(
-        "the body ended without the Arrow end-of-stream marker, as when a producer stops "
-        f"mid-stream, so it is treated as truncated: {kept}. Close the stream writer to end "
-        "a stream (pyarrow: use pa.ipc.new_stream as a context manager), or set "
-        "limits.require_eos_marker: false to accept such bodies",
-        error="missing_eos_marker",
-    )
-
-
-def trailing_data_error() -> ProtocolError:
-    return ProtocolError(
-        "bytes follow the end-of-stream marker; send one IPC stream per request",
-        error="trailing_data",
-    )
-
-
-def _primary(group: BaseExceptionGroup[Any]) -> BaseException:
-    """Pick the exception that explains a failed ingest."""
-    leaves: list[BaseException] = []
-
-    def walk(exc: BaseException) -> None:
-        if isinstance(exc, BaseExceptionGroup):
-            for inner in exc.exceptions:
-                walk(inner)
-        else:
-            leaves.append(exc)
-
-    walk(group)
-    for exc in leaves:  # a bug
-        if not isinstance(exc, trio.Cancelled | trio.BrokenResourceError | ArrowportError):
-            return exc
-    for exc in leaves:  # cancelled from outside (client gone, shutdown): trio must see it
-        if isinstance(exc, trio.Cancelled):  # (the nursery absorbs its own cancellations)
-            return exc
-    for exc in leaves:  # the cause, not its echo in the other task
-        if isinstance(exc, ArrowportError) and not isinstance(exc, IngestAborted):
-            return exc
-    for exc in leaves:
-        if isinstance(exc, IngestAborted):
-            return exc
-    for exc in leaves:  # the client went away (a reset Flight stream)
-        if isinstance(exc, trio.BrokenResourceError):
-            return exc
-    return group
 
 
 async def ingest(
@@ -259,12 +163,15 @@ async def ingest(
     if decoder is None:
         decoder = IPCStreamDecoder(**limits.decoder_kwargs(), validate=False)
     assert decoder is not None
+    decoder.announce = True  # bodies and batches are announced before they cost memory
     # An HTTP body may end cleanly on a message boundary because its producer died (a pipe
     # into curl): only the end-of-stream marker tells a complete stream. Flight has none.
     require_eos = limits.require_eos_marker and isinstance(decoder, IPCStreamDecoder)
     send, receive = trio.open_memory_channel[Any](limits.queue_depth)
     results: list[WriteResult] = []
     hold = Hold(budget)  # this request's share of the in-flight memory budget
+    costs = MessageCosts(hold, lambda: send.send(_FLUSH))
+    key_known = trio.Event()  # key_from_metadata: the writer opens once the key is known
     metadata: list[bytes] = []  # request mode: the client's app_metadata, for the one ack
     max_request = limits.max_request_size or math.inf
 
@@ -295,6 +202,9 @@ async def ingest(
 
     async def writer(schema: pa.Schema, *, task_status: Any = trio.TASK_STATUS_IGNORED) -> None:
         async with locks(route.table):
+            if key_from_metadata is not None:  # the key comes with the event after the schema
+                task_status.started()
+                await key_known.wait()
             write = await in_thread(
                 lambda: store.open_write(
                     route.table,
@@ -304,7 +214,8 @@ async def ingest(
                     idempotency_key=idempotency_key,
                 )
             )
-            task_status.started()
+            if key_from_metadata is None:
+                task_status.started()
             try:
                 with receive:
                     ended = await _write_groups(
@@ -327,39 +238,49 @@ async def ingest(
     received = 0
     ended = False
     writing = False
-    schema: pa.Schema | None = None  # received, its writer not started yet
+    awaiting_key = False  # the writer holds the lock and waits for the key
     failure: ArrowportError | None = None
     try:
         async with trio.open_nursery() as nursery:
 
+            def decode() -> BatchReceived:  # in a worker thread: decompress, validate
+                received = decoder.decode_announced()
+                if not received.validated:
+                    validate_batch(received.batch)
+                return received
+
             async def drain() -> None:
-                nonlocal ended, writing, schema, idempotency_key
+                nonlocal ended, writing, awaiting_key, idempotency_key
                 while True:
                     event = decoder.next_event()
                     if event is NEED_DATA:
                         return
-                    if schema is not None:  # the event after the schema: start the writer
-                        if (
-                            key_from_metadata is not None
-                            and idempotency_key is None
-                            and isinstance(event, BatchReceived | MetadataReceived)
-                        ):
+                    if isinstance(event, BodyAnnounced):
+                        await costs.body(event.nbytes)
+                        continue
+                    if isinstance(event, DictionaryReceived):
+                        await costs.dictionary(event)
+                        continue
+                    announced = isinstance(event, BatchAnnounced)
+                    if isinstance(event, BatchAnnounced):  # one thread hop per batch
+                        event = await costs.batch(event, lambda: trio.to_thread.run_sync(decode))
+                    if awaiting_key:  # the event after the schema: the writer may open
+                        if isinstance(event, BatchReceived | MetadataReceived):
+                            assert key_from_metadata is not None
                             idempotency_key = key_from_metadata(event.app_metadata)
-                        await nursery.start(writer, schema)
-                        schema, writing = None, True
+                        key_known.set()
+                        awaiting_key, writing = False, True
                     if isinstance(event, SchemaReceived):
-                        if key_from_metadata is None:
-                            await nursery.start(writer, event.schema)
-                            writing = True
-                        else:
-                            schema = event.schema
+                        await nursery.start(writer, event.schema)  # takes the table's lock
+                        writing = key_from_metadata is None
+                        awaiting_key = not writing
                     elif isinstance(event, BatchReceived):
-                        # full validation in a thread of its own, beside the writer's
-                        await trio.to_thread.run_sync(validate_batch, event.batch)
-                        size = _size(event)
-                        if hold.would_wait(size):  # the writer must give back what it holds
-                            await send.send(_FLUSH)
-                        await hold.acquire(size)
+                        if not announced:  # decoded before ``announce`` was set
+                            if not event.validated:
+                                await trio.to_thread.run_sync(validate_batch, event.batch)
+                            await costs.take(event.decoded_bytes)
+                            costs.current = 0
+                            hold.queue(event.decoded_bytes)
                         await send.send(event)
                     elif isinstance(event, MetadataReceived):
                         if writing:
@@ -377,7 +298,7 @@ async def ingest(
             try:
                 with send:
                     await drain()  # what the caller's decoder already holds
-                    async for chunk in _with_eof(chunks, limits, route.commit):
+                    async for chunk in with_eof(chunks, limits, route.commit):
                         received += len(chunk)
                         if received > max_request:
                             raise ProtocolError(
@@ -497,57 +418,4 @@ async def _write_groups(
 
 
 def _size(event: BatchReceived) -> int:
-    return int(event.batch.get_total_buffer_size())
-
-
-async def _with_eof(
-    chunks: AsyncIterator[bytes | memoryview], limits: Limits, mode: str
-) -> AsyncIterator[bytes | memoryview]:
-    """Yield the body's chunks, then ``b""`` once the body is complete.
-
-    A client that sends nothing for ``limits.body_idle_timeout`` seconds is
-    cut off: it would otherwise hold its table's writer for as long as it
-    likes. So is a request-mode client that trickles (slowloris): with
-    ``limits.min_body_rate``, the time the body may spend waiting for the
-    client is a credit of at most ``body_idle_timeout`` seconds, spent by
-    waiting and earned back at one second per ``min_body_rate`` bytes. Only
-    time spent waiting for the client counts, never time the server spends
-    writing (when flow control holds the client back).
-    """
-    idle = limits.body_idle_timeout or math.inf
-    # batch mode is for long-lived streams whose producers may wait for each ack (each a
-    # commit the server takes its time over): only the idle timeout applies there
-    rate = limits.min_body_rate if mode != "batch" else 0
-    credit = idle
-    received = 0
-    waited = 0.0
-    kept = "; batches before it stay committed" if mode == "batch" else " and nothing was committed"
-    iterator = aiter(chunks)
-    while True:
-        asked = trio.current_time()
-        try:
-            with trio.fail_after(credit):
-                chunk = await anext(iterator)
-        except StopAsyncIteration:
-            break
-        except trio.TooSlowError:
-            if credit < idle:
-                waited = max(waited + credit, 1e-3)
-                raise ArrowportError(
-                    f"the request body arrived at {received / waited:,.0f} bytes/s, below "
-                    f"limits.min_body_rate ({rate:,} bytes/s): {received:,} bytes in "
-                    f"{waited:,.1f} s of waiting; the request was abandoned{kept}",
-                    error="body_too_slow",
-                ) from None
-            raise ArrowportError(
-                f"no request body data for {idle:g} s; the request was abandoned{kept}",
-                error="body_timeout",
-            ) from None
-        if rate:
-            spent = trio.current_time() - asked
-            waited += spent
-            received += len(chunk)
-            credit = max(0.0, min(idle, credit - spent + len(chunk) / rate))
-        if chunk:
-            yield chunk
-    yield b""
+    return event.decoded_bytes  # what the request took of the budget for it

@@ -62,8 +62,9 @@ class ServerCollector(Collector):
         yield _gauge("arrowport_in_flight_requests", "Uploads being served.", state.stats.in_flight)
         yield _gauge(
             "arrowport_in_flight_bytes",
-            "Decoded batches waiting for or being written, all uploads together "
-            "(the limits.max_inflight_bytes budget).",
+            "Bytes held against the limits.max_inflight_bytes budget, all uploads together: "
+            "message bodies from before they are allocated, batches (at their decoded, "
+            "expanded size) until written, dictionaries until their request ends.",
             state.budget.used,
         )
         yield _gauge(

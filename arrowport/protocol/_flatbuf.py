@@ -90,6 +90,24 @@ def _spec(offset: int, length: int) -> BufferSpec:
     return BufferSpec(offset, length)
 
 
+class NodeTable:
+    """The ``nodes`` vector (``FieldNode``: length, null count), read on demand."""
+
+    __slots__ = ("_raw",)
+
+    def __init__(self, raw: memoryview) -> None:
+        self._raw = raw
+
+    def __len__(self) -> int:
+        return len(self._raw) // 16
+
+    def length(self, index: int) -> int:
+        """The length of node ``index``; 0 past the end (pyarrow refuses such a batch)."""
+        if not 0 <= index < len(self):
+            return 0
+        return max(0, int(_BUFFER.unpack_from(self._raw, 16 * index)[0]))
+
+
 @dataclass(frozen=True, slots=True)
 class BatchHeader:
     """What the framer needs of a RecordBatch (or a dictionary's data)."""
@@ -97,6 +115,7 @@ class BatchHeader:
     length: int
     buffers: BufferTable
     codec: Codec | None
+    nodes: NodeTable
 
 
 @dataclass(frozen=True, slots=True)
@@ -181,6 +200,8 @@ def _batch_header(table: _Table) -> BatchHeader:
         raise _malformed("negative record batch length")
     start, count = table.struct_vector(2, 16)
     buffers = BufferTable(table.buf[start : start + 16 * count])
+    start, count = table.struct_vector(1, 16)
+    nodes = NodeTable(table.buf[start : start + 16 * count])
     codec: Codec | None = None
     compression = table.table(3)
     if compression is not None:
@@ -188,7 +209,7 @@ def _batch_header(table: _Table) -> BatchHeader:
         if raw not in (Codec.LZ4_FRAME, Codec.ZSTD):
             raise invalid(f"unknown body compression codec {raw}", error="unsupported_compression")
         codec = Codec(raw)
-    return BatchHeader(length=length, buffers=buffers, codec=codec)
+    return BatchHeader(length=length, buffers=buffers, codec=codec, nodes=nodes)
 
 
 def parse_message(metadata: bytes | memoryview) -> MessageHeader:

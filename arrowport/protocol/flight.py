@@ -15,6 +15,10 @@ Invariants:
 * A ``data_header`` is checked (``MessageReader.check``) as soon as it is
   complete, before a body that follows it is allocated. The message then goes
   through the ``MessageReader`` the HTTP path uses: zero-copy, fully validated.
+* With ``announce=True``, as for ``IPCStreamDecoder``: ``BodyAnnounced``
+  before a ``data_body`` is allocated, ``BatchAnnounced`` before a batch is
+  decoded (``decode_announced`` decodes it and attaches its
+  ``app_metadata``), and ``DictionaryReceived``.
 * Any error moves the decoder to ``ERROR`` for good.
 
 Wire format: each gRPC message is a flag byte (0: uncompressed), a big-endian
@@ -28,18 +32,28 @@ import collections
 import dataclasses
 import enum
 import struct
-from dataclasses import dataclass
 
 import pyarrow as pa
 
 from ._flatbuf import MessageHeader, parse_message
 from .errors import GrpcStatus, LocalProtocolError, RemoteProtocolError, invalid, limit_exceeded
-from .events import NEED_DATA, BatchReceived, Event, StreamEnded, _NeedData
+from .events import (
+    NEED_DATA,
+    BatchAnnounced,
+    BatchReceived,
+    BodyAnnounced,
+    Event,
+    StreamEnded,
+    _NeedData,
+)
+from .flight_events import DescriptorReceived, MetadataReceived, _varint
 from .flight_pb import FlightDescriptor
 from .input import InputBuffer
 from .messages import GiB, KiB, MessageReader, MiB, frame_metadata
 
 _PREFIX = struct.Struct(">BI")
+
+__all__ = ["DescriptorReceived", "FlightDataDecoder", "MetadataReceived", "State"]
 
 DESCRIPTOR = 1
 DATA_HEADER = 2
@@ -48,42 +62,15 @@ DATA_BODY = 1000
 _NAMES = {DESCRIPTOR: "flight_descriptor", DATA_HEADER: "data_header", APP_METADATA: "app_metadata"}
 
 
-@dataclass(frozen=True, slots=True, kw_only=True)
-class DescriptorReceived(Event):
-    """A ``FlightData`` carried a descriptor (DoPut's first message does)."""
-
-    descriptor: FlightDescriptor
-
-
-@dataclass(frozen=True, slots=True, kw_only=True)
-class MetadataReceived(Event):
-    """A ``FlightData`` carried ``app_metadata`` but no record batch."""
-
-    app_metadata: bytes
-
-
 class State(enum.Enum):
     PREFIX = enum.auto()  # between gRPC messages
     FIELD = enum.auto()  # at a protobuf field's tag
     COLLECT = enum.auto()  # in a small field kept whole
     SKIP = enum.auto()  # in an unknown field
+    ALLOCATE = enum.auto()  # data_body announced, not yet allocated
     BODY = enum.auto()  # in data_body
     DONE = enum.auto()
     ERROR = enum.auto()
-
-
-def _varint(data: bytes, pos: int) -> tuple[int, int] | None:
-    """Decode a varint at ``pos``; None if ``data`` ends first."""
-    value = shift = 0
-    for i in range(pos, min(len(data), pos + 10)):
-        byte = data[i]
-        value |= (byte & 0x7F) << shift
-        if not byte & 0x80:
-            return value, i + 1
-        shift += 7
-    if len(data) - pos >= 10:
-        raise invalid("a protobuf varint in FlightData is longer than 10 bytes")
-    return None
 
 
 class FlightDataDecoder:
@@ -102,7 +89,10 @@ class FlightDataDecoder:
         max_columns: int = 10_000,
         max_batch_rows: int = 64 * 1024 * 1024,
         max_schema_metadata_bytes: int = 256 * KiB,
+        max_request_rows: int | None = None,
+        max_request_decoded_bytes: int | None = None,
         validate: bool = True,
+        announce: bool = False,
     ) -> None:
         self.max_descriptor_size = max_descriptor_size
         self.max_app_metadata_size = max_app_metadata_size
@@ -115,7 +105,10 @@ class FlightDataDecoder:
             max_columns=max_columns,
             max_batch_rows=max_batch_rows,
             max_schema_metadata_bytes=max_schema_metadata_bytes,
+            max_request_rows=max_request_rows,
+            max_request_decoded_bytes=max_request_decoded_bytes,
             validate=validate,
+            announce=announce,
         )
         self._limits = {
             DESCRIPTOR: max_descriptor_size,
@@ -127,13 +120,24 @@ class FlightDataDecoder:
         self._events: collections.deque[Event] = collections.deque()
         self._reset_message(0)
         self._app_metadata_bytes = 0
+        self._announced_metadata: bytes | None = None  # the announced batch's app_metadata
         self.flight_messages = 0
+        self.allocated_bytes = 0  # data_body buffers allocated so far
 
     # -- public API ---------------------------------------------------------
 
     @property
     def state(self) -> State:
         return self._state
+
+    @property
+    def announce(self) -> bool:
+        return self._messages.announce
+
+    @announce.setter
+    def announce(self, value: bool) -> None:
+        """Set before the first data_body is reached (``ingest`` does, for DoPut)."""
+        self._messages.announce = value
 
     @property
     def schema(self) -> pa.Schema | None:
@@ -166,6 +170,21 @@ class FlightDataDecoder:
             self._state = State.ERROR
             raise exc._reraise_as_remote_protocol_error() from exc
 
+    def decode_announced(self) -> BatchReceived:
+        """Decode the batch the last ``BatchAnnounced`` stood for (the heavy step).
+
+        Nothing else may use the decoder meanwhile. Raises ``RemoteProtocolError``.
+        """
+        try:
+            event = self._messages.decode_pending()
+        except LocalProtocolError as exc:
+            self._state = State.ERROR
+            raise exc._reraise_as_remote_protocol_error() from exc
+        app_metadata, self._announced_metadata = self._announced_metadata, None
+        if app_metadata is not None:
+            event = dataclasses.replace(event, app_metadata=app_metadata)
+        return event
+
     def statistics(self) -> dict[str, int]:
         m = self._messages
         return {
@@ -177,6 +196,7 @@ class FlightDataDecoder:
             "decoded_bytes": m.decoded_bytes,
             "dictionary_bytes": m.dictionary_bytes,
             "buffered_bytes": self._input.size,
+            "allocated_bytes": self.allocated_bytes,
         }
 
     # -- internals ----------------------------------------------------------
@@ -196,6 +216,8 @@ class FlightDataDecoder:
         while True:
             if self._events:
                 return self._events.popleft()
+            if self._messages.pending:  # announced, and the caller did not decode it
+                return self.decode_announced()
             state = self._state
             if state is State.PREFIX:
                 progressed = self._read_prefix()
@@ -207,6 +229,8 @@ class FlightDataDecoder:
                 progressed = self._skip()
             elif state is State.BODY:
                 progressed = self._read_body()
+            elif state is State.ALLOCATE:
+                progressed = self._allocate_body()
             else:  # DONE
                 return NEED_DATA
             if not progressed:
@@ -343,10 +367,23 @@ class FlightDataDecoder:
             )
         if self._header is not None and size < self._header.body_length:
             raise self._body_too_short(size, self._header.body_length)
-        self._body = pa.allocate_buffer(size)
+        if size and self._messages.schema is None:  # (DoPut reads its descriptor unannounced)
+            raise invalid(
+                "a FlightData data_body before the stream's schema: the first IPC message is "
+                "a Schema, which has no body",
+                error="invalid_ipc_framing",
+            )
+        self._state = State.ALLOCATE
+        if self.announce and size:
+            self._events.append(BodyAnnounced(nbytes=size))  # allocated at the next call
+
+    def _allocate_body(self) -> bool:
+        self._body = pa.allocate_buffer(self._left)
         self._body_view = memoryview(self._body).cast("B")
+        self.allocated_bytes += self._body.size
         self._filled = 0
         self._state = State.BODY
+        return True
 
     def _body_too_short(self, size: int, expected: int) -> LocalProtocolError:
         return invalid(
@@ -390,7 +427,10 @@ class FlightDataDecoder:
         elif body.size > header.body_length:
             body = body.slice(0, header.body_length)
         event = self._messages.read(header, frame_metadata(fields[DATA_HEADER]), body, wire=wire)
-        if isinstance(event, BatchReceived):
+        if isinstance(event, BatchAnnounced):
+            self._announced_metadata = app_metadata  # attached by decode_announced
+            self._events.append(event)
+        elif isinstance(event, BatchReceived):
             if app_metadata is not None:
                 event = dataclasses.replace(event, app_metadata=app_metadata)
             self._events.append(event)

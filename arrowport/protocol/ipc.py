@@ -13,6 +13,13 @@ Invariants:
   Arrow-allocated (aligned) buffer; the metadata goes into a small canonical
   framed buffer. ``MessageReader`` (shared with the Flight path) checks,
   reads and validates the message from those two buffers zero-copy.
+* With ``announce=True`` the decoder emits ``BodyAnnounced`` before it
+  allocates a message body (the allocation happens at the next
+  ``next_event``), ``BatchAnnounced`` instead of decoding a record batch
+  (``decode_announced`` decodes it, in a worker thread if the caller likes;
+  the next ``next_event`` would decode it inline), and ``DictionaryReceived``
+  for a dictionary. So the caller can reserve memory before any of it is
+  allocated or decompressed.
 * Any error moves the decoder to ``ERROR`` for good.
 
 Framing: each message is ``0xFFFFFFFF``, an int32 metadata length, the
@@ -29,7 +36,7 @@ import pyarrow as pa
 
 from ._flatbuf import MessageHeader, parse_message
 from .errors import LocalProtocolError, RemoteProtocolError, invalid, limit_exceeded
-from .events import NEED_DATA, Event, StreamEnded, _NeedData
+from .events import NEED_DATA, BatchReceived, BodyAnnounced, Event, StreamEnded, _NeedData
 from .input import InputBuffer
 from .messages import (
     GiB,
@@ -94,7 +101,10 @@ class IPCStreamDecoder:
         max_columns: int = 10_000,
         max_batch_rows: int = 64 * 1024 * 1024,
         max_schema_metadata_bytes: int = 256 * KiB,
+        max_request_rows: int | None = None,
+        max_request_decoded_bytes: int | None = None,
         validate: bool = True,
+        announce: bool = False,
     ) -> None:
         self._messages = MessageReader(
             max_metadata_size=max_metadata_size,
@@ -105,7 +115,10 @@ class IPCStreamDecoder:
             max_columns=max_columns,
             max_batch_rows=max_batch_rows,
             max_schema_metadata_bytes=max_schema_metadata_bytes,
+            max_request_rows=max_request_rows,
+            max_request_decoded_bytes=max_request_decoded_bytes,
             validate=validate,
+            announce=announce,
         )
         self.max_metadata_size = max_metadata_size
         self._state = State.PREFIX
@@ -118,12 +131,22 @@ class IPCStreamDecoder:
         self._body: pa.Buffer | None = None
         self._body_view: memoryview | None = None
         self._filled = 0
+        self.allocated_bytes = 0  # message bodies allocated so far
 
     # -- public API ---------------------------------------------------------
 
     @property
     def state(self) -> State:
         return self._state
+
+    @property
+    def announce(self) -> bool:
+        return self._messages.announce
+
+    @announce.setter
+    def announce(self, value: bool) -> None:
+        """Set before the first message body is reached."""
+        self._messages.announce = value
 
     @property
     def schema(self) -> pa.Schema | None:
@@ -161,6 +184,17 @@ class IPCStreamDecoder:
             self._state = State.ERROR
             raise exc._reraise_as_remote_protocol_error() from exc
 
+    def decode_announced(self) -> BatchReceived:
+        """Decode the batch the last ``BatchAnnounced`` stood for (the heavy step).
+
+        Nothing else may use the decoder meanwhile. Raises ``RemoteProtocolError``.
+        """
+        try:
+            return self._messages.decode_pending()
+        except LocalProtocolError as exc:
+            self._state = State.ERROR
+            raise exc._reraise_as_remote_protocol_error() from exc
+
     def statistics(self) -> dict[str, int]:
         m = self._messages
         return {
@@ -171,6 +205,7 @@ class IPCStreamDecoder:
             "decoded_bytes": m.decoded_bytes,
             "dictionary_bytes": m.dictionary_bytes,
             "buffered_bytes": self._input.size,
+            "allocated_bytes": self.allocated_bytes,
         }
 
     # -- internals ----------------------------------------------------------
@@ -185,6 +220,8 @@ class IPCStreamDecoder:
         return invalid(f"stream truncated {where}", error="truncated_stream")
 
     def _next_event(self) -> Event | _NeedData:
+        if self._messages.pending:  # announced, and the caller did not decode it
+            return self._messages.decode_pending()
         while True:
             state = self._state
             if state is State.PREFIX:
@@ -282,13 +319,18 @@ class IPCStreamDecoder:
         self._messages.check(header, length)
         self._header = header
         self._framed = frame_metadata(metadata)
-        self._body = pa.allocate_buffer(header.body_length)
-        self._body_view = memoryview(self._body).cast("B")
         self._filled = 0
         self._transition(_Input.METADATA)
+        if self.announce and header.body_length:
+            return BodyAnnounced(nbytes=header.body_length)  # allocated at the next call
         return None
 
     def _read_body(self) -> Event | _NeedData | None:
+        if self._body is None:
+            assert self._header is not None
+            self._body = pa.allocate_buffer(self._header.body_length)
+            self._body_view = memoryview(self._body).cast("B")
+            self.allocated_bytes += self._body.size
         view = self._body_view
         header, framed, body = self._header, self._framed, self._body
         assert view is not None and header is not None and framed is not None and body is not None

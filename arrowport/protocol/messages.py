@@ -17,6 +17,15 @@ Invariants:
   batch passes ``validate(full=True)`` before it is emitted, unless the caller
   turned that off (``validate=False``) to run ``validate_batch`` itself, for
   instance on another thread.
+* A request's rows (``max_request_rows``) are counted from each batch's
+  header, before its body is read; its decoded bytes
+  (``max_request_decoded_bytes``, null, REE and dictionary columns at their
+  expanded size, see ``sizes``) before the batch is decompressed, and again,
+  exactly, before any dictionary is expanded.
+* With ``announce=True`` a batch is not decoded inside ``read``: ``read``
+  returns ``BatchAnnounced`` with its size, and ``decode_pending`` (the
+  heavy step: decompression, run by the caller where it likes, e.g. in a
+  worker thread) returns the ``BatchReceived``.
 * Whatever pyarrow (or a registered extension type) raises while reading the
   peer's bytes becomes a ``LocalProtocolError``; only ``MemoryError`` passes.
 """
@@ -29,8 +38,10 @@ import pyarrow as pa
 
 from ._flatbuf import BatchHeader, HeaderType, MessageHeader
 from .errors import RemoteProtocolError, invalid, limit_exceeded
-from .events import BatchReceived, SchemaReceived
+from .events import BatchAnnounced, BatchReceived, DictionaryReceived, SchemaReceived
 from .feed import MessageFeed
+from .schema_checks import check_field_names, count_fields, metadata_bytes, nesting_depth
+from .sizes import Site, decoded_extra, expansion_sites, header_extra
 
 _CONTINUATION = b"\xff\xff\xff\xff"
 _I32 = struct.Struct("<i")
@@ -40,6 +51,17 @@ _SUPPORTED_VERSIONS = (3, 4)  # MetadataVersion V4 and V5
 KiB = 1024
 MiB = 1024 * KiB
 GiB = 1024 * MiB
+
+__all__ = [
+    "GiB",
+    "KiB",
+    "MessageReader",
+    "MiB",
+    "count_fields",
+    "frame_metadata",
+    "nesting_depth",
+    "validate_batch",
+]
 
 
 def pad8(n: int) -> int:
@@ -73,82 +95,6 @@ def validate_batch(batch: pa.RecordBatch) -> None:
         raise RemoteProtocolError(f"invalid record batch: {exc}", error="invalid_batch") from None
 
 
-def nesting_depth(data_type: pa.DataType, limit: int) -> int:
-    """Depth of ``data_type`` (1 for a flat type); stops counting past ``limit``."""
-    if isinstance(data_type, pa.DictionaryType):
-        return nesting_depth(data_type.value_type, limit)
-    if isinstance(data_type, pa.BaseExtensionType):  # num_fields is 0: look at the storage
-        return nesting_depth(data_type.storage_type, limit)
-    deepest = 1
-    if limit <= 1:
-        return deepest + int(data_type.num_fields > 0)
-    for i in range(data_type.num_fields):
-        deepest = max(deepest, 1 + nesting_depth(data_type.field(i).type, limit - 1))
-    return deepest
-
-
-def check_field_names(schema: pa.Schema) -> None:
-    """Raise ``invalid_schema`` if a field name or a time zone, at any depth, is not
-    valid UTF-8 (the IPC format says it is; pyarrow raises when the string is read)."""
-    stack: list[pa.Field] = []
-    try:
-        stack.extend(schema)
-        while stack:
-            field = stack.pop()
-            field.name  # noqa: B018 - decoding the name is the check
-            data_type = field.type
-            while isinstance(data_type, pa.DictionaryType | pa.BaseExtensionType):
-                if isinstance(data_type, pa.DictionaryType):
-                    data_type = data_type.value_type
-                else:
-                    data_type = data_type.storage_type
-            if isinstance(data_type, pa.TimestampType):
-                data_type.tz  # noqa: B018 - as the name
-            stack.extend(data_type.field(i) for i in range(data_type.num_fields))
-    except UnicodeDecodeError:
-        raise invalid(
-            "a field name or time zone in the schema is not valid UTF-8", error="invalid_schema"
-        ) from None
-
-
-def count_fields(schema: pa.Schema, limit: int) -> int:
-    """Count fields, nested children included; stops counting at ``limit``."""
-    count = 0
-    stack = [field.type for field in schema]
-    count += len(stack)
-    while stack and count < limit:
-        data_type = stack.pop()
-        if isinstance(data_type, pa.DictionaryType):
-            data_type = data_type.value_type
-        if isinstance(data_type, pa.BaseExtensionType):
-            data_type = data_type.storage_type
-        children = [data_type.field(i).type for i in range(data_type.num_fields)]
-        count += len(children)
-        stack.extend(children)
-    return count
-
-
-def _metadata_size(metadata: dict[bytes, bytes] | None) -> int:
-    return sum(len(k) + len(v) for k, v in (metadata or {}).items())
-
-
-def metadata_bytes(schema: pa.Schema, limit: int) -> int:
-    """Key and value bytes of the schema's metadata and of every field's metadata,
-    nested fields included; stops counting past ``limit``."""
-    total = _metadata_size(schema.metadata)
-    stack = list(schema)
-    while stack and total <= limit:
-        field = stack.pop()
-        total += _metadata_size(field.metadata)
-        data_type = field.type
-        if isinstance(data_type, pa.DictionaryType):
-            data_type = data_type.value_type
-        if isinstance(data_type, pa.BaseExtensionType):
-            data_type = data_type.storage_type
-        stack.extend(data_type.field(i) for i in range(data_type.num_fields))
-    return total
-
-
 class MessageReader:
     """Turn checked IPC messages into ``SchemaReceived`` and ``BatchReceived``.
 
@@ -168,9 +114,15 @@ class MessageReader:
         max_columns: int = 10_000,
         max_batch_rows: int = 64 * 1024 * 1024,
         max_schema_metadata_bytes: int = 256 * KiB,
+        max_request_rows: int | None = None,
+        max_request_decoded_bytes: int | None = None,
         validate: bool = True,
+        announce: bool = False,
     ) -> None:
         self.validate = validate
+        self.announce = announce
+        self.max_request_rows = max_request_rows
+        self.max_request_decoded_bytes = max_request_decoded_bytes
         self.max_schema_metadata_bytes = max_schema_metadata_bytes
         self.max_metadata_size = max_metadata_size
         self.max_body_size = max_body_size
@@ -183,6 +135,9 @@ class MessageReader:
         self._feed = MessageFeed()
         self._reader: pa.RecordBatchStreamReader | None = None
         self._pending_wire_bytes = 0  # dictionaries' bytes, counted with the next batch
+        self._sites: tuple[Site, ...] = ()  # the schema's columns a backend expands
+        self._announced: tuple[int, int] | None = None  # queued, not decoded: sizes
+        self.header_rows = 0  # rows of every batch header checked so far
         # statistics
         self.messages = 0
         self.batches = 0
@@ -224,6 +179,8 @@ class MessageReader:
                 f"IPC message body of {header.body_length} bytes exceeds the limit of "
                 f"{self.max_body_size} bytes"
             )
+        if kind == HeaderType.SCHEMA and header.body_length:
+            raise invalid("a Schema message has a body", error="invalid_ipc_metadata")
         batch = header.batch
         if batch is not None:
             if batch.length > self.max_batch_rows:
@@ -231,6 +188,14 @@ class MessageReader:
                     f"record batch of {batch.length} rows exceeds the limit of "
                     f"{self.max_batch_rows} rows"
                 )
+            if kind == HeaderType.RECORD_BATCH:
+                self.header_rows += batch.length
+                limit = self.max_request_rows
+                if limit is not None and self.header_rows > limit:
+                    raise limit_exceeded(
+                        f"the request's batches hold more than {limit} rows, over "
+                        f"limits.max_request_rows ({limit})"
+                    )
             for spec in batch.buffers:
                 if spec.offset + spec.length > header.body_length:
                     raise invalid(
@@ -243,10 +208,12 @@ class MessageReader:
 
     def read(
         self, header: MessageHeader, framed: pa.Buffer, body: pa.Buffer, *, wire: int
-    ) -> SchemaReceived | BatchReceived | None:
+    ) -> SchemaReceived | BatchReceived | BatchAnnounced | DictionaryReceived | None:
         """Read one checked message; ``wire`` is its size on the wire.
 
-        Returns None for a dictionary message (it is used by later batches).
+        Returns None for a dictionary message (it is used by later batches),
+        or ``DictionaryReceived`` with ``announce``; ``BatchAnnounced`` for a
+        record batch with ``announce`` (then call ``decode_pending``).
         """
         self.messages += 1
         self._pending_wire_bytes += wire
@@ -261,9 +228,32 @@ class MessageReader:
             # plus the framed metadata, so a flood of empty deltas is bounded too.
             self.dictionary_bytes = self._dictionary_growth(framed.size + decoded)
             self._push(framed, body)
+            if self.announce:
+                return DictionaryReceived(
+                    decoded_bytes=framed.size + decoded, compressed=batch.codec is not None
+                )
             return None
+        extra = header_extra(self._sites, batch.nodes) if self._sites else 0
+        self._request_decoded(decoded + extra)
         self._push(framed, body)
-        return self._on_batch(decoded)
+        if self.announce:
+            self._announced = (decoded, extra)
+            return BatchAnnounced(
+                rows=batch.length, decoded_bytes=decoded + extra, compressed=batch.codec is not None
+            )
+        return self._on_batch(decoded, extra)
+
+    @property
+    def pending(self) -> bool:
+        """A ``BatchAnnounced`` batch waits for ``decode_pending``."""
+        return self._announced is not None
+
+    def decode_pending(self) -> BatchReceived:
+        """Decode the announced batch: decompression happens here."""
+        announced = self._announced
+        assert announced is not None, "no announced batch"
+        self._announced = None
+        return self._on_batch(*announced)
 
     # -- internals ----------------------------------------------------------
 
@@ -271,6 +261,15 @@ class MessageReader:
         self._feed.push(framed)
         if body.size:
             self._feed.push(body)
+
+    def _request_decoded(self, size: int) -> None:
+        limit = self.max_request_decoded_bytes
+        if limit is not None and self.decoded_bytes + size > limit:
+            raise limit_exceeded(
+                f"the request's batches decode to more than {limit} bytes (null, run-end-encoded "
+                f"and dictionary columns at their expanded size), over "
+                f"limits.max_request_decoded_bytes ({limit})"
+            )
 
     def _dictionary_growth(self, size: int) -> int:
         grown = self.dictionary_bytes + size
@@ -335,26 +334,36 @@ class MessageReader:
                 f"limits.max_schema_metadata_bytes ({self.max_schema_metadata_bytes} bytes)"
             )
         self.schema = schema
+        self._sites = expansion_sites(schema)
         self.wire_bytes += self._pending_wire_bytes
         self._pending_wire_bytes = 0
         return SchemaReceived(schema=schema)
 
-    def _on_batch(self, decoded: int) -> BatchReceived:
+    def _on_batch(self, buffers: int, extra: int) -> BatchReceived:
+        """Decode the queued batch, of ``buffers`` bytes plus ``extra`` (header's estimate)."""
         assert self._reader is not None
         try:
             batch = self._reader.read_next_batch()
-            if self.validate:
+            validated = self.validate or bool(self._sites)
+            if validated:  # the sizes below read offsets and indices: valid ones only
                 batch.validate(full=True)
+            if self._sites:  # the exact expanded size replaces the header's lower bound
+                extra = decoded_extra(batch)
         except StopIteration:
             raise invalid("record batch message could not be read", error="invalid_batch") from None
         except MemoryError:
             raise
         except Exception as exc:  # pyarrow, or a registered extension type's code
             raise invalid(f"invalid record batch: {exc}", error="invalid_batch") from None
+        decoded = buffers + extra
+        if self._sites:
+            self._request_decoded(decoded)
         wire = self._pending_wire_bytes
         self._pending_wire_bytes = 0
         self.batches += 1
         self.rows += batch.num_rows
         self.wire_bytes += wire
         self.decoded_bytes += decoded
-        return BatchReceived(batch=batch, wire_bytes=wire, decoded_bytes=decoded)
+        return BatchReceived(
+            batch=batch, wire_bytes=wire, decoded_bytes=decoded, validated=validated
+        )

@@ -9,7 +9,7 @@ import trio
 import trio.testing
 
 from arrowport.config import ConfigError, Limits, parse_config
-from arrowport.io.ingest import _with_eof
+from arrowport.io.body import with_eof as _with_eof
 from arrowport.io.status import http_status
 from arrowport.protocol.errors import ArrowportError
 

@@ -47,6 +47,7 @@ from arrowport.protocol.flight_pb import (
     encode_tag,
     encode_varint,
 )
+from arrowport.protocol.sizes import decoded_extra
 
 NAMES = sorted(GOLDENS)
 UNCOMPRESSED = [n for n in NAMES if "compressed" not in n and n != "schema_only"]
@@ -133,8 +134,11 @@ def test_statistics_add_up(name: str, mode: str) -> None:
     assert stats["decoded_bytes"] == decoded.decoder.decoded_bytes
     assert stats["decoded_bytes"] == sum(e.decoded_bytes for e in decoded.received)
     batch_messages = [m for m in messages if m.kind is HeaderType.RECORD_BATCH]
-    if "compressed" not in name:
-        assert [e.decoded_bytes for e in decoded.received] == [len(m.body) for m in batch_messages]
+    if "compressed" not in name:  # the body, plus what dictionary columns expand to
+        expanded = [decoded_extra(e.batch) for e in decoded.received]
+        assert [e.decoded_bytes for e in decoded.received] == [
+            len(m.body) + extra for m, extra in zip(batch_messages, expanded, strict=True)
+        ]
     assert stats["flight_messages"] == stats["messages"] == len(messages)
     assert stats["batches"] == len(batch_messages)
     assert stats["rows"] == sum(b.num_rows for b in golden_batches(name))
@@ -496,11 +500,17 @@ def test_data_body_shorter_than_body_length(order: str, mode: str) -> None:
 
 @pytest.mark.parametrize("schema_first", [True, False])
 def test_body_without_header(schema_first: bool, mode: str) -> None:
-    """A data_body in a message without data_header is refused."""
+    """A data_body in a message without data_header is refused (before the schema: at its
+    key, before it is allocated, since the first IPC message is a Schema, without a body)."""
     body = framed(encode_field_bytes(1000, b"\x01" * 16))
     data = (small()[0].encode() if schema_first else b"") + body
-    says = "has a data_body but no data_header"
-    assert_error(decode(data, mode).raised(), "invalid_stream", says=says)
+    decoded = decode(data, mode)
+    if schema_first:
+        says = "has a data_body but no data_header"
+        assert_error(decoded.raised(), "invalid_stream", says=says)
+    else:
+        assert_error(decoded.raised(), "invalid_ipc_framing", says="before the stream's schema")
+        assert decoded.decoder.statistics()["allocated_bytes"] == 0
 
 
 def test_duplicate_data_body(mode: str) -> None:
