@@ -8,8 +8,13 @@ Invariants:
   IPC writer writes only each slice's part of the buffers). A single row that
   does not fit ends the call with RESOURCE_EXHAUSTED naming the limit, rather
   than send a message the client would refuse.
-* One batch is read (and sliced) at a time in a worker thread and sent before
-  the next is read, so a slow reader holds the server's memory flat.
+* Memory per DoGet is bounded by bytes, whatever the rows are like or the
+  window the client advertises: the scan yields small batches
+  (``SCAN_ROWS``), gathered in a worker thread into one of at most
+  ``min(max_message_size, GATHER_BYTES)`` bytes (a copy only when several are
+  gathered), which is sliced and sent before the next is read. A reader that
+  never opens its window holds one such batch and its message until the
+  stream's idle deadline resets it.
 * Dictionary batches are sent as the IPC writer makes them, unsliced.
 """
 
@@ -27,9 +32,11 @@ from .flight_messages import MessageSink, parse_ticket, send_flight_data
 from .grpc import GrpcCall
 from .read_http import next_batch
 
-# DoGet reads batches of this many rows: small enough that the one batch in
-# flight per reader (plus h2's copies of it) stays a few MB.
-DOGET_BATCH_ROWS = 32_768
+# The scan's batches (DuckDB's vector size), gathered into messages of at most
+# GATHER_BYTES or DOGET_BATCH_ROWS rows: a wide row makes fewer rows, not more bytes.
+SCAN_ROWS = 4_096
+GATHER_BYTES = 4 * 1024 * 1024
+DOGET_BATCH_ROWS = 65_536
 # FlightData's protobuf tags and lengths around the IPC header and body, with room to spare
 FLIGHT_DATA_OVERHEAD = 64
 
@@ -55,9 +62,30 @@ def fitting_slices(batch: pa.RecordBatch, limit: int) -> Iterator[pa.RecordBatch
         yield from fitting_slices(batch.slice(start, rows), limit)
 
 
-def _next_slices(reader: pa.RecordBatchReader, limit: int) -> list[pa.RecordBatch] | None:
-    batch = next_batch(reader)
-    return None if batch is None else list(fitting_slices(batch, limit))
+class Gatherer:
+    """The scan's batches, gathered up to a byte bound and sliced to fit (``next`` in a thread)."""
+
+    def __init__(self, reader: pa.RecordBatchReader, limit: int) -> None:
+        self.reader = reader
+        self.limit = limit
+        self.exhausted = False  # a DuckDB reader raises if read again after its end
+
+    def next(self) -> list[pa.RecordBatch] | None:
+        target = min(self.limit, GATHER_BYTES)
+        batches: list[pa.RecordBatch] = []
+        size = rows = 0
+        while not self.exhausted and size < target and rows < DOGET_BATCH_ROWS:
+            batch = next_batch(self.reader)
+            if batch is None:
+                self.exhausted = True
+                break
+            batches.append(batch)
+            size += batch.nbytes
+            rows += batch.num_rows
+        if not batches:
+            return None
+        gathered = batches[0] if len(batches) == 1 else pa.concat_batches(batches)
+        return list(fitting_slices(gathered, self.limit))
 
 
 async def do_get(call: GrpcCall, service: Any) -> None:
@@ -76,14 +104,15 @@ async def do_get(call: GrpcCall, service: Any) -> None:
         spec.table,
         columns=spec.columns,
         limit=spec.limit,
-        batch_rows=DOGET_BATCH_ROWS,
+        batch_rows=SCAN_ROWS,
         **extra,
     )
     sink = MessageSink()
     try:
         writer = pa.ipc.new_stream(sink, reader.schema)
+        gatherer = Gatherer(reader, limit)
         while True:
-            slices = await trio.to_thread.run_sync(_next_slices, reader, limit)
+            slices = await trio.to_thread.run_sync(gatherer.next)
             if slices is None:
                 break
             for piece in slices:

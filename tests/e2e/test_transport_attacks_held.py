@@ -190,12 +190,13 @@ def _wide_table(server: Server, table: str, rows: int, width: int) -> None:
 def test_doget_readers_with_a_zero_window_cost_bounded_memory(
     server_factory: type[Server], tmp_path: Path
 ) -> None:
-    """Six DoGet streams of a wide table (32 MiB per 32,768 rows) whose client advertises
-    a zero window and never reads: at most 8 MiB buffered each, and released after the
-    stream idle deadline (no window progress)."""
+    """Six DoGet streams of a wide table (1 KiB rows) whose client advertises a zero window
+    and never reads: at most 24 MiB each (the scan's batch of 4,096 rows, its IPC message
+    and FlightData framing of at most flight.max_message_size, DuckDB's scan state; 50 MB
+    each before), and released after the stream idle deadline (no window progress)."""
     server = start_server(server_factory, tmp_path, STREAM_IDLE_CONFIG)
     _wide_table(server, "wide", 40_000, 1024)
-    streams, each = 6, 8 * MiB
+    streams, each = 6, 24 * MiB
     attackers: list[RawH2] = []
 
     def run() -> None:
