@@ -619,7 +619,7 @@ def _truncated(where: str) -> Http:
     return Http(400, "truncated_stream", f"stream truncated {where}")
 
 
-DROPPED = Http(400)  # h11 in the HTTP server: the body ended short of Content-Length
+DROPPED = Http(400, "bad_request", "without sending complete message body")  # h11: body short
 RESET = Grpc(None)
 LONG_NAME = "a" * 10_000
 OVER_REQUEST = f"request body exceeds the limit of {LIMIT_REQUEST} bytes"
