@@ -111,7 +111,7 @@ class RawH2:
                 chunk = self.sock.recv(1 << 16)
             except BlockingIOError:
                 continue
-            except OSError:
+            except (OSError, ValueError):  # ValueError: closed by ``close`` meanwhile
                 chunk = b""
             if not chunk:
                 self.eof = True
