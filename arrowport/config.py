@@ -183,8 +183,8 @@ def _http2(raw: Mapping[str, Any], key: str) -> Http2Settings:
             values[name] = _int(value, where, minimum=1)
         if name in ("flood_window", "max_header_list_size") and not values[name]:
             raise ConfigError(f"{where}: must be positive")
-    if values.get("max_concurrent_streams", 1) > 1000:
-        raise ConfigError(f"{key}.max_concurrent_streams: at most 1000")
+    if values.get("max_concurrent_streams", 1) > 256:
+        raise ConfigError(f"{key}.max_concurrent_streams: at most 256")
     return Http2Settings(**values)
 
 

@@ -353,3 +353,31 @@ def test_routes_refuse_reserved_and_delta_hidden_names() -> None:
         with pytest.raises(InvalidNameError):
             call()
     assert config.route("_x").table == "_x"
+
+
+def test_http2_section_is_parsed_and_bounded() -> None:
+    """``http2`` keys parse (sizes, seconds, counts); out-of-range values name their key, and
+    the largest stream count allowed still makes a valid HTTP/2 session."""
+    from arrowport.protocol.h2session import H2Session
+
+    conf = parse_config(
+        {
+            "http2": {
+                "max_concurrent_streams": 256,
+                "stream_idle_timeout": "5",
+                "max_outbound_control_bytes": "1MiB",
+            }
+        }
+    )
+    assert conf.http2.max_concurrent_streams == 256
+    assert conf.http2.stream_idle_timeout == 5.0
+    assert conf.http2.max_outbound_control_bytes == 1024 * 1024
+    assert H2Session(conf.http2).data_to_send()  # its SETTINGS and connection WINDOW_UPDATE
+    for bad, key in (
+        ({"max_concurrent_streams": 257}, "http2.max_concurrent_streams"),
+        ({"max_concurrent_streams": 0}, "http2.max_concurrent_streams"),
+        ({"flood_window": 0}, "http2.flood_window"),
+        ({"nope": 1}, "http2.nope"),
+    ):
+        with pytest.raises(ConfigError, match=key.replace(".", r"\.")):
+            parse_config({"http2": bad})

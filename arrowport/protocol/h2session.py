@@ -60,6 +60,7 @@ PREFACE = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n"
 KiB = 1024
 MiB = 1024 * KiB
 STREAM_WINDOW = 4 * MiB  # per-stream receive window (SETTINGS_INITIAL_WINDOW_SIZE)
+MAX_WINDOW = 2**31 - 1  # RFC 9113 §6.9.1
 MAX_FRAME_SIZE = 1 * MiB  # largest frame we accept (SETTINGS_MAX_FRAME_SIZE)
 FRAMES_PER_SLICE = 100  # parsing work per call: about a millisecond of h2
 BYTES_PER_SLICE = 1 * MiB  # ... and at most this many bytes (one frame always fits)
@@ -104,8 +105,9 @@ class H2Session:
         self.h2.incoming_buffer = self.frames
         self.h2.initiate_connection()
         # every stream's window plus one more for control calls: stalled streams
-        # never exhaust the connection's (h2's default of 64 KiB would be, by one)
-        window = (s.max_concurrent_streams + 1) * STREAM_WINDOW
+        # never exhaust the connection's (h2's default of 64 KiB would be, by one);
+        # within HTTP/2's largest window (from 511 streams up, stalled ones could)
+        window = min((s.max_concurrent_streams + 1) * STREAM_WINDOW, MAX_WINDOW)
         self.h2.increment_flow_control_window(window - 65_535)
         self.table = StreamTable(s.max_concurrent_streams)
         self.streams = self.table.streams
