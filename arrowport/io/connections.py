@@ -22,6 +22,7 @@ Invariants:
 from __future__ import annotations
 
 import enum
+import ipaddress
 import logging
 import resource
 from collections.abc import Awaitable, Callable
@@ -150,9 +151,28 @@ class ConnectionTracker:
 
 
 def client_address(stream: trio.SocketStream) -> str:
-    """The peer's IP address (the per-client key); "" if the peer is already gone."""
+    """The peer's per-client key (``client_key``); "" if the peer is already gone."""
     try:
         address = stream.socket.getpeername()
     except OSError:
         return ""
-    return str(address[0]) if isinstance(address, tuple) else str(address)
+    return client_key(str(address[0]) if isinstance(address, tuple) else str(address))
+
+
+def client_key(address: str) -> str:
+    """The key one client's connections are counted under.
+
+    IPv4: the address. IPv6: its /64 network, the smallest block a site is
+    given, so one host cannot take a fresh address per connection; an IPv4
+    address mapped into IPv6 (``::ffff:a.b.c.d``, a dual-stack socket) is the
+    IPv4 address. Anything else (a Unix socket path) is kept as it is.
+    """
+    try:
+        ip = ipaddress.ip_address(address.partition("%")[0])
+    except ValueError:
+        return address
+    if isinstance(ip, ipaddress.IPv6Address):
+        if ip.ipv4_mapped is not None:
+            return str(ip.ipv4_mapped)
+        return str(ipaddress.IPv6Network((ip, 64), strict=False))
+    return str(ip)

@@ -23,11 +23,9 @@ Invariants:
 * Inbound flow control: a stream's window reopens only as its handler
   consumes data. The connection window covers every stream's window at once,
   so stalled streams cannot starve the others.
-* Received bytes are read into buffers sized to the traffic (64 KiB, doubled
-  while reads fill them, up to 4 MiB; small again after a small read), and
-  DATA payloads are views of them (no copy). A stream that is not reading
-  pins at most two buffers; its further payloads are copied. A decoder keeps
-  a view only until its next feed.
+* Received bytes go into buffers sized to the traffic (64 KiB up to 4 MiB),
+  DATA payloads are views of them, and a stream that is not reading pins at
+  most two (its further payloads are copied).
 * Each request runs in a cancel scope that is cancelled when the peer resets
   the stream, the stream waits on its client past ``stream_idle_timeout``, or
   the connection is lost: its handler is cancelled (its transaction rolled back).

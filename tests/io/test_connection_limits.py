@@ -183,3 +183,17 @@ def test_effective_limit_keeps_the_headroom() -> None:
     assert effective_limit(4096, 20_000) == 4096
     assert effective_limit(4096, None) == 4096
     assert effective_limit(4096, 10) == 1
+
+
+def test_client_key_groups_ipv6_by_64_and_unmaps_ipv4() -> None:
+    """IPv6 clients count per /64 network, IPv4-mapped addresses as their IPv4 address, and
+    IPv4 addresses as themselves."""
+    from arrowport.io.connections import client_key
+
+    assert (
+        client_key("2001:db8:1:2::1") == client_key("2001:db8:1:2:ffff::9") == "2001:db8:1:2::/64"
+    )
+    assert client_key("2001:db8:1:3::1") != client_key("2001:db8:1:2::1")
+    assert client_key("::ffff:192.0.2.7") == "192.0.2.7" == client_key("192.0.2.7")
+    assert client_key("fe80::1%eth0") == "fe80::/64"
+    assert client_key("") == ""
