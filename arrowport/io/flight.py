@@ -70,6 +70,7 @@ from .health import liveness, readiness
 from .state import ServerState
 from .status import grpc_status
 
+ANSWER_GRACE = 5.0  # seconds to send the answer of a change already made, past its deadline
 log = logging.getLogger("arrowport.flight")
 
 SERVICE = "/arrow.flight.protocol.FlightService/"
@@ -288,6 +289,12 @@ class FlightService:
                 f"unknown action {action.type!r}; available: {', '.join(self._enabled_actions())}",
                 error="unknown_action",
             )
+        if action.type == "table.drop":  # it changes state: its answer must be true
+            body = await self.action_drop(action.body, call)
+            # dropped: say so even if the deadline passed meanwhile (bounded, for a stalled client)
+            with trio.CancelScope(shield=True, deadline=trio.current_time() + ANSWER_GRACE):
+                await call.send_message(Result(body=body).encode())
+            return
         body = await entry[1](action.body)
         await call.send_message(Result(body=body).encode())
 
@@ -300,7 +307,9 @@ class FlightService:
     async def action_streams(self, body: bytes) -> bytes:
         return json.dumps(self.state.streams_report()).encode()
 
-    async def action_drop(self, body: bytes) -> bytes:
+    async def action_drop(self, body: bytes, call: GrpcCall | None = None) -> bytes:
+        """Drop a table. Past the call's deadline nothing is dropped (checked in the thread
+        that drops); a drop that started is answered as done, whatever the time then."""
         if not self.state.config.flight.allow_table_drop:
             raise ArrowportError(
                 "table.drop is disabled on this server; set flight.allow_table_drop: true "
@@ -310,8 +319,18 @@ class FlightService:
         table = action_table(body)
         store = self.store()
         info = await self._thread(store.table_info, table)
+
+        def drop() -> None:
+            if call is not None and call.past_deadline():
+                assert call.timeout is not None
+                raise deadline_exceeded(call.timeout, "nothing was dropped")
+            store.drop_table(info.name)
+
         async with self.state.locks(info.name):
-            await self._thread(store.drop_table, info.name)
+            with trio.CancelScope(shield=True):  # once it runs, the drop is answered
+                await self._thread(drop)
+        if call is not None:
+            call.timeout = None  # done: answered as done, not DEADLINE_EXCEEDED
         log.info("table %s dropped by a Flight table.drop action", info.name)
         return json.dumps({"dropped": info.name}).encode()
 

@@ -60,6 +60,10 @@ class GrpcCall:
         self.deadline = math.inf  # trio's clock
         self.deadline_monotonic = math.inf  # time.monotonic(), for worker threads
 
+    def past_deadline(self) -> bool:
+        """For a worker thread: is the deadline past?"""
+        return time.monotonic() >= self.deadline_monotonic
+
     def set_timeout(self, seconds: float) -> None:
         """Start the call's deadline: ``seconds`` from now."""
         self.timeout = seconds

@@ -452,6 +452,33 @@ def test_table_drop_when_allowed(server_factory: type[Server], tmp_path: Path) -
     assert server.tables() == {"gone", "kept"}
 
 
+def test_table_drop_past_its_deadline_drops_nothing(
+    server_factory: type[Server], tmp_path: Path
+) -> None:
+    """A table.drop whose grpc-timeout passes while it waits for the table (a DoPut holds it)
+    is DEADLINE_EXCEEDED and drops nothing; with time enough it drops and says so."""
+    config = _config(tmp_path, "flight:\n  allow_table_drop: true\n")
+    server = server_factory(tmp_path, config=config).start()
+    client = flight_client(server)
+    put_table(client, "busy", ids(0, 3))
+    writer, reader = client.do_put(fl.FlightDescriptor.for_path("busy"), ids(0, 1).schema)
+    writer.write_table(ids(3, 2))  # the DoPut holds the table's lock until it commits
+    time.sleep(0.3)
+    started = time.monotonic()
+    with pytest.raises(fl.FlightTimedOutError):
+        list(client.do_action(fl.Action("table.drop", b"busy"), fl.FlightCallOptions(timeout=0.5)))
+    assert time.monotonic() - started < 3
+    writer.done_writing()
+    reader.read()
+    writer.close()
+    assert table_counts(client) == {"busy": 5}  # not dropped
+    results = list(
+        client.do_action(fl.Action("table.drop", b"busy"), fl.FlightCallOptions(timeout=10))
+    )
+    assert [json.loads(r.body.to_pybytes()) for r in results] == [{"dropped": "busy"}]
+    assert "busy" not in server.tables()
+
+
 # -- errors --------------------------------------------------------------------------------------
 
 
