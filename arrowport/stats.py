@@ -161,6 +161,17 @@ class Stats:
     def replayed(self, labels: Labels) -> None:
         self.transactions.labels(*_values(labels), "replayed").inc()
 
+    def succeeded(self, labels: Labels, result: Any, seconds: float) -> None:
+        """Count an upload that committed (or replayed) ``result`` (an ``IngestResult``)."""
+        replayed = bool(result.replayed)
+        self.finished(
+            labels,
+            "replayed" if replayed else "ok",
+            seconds=seconds,
+            wire=0 if replayed else result.bytes,
+            decoded=0 if replayed else result.decoded_bytes,
+        )
+
     def finished(
         self,
         labels: Labels,

@@ -134,13 +134,7 @@ async def do_put(call: GrpcCall, service: Any) -> None:
         raise
     finally:
         stats.in_flight -= 1
-    stats.finished(
-        labels,
-        "replayed" if result.replayed else "ok",
-        seconds=time.monotonic() - started,
-        wire=0 if result.replayed else result.bytes,
-        decoded=0 if result.replayed else result.decoded_bytes,
-    )
+    stats.succeeded(labels, result, time.monotonic() - started)
     log.info(
         "DoPut %s -> %s: %d rows, %d batches, %d bytes in %.1f ms",
         route.stream,

@@ -244,13 +244,7 @@ def create_app(state: ServerState) -> QuartTrio:
             raise
         finally:
             state.stats.in_flight -= 1
-        state.stats.finished(
-            labels,
-            "replayed" if result.replayed else "ok",
-            seconds=time.monotonic() - started,
-            wire=0 if result.replayed else result.bytes,
-            decoded=0 if result.replayed else result.decoded_bytes,
-        )
+        state.stats.succeeded(labels, result, time.monotonic() - started)
         log.info(
             "ingest %s -> %s (%s): %d rows, %d batches, %d bytes in %.1f ms%s",
             stream,
