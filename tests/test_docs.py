@@ -10,12 +10,10 @@ DOC = Path(__file__).resolve().parents[1] / "docs" / "configuration.md"
 
 
 def _all_keys() -> set[str]:
-    keys = set(cfg._TOP_KEYS) | cfg._STREAM_KEYS | cfg._DELTA_OPTION_KEYS | cfg._DELTA_CONFIG_KEYS
+    keys = set(cfg._TOP_KEYS).union(*cfg.SECTION_KEYS)
     keys |= set(cfg.Limits.__dataclass_fields__) | set(cfg.DuckDBSettings.__dataclass_fields__)
     keys |= set(cfg.FlightSettings.__dataclass_fields__)
     keys |= set(cfg.Http2Settings.__dataclass_fields__)
-    keys |= cfg._AUTH_KEYS | cfg._TOKEN_KEYS | cfg._TLS_KEYS | cfg._IDEMPOTENCY_KEYS
-    keys |= cfg._METRICS_KEYS | cfg._DUCKLAKE_KEYS
     keys |= set(cfg.ENV_OVERRIDES) | {cfg.ENV_CONFIG_PATH, cfg.ENV_TOKEN}
     return keys
 
