@@ -21,6 +21,8 @@ RATE_WINDOW = 60.0  # seconds: arrowport_rows_per_second averages over this
 RESULTS = ("ok", "replayed", "refused", "error", "disconnected")
 DURATION_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 300, 900)
 RATIO_BUCKETS = (1, 1.25, 1.5, 2, 3, 4, 6, 8, 12, 16, 32, 64)
+GROUP_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128, 256, 512, 1024)
+COMMIT_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 10)
 
 
 UNKNOWN = "_unknown"  # the stream label of failed uploads to streams nothing has established
@@ -125,7 +127,25 @@ class Stats:
             registry=r,
         )
 
+        self.group_requests = prom.Histogram(
+            "arrowport_group_commit_requests",
+            "Requests per group commit (small requests to one table committed together).",
+            buckets=GROUP_BUCKETS,
+            registry=r,
+        )
+        self.group_seconds = prom.Histogram(
+            "arrowport_group_commit_seconds",
+            "Time a group commit took in storage (all its inserts and the commit).",
+            buckets=COMMIT_BUCKETS,
+            registry=r,
+        )
+
     # -- events ---------------------------------------------------------------
+
+    def group_committed(self, group: Any) -> None:
+        """One group commit (``io/group_commit.GroupCommitted``) ended."""
+        self.group_requests.observe(group.requests)
+        self.group_seconds.observe(group.seconds)
 
     def committed(
         self, labels: Labels, *, rows: int, batches: int, wire: int, decoded: int

@@ -14,6 +14,7 @@ def _all_keys() -> set[str]:
     keys |= set(cfg.Limits.__dataclass_fields__) | set(cfg.DuckDBSettings.__dataclass_fields__)
     keys |= set(cfg.FlightSettings.__dataclass_fields__)
     keys |= set(cfg.Http2Settings.__dataclass_fields__)
+    keys |= set(cfg.GroupCommitSettings.__dataclass_fields__)
     keys |= set(cfg.ENV_OVERRIDES) | {cfg.ENV_CONFIG_PATH, cfg.ENV_TOKEN}
     return keys
 

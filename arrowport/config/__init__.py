@@ -66,7 +66,15 @@ from .streams import (
     _compression,
     _stream,
 )
-from .transport import FlightSettings, Http2Settings, Limits, _http2, _limits
+from .transport import (
+    FlightSettings,
+    GroupCommitSettings,
+    Http2Settings,
+    Limits,
+    _group_commit,
+    _http2,
+    _limits,
+)
 from .values import (
     ConfigError,
     _bool,
@@ -106,6 +114,7 @@ __all__ = [
     "DuckDBSettings",
     "DuckLakeConfig",
     "FlightSettings",
+    "GroupCommitSettings",
     "Http2Settings",
     "IdempotencySettings",
     "Limits",
@@ -155,6 +164,7 @@ class Config:
     limits: Limits = field(default_factory=Limits)
     flight: FlightSettings = field(default_factory=FlightSettings)
     http2: Http2Settings = field(default_factory=Http2Settings)
+    group_commit: GroupCommitSettings = field(default_factory=GroupCommitSettings)
     auth: AuthSettings = field(default_factory=AuthSettings)
     tls: TlsSettings = field(default_factory=TlsSettings)
     idempotency: IdempotencySettings = field(default_factory=IdempotencySettings)
@@ -236,6 +246,7 @@ _TOP_KEYS = set(_PARSERS) | {
     "limits",
     "flight",
     "http2",
+    "group_commit",
     "auth",
     "tls",
     "idempotency",
@@ -313,6 +324,9 @@ def parse_config(
         max_message_size=message_size,
     )
     values["http2"] = _http2(_mapping(raw.get("http2"), "http2"), "http2")
+    values["group_commit"] = _group_commit(
+        _mapping(raw.get("group_commit"), "group_commit"), "group_commit"
+    )
     values["auth"] = _auth(_mapping(raw.get("auth"), "auth"), "auth", env_token)
     values["tls"] = _tls(_mapping(raw.get("tls"), "tls"), "tls")
     idem = _mapping(raw.get("idempotency"), "idempotency")

@@ -141,3 +141,43 @@ def _limits(raw: Mapping[str, Any], key: str) -> Limits:
             if values[name] <= 0:
                 raise ConfigError(f"{where}: must be positive")
     return Limits(**{**{n: getattr(defaults, n) for n in allowed}, **values})
+
+
+@dataclass(frozen=True, slots=True)
+class GroupCommitSettings:
+    """``group_commit``: small concurrent requests to one table share one commit."""
+
+    enabled: bool = True
+    # a request-mode upload whose decoded batches total at most this is held in memory
+    # until its stream ends and committed with the others waiting for its table; a
+    # larger one streams into a transaction of its own, as before
+    max_request_bytes: int = 1024**2
+    # how long a group waits for more requests once its table is free; 0: requests
+    # that arrive while a commit runs form the next group (a lone producer never waits)
+    max_wait: float = 0.0
+    max_group_rows: int = 1_000_000  # a group is closed at any of these three bounds
+    max_group_bytes: int = 64 * 1024**2
+    max_group_requests: int = 1024
+
+
+_GROUP_SIZES = {"max_request_bytes", "max_group_bytes"}
+
+
+def _group_commit(raw: Mapping[str, Any], key: str) -> GroupCommitSettings:
+    _check_keys(raw, set(GroupCommitSettings.__dataclass_fields__), f"{key}.")
+    values: dict[str, Any] = {}
+    for name, value in raw.items():
+        where = f"{key}.{name}"
+        if name == "enabled":
+            values[name] = _bool(value, where)
+        elif name == "max_wait":
+            values[name] = _float(value, where)
+            if values[name] > 1.0:
+                raise ConfigError(f"{where}: at most 1 second, got {values[name]:g}")
+        elif name in _GROUP_SIZES:
+            values[name] = parse_size(value, where)
+            if values[name] <= 0:
+                raise ConfigError(f"{where}: must be positive")
+        else:
+            values[name] = _int(value, where, minimum=1)
+    return GroupCommitSettings(**values)

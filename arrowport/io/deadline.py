@@ -31,6 +31,18 @@ class DeadlineStore:
     def __getattr__(self, name: str) -> Any:
         return getattr(self._store, name)
 
+    @property
+    def inner(self) -> Any:
+        """The store itself (a group commit is made on it, checking each part's deadline)."""
+        return self._store
+
+    def check_deadline(self) -> None:
+        """Raise DEADLINE_EXCEEDED once the deadline has passed (before a group commit)."""
+        if time.monotonic() >= self._deadline:
+            raise deadline_exceeded(
+                self._timeout, "the request was abandoned before its commit; nothing was committed"
+            )
+
     def open_write(self, *args: Any, **kwargs: Any) -> DeadlineWrite:
         write = self._store.open_write(*args, **kwargs)
         batch = kwargs.get("commit") == "batch"

@@ -118,6 +118,8 @@ async def do_put(call: GrpcCall, service: Any) -> None:
             idempotency_key=key,
             key_from_metadata=metadata_idempotency_key if key is None else None,
             budget=service.state.budget,
+            groups=service.state.groups,
+            group_settings=config.group_commit,
             protocol="flight",
         )
     except ArrowportError as exc:

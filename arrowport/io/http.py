@@ -207,6 +207,8 @@ def create_app(state: ServerState) -> QuartTrio:
                 limiter=state.write_limiter,
                 idempotency_key=key,
                 budget=state.budget,
+                groups=state.groups,
+                group_settings=config.group_commit,
                 protocol="http",
             )
         except ArrowportError as exc:

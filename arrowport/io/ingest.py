@@ -34,7 +34,7 @@ from typing import Any, Protocol
 import pyarrow as pa
 import trio
 
-from ..config import Limits, Route
+from ..config import GroupCommitSettings, Limits, Route
 from ..protocol import (
     NEED_DATA,
     ArrowportError,
@@ -55,8 +55,10 @@ from ..protocol.flight import MetadataReceived
 from ..protocol.messages import validate_batch
 from ..stats import Labels, Stats
 from ..storage import IngestAborted, WriteResult
+from ..storage.port import Part, Store, Write
 from .body import with_eof
 from .budget import Hold, MemoryBudget, MessageCosts
+from .group_commit import GroupCommitter
 from .ingest_results import (
     Commit,
     IngestResult,
@@ -77,6 +79,7 @@ __all__ = [
     "Progress",
     "Store",
     "TableLocks",
+    "Write",
     "ingest",
     "missing_eos_error",
     "refusal_reason",
@@ -86,18 +89,6 @@ __all__ = [
 
 _END = object()
 _FLUSH = object()  # write the batches held so far (the memory budget is short)
-
-
-class Write(Protocol):
-    rows: int
-    batches: int
-    version: int | None  # Delta: the version the last commit made; None for DuckDB
-    replayed: bool  # the key is already committed: nothing is written
-
-    def group_full(self, rows: int, size: int, count: int) -> bool: ...
-    def insert(self, group: list[pa.RecordBatch]) -> None: ...
-    def finish(self) -> WriteResult: ...
-    def rollback(self) -> None: ...
 
 
 class Decoder(Protocol):
@@ -113,20 +104,6 @@ class Decoder(Protocol):
     def next_event(self) -> Event | _NeedData: ...
     @property
     def trailing_data(self) -> tuple[bytes, bool]: ...
-
-
-class Store(Protocol):
-    backend: str
-
-    def open_write(
-        self,
-        table: str,
-        schema: pa.Schema,
-        *,
-        commit: str = ...,
-        options: Any = ...,
-        idempotency_key: str | None = ...,
-    ) -> Write: ...
 
 
 async def ingest(
@@ -145,6 +122,8 @@ async def ingest(
     key_from_metadata: Callable[[bytes | None], str | None] | None = None,
     budget: MemoryBudget | None = None,
     protocol: str = "http",
+    groups: GroupCommitter | None = None,
+    group_settings: GroupCommitSettings | None = None,
 ) -> IngestResult:
     """Stream ``chunks`` into ``route.table``; return after commit.
 
@@ -156,6 +135,12 @@ async def ingest(
     original one, flagged ``replayed``. With ``key_from_metadata`` (Flight,
     when the descriptor has no key), the writer starts with the event after
     the schema, whose app_metadata may name the key.
+
+    With ``groups``, a request-mode stream is held in memory while it is small
+    (``group_settings.max_request_bytes`` of decoded batches): if it ends that
+    small, it is committed in a group with the other small requests waiting for
+    its table (``group_commit.py``); once larger, its writer takes the table and
+    the held batches, and it streams as any other.
     """
     started = trio.current_time()
     labels = Labels.of(route, protocol)  # for the metrics
@@ -170,10 +155,26 @@ async def ingest(
     send, receive = trio.open_memory_channel[Any](limits.queue_depth)
     results: list[WriteResult] = []
     hold = Hold(budget)  # this request's share of the in-flight memory budget
-    costs = MessageCosts(hold, lambda: send.send(_FLUSH))
+
+    async def flush() -> None:  # the budget is short: write what this request holds
+        if held_schema is not None:
+            await stream_held()  # a held request streams instead (its writer writes it)
+        else:
+            await send.send(_FLUSH)
+
+    costs = MessageCosts(hold, flush)
     key_known = trio.Event()  # key_from_metadata: the writer opens once the key is known
     metadata: list[bytes] = []  # request mode: the client's app_metadata, for the one ack
     max_request = limits.max_request_size or math.inf
+    grouping = (
+        groups is not None
+        and group_settings is not None
+        and group_settings.enabled
+        and route.commit == "request"
+    )
+    held: list[BatchReceived | MetadataReceived] = []  # a small request's stream, held
+    held_bytes = 0
+    held_schema: pa.Schema | None = None
 
     async def committed(
         group: list[BatchReceived],
@@ -249,8 +250,20 @@ async def ingest(
                     validate_batch(received.batch)
                 return received
 
+            async def stream_held() -> None:
+                """The held request grew too large for a group (or the memory budget is
+                short): its writer takes the table and what is held, and it streams."""
+                nonlocal writing, held_schema
+                assert held_schema is not None
+                schema, held_schema = held_schema, None
+                await nursery.start(writer, schema)  # takes the table's lock
+                writing = True
+                for item in held:
+                    await send.send(item)
+                held.clear()
+
             async def drain() -> None:
-                nonlocal ended, writing, awaiting_key, idempotency_key
+                nonlocal ended, writing, awaiting_key, idempotency_key, held_schema, held_bytes
                 while True:
                     event = decoder.next_event()
                     if event is NEED_DATA:
@@ -269,11 +282,29 @@ async def ingest(
                             assert key_from_metadata is not None
                             idempotency_key = key_from_metadata(event.app_metadata)
                         key_known.set()
-                        awaiting_key, writing = False, True
-                    if isinstance(event, SchemaReceived):
+                        awaiting_key, writing = False, held_schema is None
+                    if isinstance(event, SchemaReceived) and grouping:
+                        held_schema = event.schema  # the table is taken only if it grows
+                        awaiting_key = key_from_metadata is not None
+                    elif isinstance(event, SchemaReceived):
                         await nursery.start(writer, event.schema)  # takes the table's lock
                         writing = key_from_metadata is None
                         awaiting_key = not writing
+                    elif held_schema is not None and isinstance(
+                        event, BatchReceived | MetadataReceived
+                    ):
+                        if isinstance(event, BatchReceived):
+                            if not announced:  # decoded before ``announce`` was set
+                                if not event.validated:
+                                    await trio.to_thread.run_sync(validate_batch, event.batch)
+                                await costs.take(event.decoded_bytes)
+                                costs.current = 0
+                                hold.queue(event.decoded_bytes)
+                            held_bytes += event.decoded_bytes
+                        held.append(event)
+                        assert group_settings is not None
+                        if held_bytes > group_settings.max_request_bytes:
+                            await stream_held()
                     elif isinstance(event, BatchReceived):
                         if not announced:  # decoded before ``announce`` was set
                             if not event.validated:
@@ -314,11 +345,18 @@ async def ingest(
                             continue
                         decoder.receive_data(chunk)
                         await drain()
-                    await send.send(_END)
+                    if held_schema is None:
+                        await send.send(_END)
             except ArrowportError as exc:
                 if route.commit != "batch" or not writing:
                     raise
                 failure = exc  # the channel is closed: the writer commits what it holds, then stops
+        if held_schema is not None:  # ended small: commit it with the others waiting
+            assert groups is not None and group_settings is not None
+            await trio.lowlevel.checkpoint_if_cancelled()  # hung up: nothing is written
+            part = _held_part(held_schema, held, idempotency_key, route, store, metadata)
+            base = getattr(store, "inner", store)  # a DeadlineStore's own store
+            results.append(await groups.commit(base, route.table, part, held_bytes, group_settings))
     except BaseExceptionGroup as group:
         raise _primary(group) from None
     finally:
@@ -419,3 +457,22 @@ async def _write_groups(
 
 def _size(event: BatchReceived) -> int:
     return event.decoded_bytes  # what the request took of the budget for it
+
+
+def _held_part(
+    schema: pa.Schema,
+    held: list[BatchReceived | MetadataReceived],
+    key: str | None,
+    route: Route,
+    store: Any,
+    metadata: list[bytes],
+) -> Part:
+    """A held request as a group's part; its app_metadata, in order, into ``metadata``."""
+    batches = []
+    for item in held:
+        if isinstance(item, BatchReceived):
+            batches.append(item.batch)
+        if item.app_metadata is not None:
+            metadata.append(item.app_metadata)
+    deadline = getattr(store, "check_deadline", None)
+    return Part(schema, tuple(batches), key, route.delta, deadline)

@@ -12,6 +12,7 @@ from ..errors import ArrowportError
 from ..stats import Stats
 from ..storage import DeltaStore, DuckLakeStore
 from .budget import MemoryBudget
+from .group_commit import GroupCommitter
 from .ingest import Store, TableLocks
 
 DEFAULT_WRITERS = 64
@@ -32,9 +33,11 @@ class ServerState:
     # set when shutdown begins: HTTP/1.1 answers then say "Connection: close", so a
     # proxy does not send another request on a connection that is about to close
     draining: bool = False
+    groups: GroupCommitter = field(init=False)
 
     def __post_init__(self) -> None:
         self.budget.limit = self.config.limits.max_inflight_bytes
+        self.groups = GroupCommitter(self.locks, self.write_limiter, self.stats.group_committed)
 
     def admit(self, config: Config) -> None:
         """Refuse a new upload (429 / RESOURCE_EXHAUSTED) when the server is full.

@@ -240,6 +240,10 @@ class DuckDBStore:
         """(Test hook, ARROWPORT_TEST_HOOKS=1 only; see ``recovery.invalidate_for_test``.)"""
         return invalidate_for_test(self, hold_seconds)
 
+    def before_keyed_write(self) -> None:
+        """Before a transaction that records idempotency keys (DuckLake makes sure
+        today's ledger table exists, in a snapshot of its own)."""
+
     def create_shared_table(
         self, cur: duckdb.DuckDBPyConnection, table: str, schema: pa.Schema
     ) -> bool:
@@ -436,6 +440,27 @@ class DuckDBStore:
         key TTL gives a ``ReplayWrite``: it reads nothing into the table and
         answers the original result.
         """
+        types = self.check_stream(schema, commit, idempotency_key)
+        generation = self.gate.generation
+        cur = self._new_cursor()
+        write = TableWrite(self, cur, table, types.target, commit, key=idempotency_key, plan=types)
+        write.generation = generation
+        try:
+            write.start()
+        except BaseException:
+            write.rollback()
+            raise
+        if write.replay is not None:  # the key, found at the start of the transaction
+            write.abandon()
+            self.replays += 1
+            return ReplayWrite(table, *write.replay)
+        return write
+
+    def check_stream(
+        self, schema: pa.Schema, commit: str = "request", idempotency_key: str | None = None
+    ) -> typemap.TypePlan:
+        """What needs no transaction: the key, the column names, and the stored types
+        (the plan that converts the stream's columns to them)."""
         if idempotency_key is not None:
             validate_idempotency_key(idempotency_key)
             if commit != "request":
@@ -458,20 +483,7 @@ class DuckDBStore:
         except ArrowportError:
             self.schema_mismatches += 1
             raise
-        generation = self.gate.generation
-        cur = self._new_cursor()
-        write = TableWrite(self, cur, table, types.target, commit, key=idempotency_key, plan=types)
-        write.generation = generation
-        try:
-            write.start()
-        except BaseException:
-            write.rollback()
-            raise
-        if write.replay is not None:  # the key, found at the start of the transaction
-            write.abandon()
-            self.replays += 1
-            return ReplayWrite(table, *write.replay)
-        return write
+        return types
 
     def write(
         self,
@@ -572,6 +584,16 @@ class DuckDBStore:
             cur.execute(f"INSERT INTO {quote_identifier(table)} BY NAME SELECT * FROM {name}")
         finally:
             cur.unregister(name)
+
+    def check_rows(
+        self,
+        cur: duckdb.DuckDBPyConnection,
+        table: str,
+        schema: pa.Schema,
+        batches: list[pa.RecordBatch],
+    ) -> None:
+        """Refuse rows the INSERT would fail on, where a failed INSERT costs more than the
+        check (DuckLake); DuckDB's own INSERT refuses them cleanly."""
 
     def translate(self, exc: BaseException) -> BaseException:
         """Map a DuckDB exception to the error a client is shown (the answer shows one

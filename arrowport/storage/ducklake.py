@@ -299,10 +299,13 @@ class DuckLakeStore(DuckDBStore):
                     cur.execute(f"DROP TABLE IF EXISTS {quote_identifier(name)}")
 
     def open_write(self, table: str, schema: pa.Schema, **kwargs: Any) -> Any:
+        if kwargs.get("idempotency_key") is not None:
+            self.before_keyed_write()
+        return super().open_write(table, schema, **kwargs)
+
+    def before_keyed_write(self) -> None:
         try:
-            if kwargs.get("idempotency_key") is not None:
-                self._ensure_ledger_day()  # before the data transaction: see _ensure_ledger_day
-            return super().open_write(table, schema, **kwargs)
+            self._ensure_ledger_day()  # before the data transaction: see _ensure_ledger_day
         except duckdb.Error as exc:  # preparing today's ledger table, outside a TableWrite
             raise self.translate(exc) from None
 
@@ -362,6 +365,16 @@ class DuckLakeStore(DuckDBStore):
         schema: pa.Schema,
         batches: list[pa.RecordBatch],
     ) -> None:
+        self.check_rows(cur, table, schema, batches)
+        super()._insert(cur, table, schema, batches)
+
+    def check_rows(
+        self,
+        cur: duckdb.DuckDBPyConnection,
+        table: str,
+        schema: pa.Schema,
+        batches: list[pa.RecordBatch],
+    ) -> None:
         """Refuse nulls in NOT NULL columns before inserting: DuckLake 1.5.5 leaves the
         data file of an INSERT that fails a constraint behind (unreferenced)."""
         existing = self.table_columns(cur, table) or []
@@ -380,7 +393,6 @@ class DuckLakeStore(DuckDBStore):
                 f"DuckDB refused the rows: NOT NULL constraint failed: the stream has no "
                 f"column {', '.join(sorted(missing))} of table {table!r}"
             )
-        super()._insert(cur, table, schema, batches)
 
     def enter_create(self, cur: duckdb.DuckDBPyConnection, table: str) -> bool:
         if self.table_columns(cur, table) is not None:
