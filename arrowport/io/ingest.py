@@ -1,21 +1,28 @@
-"""The ingest pipeline: body chunks -> IPC decoder -> bounded queue -> writer.
+"""The ingest pipeline: body chunks -> decoder -> (held, or queued to a writer) -> commit.
+
+One upload is an ``IngestRequest``: its ``Phase`` says where its stream is,
+``_on_event`` moves it on for each decoder event (as h11's ``next_event``
+drives a connection), and ``run`` returns its result once committed.
 
 Invariants:
 
-* The request's task reads each message and decodes and fully validates
-  each batch in one worker thread hop (decoders run with ``validate=False``
-  and ``announce=True``, so that decompression and validation leave the event
-  loop), and queues it in a bounded memory channel; a writer task takes
-  batches in groups and runs each group's INSERT in a thread of its own. Only
-  validated batches are queued, so nothing is stored unvalidated, and
-  validation overlaps writing.
-  Decoding overlaps inserting, memory is bounded by the in-flight budget
-  (``budget.py``: bodies from before they are allocated, batches from before
-  they are decompressed), and no thread ever waits on the network: a slow
-  client holds no thread.
-* Writes to one table are ordered: a request holds its table's lock from its
-  schema until its commit or rollback. It takes the lock before it takes
-  any memory budget, so it never waits for a lock holding budget.
+* The request's task reads each message and decodes and fully validates each
+  batch in one worker thread hop (decoders run with ``validate=False`` and
+  ``announce=True``, so that decompression and validation leave the event
+  loop). Only validated batches are held or queued, so nothing is stored
+  unvalidated. Memory is bounded by the in-flight budget (``budget.py``:
+  bodies from before they are allocated, batches from before they are
+  decompressed), and no thread ever waits on the network.
+* A request-mode upload starts ``HOLDING``: its batches are kept while they
+  total at most ``group_commit.max_request_bytes``. If its stream ends that
+  small, it is committed with the other small requests waiting for its table
+  (``group_commit.py``), so it never holds its table while its client sends.
+  Once larger (or when the memory budget is short), it goes ``STREAMING``:
+  its writer (``ingest_writer.py``) takes the table's lock and the held
+  batches, and inserts the rest as they are decoded. Batch mode, and request
+  mode with group commit off, stream from the schema on; such a request holds
+  its table from its schema until its commit or rollback, and takes the lock
+  before it takes any memory budget.
 * Request mode commits only after the decoder reported a clean end of stream
   and the body ended, and only if the request is not cancelled by then (a
   client that hung up gets a rollback). Anything else (protocol error,
@@ -27,34 +34,24 @@ Invariants:
 
 from __future__ import annotations
 
+import enum
 import math
 from collections.abc import AsyncIterator, Callable
-from typing import Any, Protocol
+from dataclasses import dataclass, field
+from typing import Protocol
 
 import pyarrow as pa
 import trio
 
 from ..config import GroupCommitSettings, Limits, Route
-from ..protocol import (
-    NEED_DATA,
-    ArrowportError,
-    BatchReceived,
-    IPCStreamDecoder,
-    SchemaReceived,
-    StreamEnded,
-)
+from ..protocol import NEED_DATA, ArrowportError, BatchReceived, IPCStreamDecoder, SchemaReceived
+from ..protocol import StreamEnded as StreamEnded
 from ..protocol.errors import GrpcStatus, ProtocolError
-from ..protocol.events import (
-    BatchAnnounced,
-    BodyAnnounced,
-    DictionaryReceived,
-    Event,
-    _NeedData,
-)
+from ..protocol.events import BatchAnnounced, BodyAnnounced, DictionaryReceived, Event, _NeedData
 from ..protocol.flight import MetadataReceived
 from ..protocol.messages import validate_batch
 from ..stats import Labels, Stats
-from ..storage import IngestAborted, WriteResult
+from ..storage import WriteResult
 from ..storage.port import Part, Store, Write
 from .body import with_eof
 from .budget import Hold, MemoryBudget, MessageCosts
@@ -71,11 +68,15 @@ from .ingest_results import (
     result_of,
     trailing_data_error,
 )
+from .ingest_writer import END, FLUSH, StreamWriter
 
 __all__ = [
     "Commit",
+    "IngestRequest",
     "IngestResult",
     "OnCommit",
+    "Phase",
+    "Pipeline",
     "Progress",
     "Store",
     "TableLocks",
@@ -86,9 +87,6 @@ __all__ = [
     "result_of",
     "trailing_data_error",
 ]
-
-_END = object()
-_FLUSH = object()  # write the batches held so far (the memory budget is short)
 
 
 class Decoder(Protocol):
@@ -106,373 +104,357 @@ class Decoder(Protocol):
     def trailing_data(self) -> tuple[bytes, bool]: ...
 
 
+@dataclass(frozen=True, slots=True)
+class Pipeline:
+    """What every upload to one server shares."""
+
+    locks: TableLocks = field(default_factory=TableLocks)
+    stats: Stats = field(default_factory=Stats)
+    limiter: trio.CapacityLimiter | None = None  # the writers' worker threads
+    budget: MemoryBudget | None = None  # in-flight memory
+    groups: GroupCommitter | None = None  # None: no group commit
+
+
+class Phase(enum.Enum):
+    SCHEMA = "schema"  # no schema yet
+    HOLDING = "holding"  # small so far: held whole, for a group commit
+    STREAMING = "streaming"  # the writer has the table; batches are queued to it
+    HELD = "held"  # the stream ended cleanly while held: it joins a group commit
+    ENDED = "ended"  # the stream ended cleanly while streaming: the writer commits
+
+
 async def ingest(
     chunks: AsyncIterator[bytes | memoryview],
     *,
     route: Route,
     store: Store,
     limits: Limits,
-    locks: TableLocks,
-    stats: Stats,
+    pipeline: Pipeline,
     progress: Progress | None = None,
-    limiter: trio.CapacityLimiter | None = None,
     decoder: Decoder | None = None,
     on_commit: OnCommit | None = None,
     idempotency_key: str | None = None,
     key_from_metadata: Callable[[bytes | None], str | None] | None = None,
-    budget: MemoryBudget | None = None,
     protocol: str = "http",
-    groups: GroupCommitter | None = None,
     group_settings: GroupCommitSettings | None = None,
 ) -> IngestResult:
-    """Stream ``chunks`` into ``route.table``; return after commit.
+    """Stream ``chunks`` into ``route.table``; return after commit (``IngestRequest``)."""
+    request = IngestRequest(
+        route=route,
+        store=store,
+        limits=limits,
+        pipeline=pipeline,
+        progress=progress,
+        decoder=decoder,
+        on_commit=on_commit,
+        idempotency_key=idempotency_key,
+        key_from_metadata=key_from_metadata,
+        protocol=protocol,
+        group_settings=group_settings,
+    )
+    return await request.run(chunks)
+
+
+class IngestRequest:
+    """One upload into ``route.table``.
 
     ``chunks`` is an Arrow IPC stream unless ``decoder`` says otherwise (Flight
     passes a ``FlightDataDecoder`` that may already hold decoded events).
     ``on_commit`` is awaited after each commit, before the next one starts.
     With an ``idempotency_key`` already committed to the table, the body is
-    read and validated but nothing is written, and the result is the
-    original one, flagged ``replayed``. With ``key_from_metadata`` (Flight,
-    when the descriptor has no key), the writer starts with the event after
-    the schema, whose app_metadata may name the key.
-
-    With ``groups``, a request-mode stream is held in memory while it is small
-    (``group_settings.max_request_bytes`` of decoded batches): if it ends that
-    small, it is committed in a group with the other small requests waiting for
-    its table (``group_commit.py``); once larger, its writer takes the table and
-    the held batches, and it streams as any other.
+    read and validated but nothing is written, and the result is the original
+    one, flagged ``replayed``. With ``key_from_metadata`` (Flight, when the
+    descriptor has no key), the key is taken from the app_metadata of the event
+    after the schema.
     """
-    started = trio.current_time()
-    labels = Labels.of(route, protocol)  # for the metrics
-    progress = progress if progress is not None else Progress()
-    if decoder is None:
-        decoder = IPCStreamDecoder(**limits.decoder_kwargs(), validate=False)
-    assert decoder is not None
-    decoder.announce = True  # bodies and batches are announced before they cost memory
-    # An HTTP body may end cleanly on a message boundary because its producer died (a pipe
-    # into curl): only the end-of-stream marker tells a complete stream. Flight has none.
-    require_eos = limits.require_eos_marker and isinstance(decoder, IPCStreamDecoder)
-    send, receive = trio.open_memory_channel[Any](limits.queue_depth)
-    results: list[WriteResult] = []
-    hold = Hold(budget)  # this request's share of the in-flight memory budget
 
-    async def flush() -> None:  # the budget is short: write what this request holds
-        if held_schema is not None:
-            await stream_held()  # a held request streams instead (its writer writes it)
+    def __init__(
+        self,
+        *,
+        route: Route,
+        store: Store,
+        limits: Limits,
+        pipeline: Pipeline,
+        progress: Progress | None = None,
+        decoder: Decoder | None = None,
+        on_commit: OnCommit | None = None,
+        idempotency_key: str | None = None,
+        key_from_metadata: Callable[[bytes | None], str | None] | None = None,
+        protocol: str = "http",
+        group_settings: GroupCommitSettings | None = None,
+    ) -> None:
+        self.route, self.store, self.limits, self.pipeline = route, store, limits, pipeline
+        self.labels = Labels.of(route, protocol)  # for the metrics
+        self.progress = progress if progress is not None else Progress()
+        if decoder is None:
+            decoder = IPCStreamDecoder(**limits.decoder_kwargs(), validate=False)
+        decoder.announce = True  # bodies and batches are announced before they cost memory
+        self.decoder: Decoder = decoder
+        # An HTTP body may end cleanly on a message boundary because its producer died (a
+        # pipe into curl): only the end-of-stream marker tells a complete stream. Flight
+        # has none.
+        self.require_eos = limits.require_eos_marker and isinstance(decoder, IPCStreamDecoder)
+        self.on_commit = on_commit
+        self.key = idempotency_key
+        self.key_from_metadata = key_from_metadata
+        self.awaiting_key = False  # the key comes with the event after the schema
+        self.group_settings = group_settings
+        self.grouping = (
+            pipeline.groups is not None
+            and group_settings is not None
+            and group_settings.enabled
+            and route.commit == "request"
+        )
+        self.phase = Phase.SCHEMA
+        self.schema: pa.Schema | None = None
+        self.held: list[BatchReceived | MetadataReceived] = []  # HOLDING: the stream so far
+        self.held_bytes = 0
+        self.hold = Hold(pipeline.budget)  # this request's share of the in-flight budget
+        self.costs = MessageCosts(self.hold, self._flush)
+        self.writer = StreamWriter(
+            route,
+            store,
+            pipeline.stats,
+            self.labels,
+            self.hold,
+            pipeline.limiter,
+            self._committed,
+            limits.queue_depth,
+        )
+        self.result: WriteResult | None = None
+        self._nursery: trio.Nursery | None = None
+
+    # -- the request ----------------------------------------------------------------------
+
+    async def run(self, chunks: AsyncIterator[bytes | memoryview]) -> IngestResult:
+        started = trio.current_time()
+        failure: ArrowportError | None = None
+        try:
+            async with trio.open_nursery() as nursery:
+                self._nursery = nursery
+                try:
+                    with self.writer.send:
+                        await self._feed(chunks)
+                except ArrowportError as exc:
+                    writing = self.phase is Phase.STREAMING and not self.awaiting_key
+                    if self.route.commit != "batch" or not writing:
+                        raise
+                    # the channel is closed: the writer commits what it holds, then stops
+                    failure = exc
+            if self.phase is Phase.HELD:
+                await self._commit_held()
+        except BaseExceptionGroup as group:
+            raise _primary(group) from None
+        finally:
+            self.hold.release_all()  # what the writer did not get to (a failed request)
+        if failure is not None:
+            raise failure
+        return await self._finished(started)
+
+    async def _feed(self, chunks: AsyncIterator[bytes | memoryview]) -> None:
+        """Read the body into the decoder and act on its events."""
+        max_request = self.limits.max_request_size or math.inf
+        received = 0
+        await self._drain()  # what the caller's decoder already holds
+        async for chunk in with_eof(chunks, self.limits, self.route.commit):
+            received += len(chunk)
+            if received > max_request:
+                raise ProtocolError(
+                    f"request body exceeds the limit of {self.limits.max_request_size} bytes",
+                    error="limit_exceeded",
+                    http_status=413,
+                    grpc_status=GrpcStatus.RESOURCE_EXHAUSTED,
+                )
+            if self.phase is Phase.ENDED or self.phase is Phase.HELD:
+                if chunk:
+                    raise trailing_data_error()
+                continue
+            self.decoder.receive_data(chunk)
+            await self._drain()
+        if self.phase is not Phase.HELD:
+            await self.writer.send.send(END)  # the writer commits
+
+    async def _drain(self) -> None:
+        while (event := self.decoder.next_event()) is not NEED_DATA:
+            await self._on_event(event)  # type: ignore[arg-type]
+
+    # -- events -----------------------------------------------------------------------------
+
+    async def _on_event(self, event: Event) -> None:
+        if isinstance(event, BodyAnnounced):
+            await self.costs.body(event.nbytes)
+            return
+        if isinstance(event, DictionaryReceived):
+            await self.costs.dictionary(event)
+            return
+        if isinstance(event, BatchAnnounced):  # one thread hop per batch
+            event = await self.costs.batch(event, lambda: trio.to_thread.run_sync(self._decode))
+        elif isinstance(event, BatchReceived):  # decoded before ``announce`` was set
+            if not event.validated:
+                await trio.to_thread.run_sync(validate_batch, event.batch)
+            await self.costs.take(event.decoded_bytes)
+            self.costs.current = 0
+            self.hold.queue(event.decoded_bytes)
+        if self.awaiting_key:  # the event after the schema names the key
+            self._take_key(event)
+        if isinstance(event, SchemaReceived):
+            await self._on_schema(event.schema)
+        elif isinstance(event, BatchReceived | MetadataReceived):
+            await self._on_data(event)
+        elif isinstance(event, StreamEnded):
+            self._on_end(event)
+
+    def _decode(self) -> BatchReceived:  # in a worker thread: decompress, validate
+        received = self.decoder.decode_announced()
+        if not received.validated:
+            validate_batch(received.batch)
+        return received
+
+    def _take_key(self, event: Event) -> None:
+        if isinstance(event, BatchReceived | MetadataReceived):
+            assert self.key_from_metadata is not None
+            self.key = self.writer.key = self.key_from_metadata(event.app_metadata)
+        self.awaiting_key = False
+        self.writer.key_known.set()
+
+    async def _on_schema(self, schema: pa.Schema) -> None:
+        self.schema = schema
+        self.awaiting_key = self.key_from_metadata is not None
+        if self.grouping:
+            self.phase = Phase.HOLDING  # the table is taken only if the stream grows
+            return
+        await self._start_writer(wait_for_key=self.awaiting_key)
+
+    async def _on_data(self, event: BatchReceived | MetadataReceived) -> None:
+        if self.phase is Phase.HOLDING:
+            self.held.append(event)
+            if isinstance(event, BatchReceived):
+                self.held_bytes += event.decoded_bytes
+                assert self.group_settings is not None
+                if self.held_bytes > self.group_settings.max_request_bytes:
+                    await self._stream_held()
+        elif self.phase is Phase.STREAMING:
+            await self.writer.send.send(event)
+        elif isinstance(event, MetadataReceived):  # no writer yet: keep it for the ack
+            self.writer.metadata.append(event.app_metadata)
+
+    def _on_end(self, event: StreamEnded) -> None:
+        if self.require_eos and not event.eos_marker:
+            raise missing_eos_error(self.route.commit)
+        trailing, _ = self.decoder.trailing_data
+        if trailing:
+            raise trailing_data_error()
+        self.phase = Phase.HELD if self.phase is Phase.HOLDING else Phase.ENDED
+
+    # -- holding and streaming -------------------------------------------------------------
+
+    async def _start_writer(self, wait_for_key: bool) -> None:
+        assert self._nursery is not None and self.schema is not None
+        self.writer.key = self.key
+        await self._nursery.start(self.writer.run, self.schema, self.pipeline.locks, wait_for_key)
+        self.phase = Phase.STREAMING
+
+    async def _stream_held(self) -> None:
+        """Too large for a group (or the memory budget is short): the writer takes the
+        table and what is held, and the request streams."""
+        await self._start_writer(wait_for_key=False)  # the key is known by now
+        held, self.held = self.held, []
+        for item in held:
+            await self.writer.send.send(item)
+
+    async def _flush(self) -> None:
+        """The memory budget is short: write what this request holds."""
+        if self.phase is Phase.HOLDING:
+            await self._stream_held()
         else:
-            await send.send(_FLUSH)
+            await self.writer.send.send(FLUSH)
 
-    costs = MessageCosts(hold, flush)
-    key_known = trio.Event()  # key_from_metadata: the writer opens once the key is known
-    metadata: list[bytes] = []  # request mode: the client's app_metadata, for the one ack
-    max_request = limits.max_request_size or math.inf
-    grouping = (
-        groups is not None
-        and group_settings is not None
-        and group_settings.enabled
-        and route.commit == "request"
-    )
-    held: list[BatchReceived | MetadataReceived] = []  # a small request's stream, held
-    held_bytes = 0
-    held_schema: pa.Schema | None = None
+    async def _commit_held(self) -> None:
+        """The stream ended small: commit it with the other requests waiting for the table."""
+        groups, settings = self.pipeline.groups, self.group_settings
+        assert groups is not None and settings is not None and self.schema is not None
+        await trio.lowlevel.checkpoint_if_cancelled()  # hung up: nothing is written
+        batches = []
+        for item in self.held:
+            if isinstance(item, BatchReceived):
+                batches.append(item.batch)
+            if item.app_metadata is not None:
+                self.writer.metadata.append(item.app_metadata)
+        deadline = getattr(self.store, "check_deadline", None)  # a DeadlineStore's
+        part = Part(self.schema, tuple(batches), self.key, self.route.delta, deadline)
+        store = getattr(self.store, "inner", self.store)
+        self.result = await groups.commit(store, self.route.table, part, self.held_bytes, settings)
 
-    async def committed(
+    # -- commits and the result ------------------------------------------------------------
+
+    async def _committed(
+        self,
         group: list[BatchReceived],
         rows: int,
         batches: int,
         pending: list[bytes],
-        version: int | None = None,
+        version: int | None,
     ) -> None:
+        """Batch mode: one batch is committed."""
+        progress = self.progress
         progress.rows, progress.batches = rows, batches
         wire = sum(e.wire_bytes for e in group)
         progress.bytes += wire
         if group:  # else app_metadata after the last batch: no commit to count
-            stats.committed(
-                labels,
+            self.pipeline.stats.committed(
+                self.labels,
                 rows=sum(e.batch.num_rows for e in group),
                 batches=len(group),
                 wire=wire,
                 decoded=sum(e.decoded_bytes for e in group),
             )
-        if on_commit is not None:
+        if self.on_commit is not None:
             echo = pending + [e.app_metadata for e in group if e.app_metadata is not None]
-            await on_commit(Commit(rows, batches, echo, version))
+            await self.on_commit(Commit(rows, batches, echo, version))
 
-    async def in_thread(fn: Any, *args: Any) -> Any:
-        return await trio.to_thread.run_sync(fn, *args, limiter=limiter)
-
-    async def writer(schema: pa.Schema, *, task_status: Any = trio.TASK_STATUS_IGNORED) -> None:
-        async with locks(route.table):
-            if key_from_metadata is not None:  # the key comes with the event after the schema
-                task_status.started()
-                await key_known.wait()
-            write = await in_thread(
-                lambda: store.open_write(
-                    route.table,
-                    schema,
-                    commit=route.commit,
-                    options=route.delta,
-                    idempotency_key=idempotency_key,
+    async def _finished(self, started: float) -> IngestResult:
+        """Count the request's commit once, acknowledge it (request mode), and answer."""
+        result = self.result or self.writer.result
+        if result is None:  # the decoder ends a stream only after its schema
+            raise ArrowportError("the Arrow stream ended before its schema", error="bad_stream")
+        stats, labels, progress = self.pipeline.stats, self.labels, self.progress
+        wire = self.decoder.wire_bytes
+        if self.route.commit == "batch":  # each commit was counted; add the framing
+            stats.framing(labels, wire - progress.bytes)
+            progress.bytes = wire
+        else:  # one commit for the whole request
+            progress.rows, progress.batches, progress.bytes = result.rows, result.batches, wire
+            if result.replayed:
+                stats.replayed(labels)
+            else:
+                stats.committed(
+                    labels,
+                    rows=result.rows,
+                    batches=result.batches,
+                    wire=wire,
+                    decoded=self.decoder.decoded_bytes,
                 )
-            )
-            if key_from_metadata is None:
-                task_status.started()
-            try:
-                with receive:
-                    ended = await _write_groups(
-                        receive, write, in_thread, committed, route.commit, metadata, hold
+            if self.on_commit is not None:  # acknowledged after the table is free
+                await self.on_commit(
+                    Commit(
+                        result.rows,
+                        result.batches,
+                        self.writer.metadata,
+                        result.version,
+                        result.replayed,
                     )
-                if not ended:
-                    if route.commit == "batch":  # the request failed; keep what is committed
-                        return
-                    raise IngestAborted(
-                        "the request ended before its Arrow stream completed; nothing was committed"
-                    )
-                await trio.lowlevel.checkpoint_if_cancelled()  # hung up: roll back, not commit
-                results.append(await in_thread(write.finish))
-            finally:
-                with trio.CancelScope(shield=True):
-                    await trio.to_thread.run_sync(write.rollback)  # no-op after finish()
-                if not results and route.commit != "batch" and not write.replayed:
-                    stats.rolled_back(labels)
-
-    received = 0
-    ended = False
-    writing = False
-    awaiting_key = False  # the writer holds the lock and waits for the key
-    failure: ArrowportError | None = None
-    try:
-        async with trio.open_nursery() as nursery:
-
-            def decode() -> BatchReceived:  # in a worker thread: decompress, validate
-                received = decoder.decode_announced()
-                if not received.validated:
-                    validate_batch(received.batch)
-                return received
-
-            async def stream_held() -> None:
-                """The held request grew too large for a group (or the memory budget is
-                short): its writer takes the table and what is held, and it streams."""
-                nonlocal writing, held_schema
-                assert held_schema is not None
-                schema, held_schema = held_schema, None
-                await nursery.start(writer, schema)  # takes the table's lock
-                writing = True
-                for item in held:
-                    await send.send(item)
-                held.clear()
-
-            async def drain() -> None:
-                nonlocal ended, writing, awaiting_key, idempotency_key, held_schema, held_bytes
-                while True:
-                    event = decoder.next_event()
-                    if event is NEED_DATA:
-                        return
-                    if isinstance(event, BodyAnnounced):
-                        await costs.body(event.nbytes)
-                        continue
-                    if isinstance(event, DictionaryReceived):
-                        await costs.dictionary(event)
-                        continue
-                    announced = isinstance(event, BatchAnnounced)
-                    if isinstance(event, BatchAnnounced):  # one thread hop per batch
-                        event = await costs.batch(event, lambda: trio.to_thread.run_sync(decode))
-                    if awaiting_key:  # the event after the schema: the writer may open
-                        if isinstance(event, BatchReceived | MetadataReceived):
-                            assert key_from_metadata is not None
-                            idempotency_key = key_from_metadata(event.app_metadata)
-                        key_known.set()
-                        awaiting_key, writing = False, held_schema is None
-                    if isinstance(event, SchemaReceived) and grouping:
-                        held_schema = event.schema  # the table is taken only if it grows
-                        awaiting_key = key_from_metadata is not None
-                    elif isinstance(event, SchemaReceived):
-                        await nursery.start(writer, event.schema)  # takes the table's lock
-                        writing = key_from_metadata is None
-                        awaiting_key = not writing
-                    elif held_schema is not None and isinstance(
-                        event, BatchReceived | MetadataReceived
-                    ):
-                        if isinstance(event, BatchReceived):
-                            if not announced:  # decoded before ``announce`` was set
-                                if not event.validated:
-                                    await trio.to_thread.run_sync(validate_batch, event.batch)
-                                await costs.take(event.decoded_bytes)
-                                costs.current = 0
-                                hold.queue(event.decoded_bytes)
-                            held_bytes += event.decoded_bytes
-                        held.append(event)
-                        assert group_settings is not None
-                        if held_bytes > group_settings.max_request_bytes:
-                            await stream_held()
-                    elif isinstance(event, BatchReceived):
-                        if not announced:  # decoded before ``announce`` was set
-                            if not event.validated:
-                                await trio.to_thread.run_sync(validate_batch, event.batch)
-                            await costs.take(event.decoded_bytes)
-                            costs.current = 0
-                            hold.queue(event.decoded_bytes)
-                        await send.send(event)
-                    elif isinstance(event, MetadataReceived):
-                        if writing:
-                            await send.send(event)
-                        else:  # no writer yet to take it from the queue: keep it for the ack
-                            metadata.append(event.app_metadata)
-                    elif isinstance(event, StreamEnded):
-                        if require_eos and not event.eos_marker:
-                            raise missing_eos_error(route.commit)
-                        ended = True
-                        trailing, _ = decoder.trailing_data
-                        if trailing:
-                            raise trailing_data_error()
-
-            try:
-                with send:
-                    await drain()  # what the caller's decoder already holds
-                    async for chunk in with_eof(chunks, limits, route.commit):
-                        received += len(chunk)
-                        if received > max_request:
-                            raise ProtocolError(
-                                "request body exceeds the limit of "
-                                f"{limits.max_request_size} bytes",
-                                error="limit_exceeded",
-                                http_status=413,
-                                grpc_status=GrpcStatus.RESOURCE_EXHAUSTED,
-                            )
-                        if ended:
-                            if chunk:
-                                raise trailing_data_error()
-                            continue
-                        decoder.receive_data(chunk)
-                        await drain()
-                    if held_schema is None:
-                        await send.send(_END)
-            except ArrowportError as exc:
-                if route.commit != "batch" or not writing:
-                    raise
-                failure = exc  # the channel is closed: the writer commits what it holds, then stops
-        if held_schema is not None:  # ended small: commit it with the others waiting
-            assert groups is not None and group_settings is not None
-            await trio.lowlevel.checkpoint_if_cancelled()  # hung up: nothing is written
-            part = _held_part(held_schema, held, idempotency_key, route, store, metadata)
-            base = getattr(store, "inner", store)  # a DeadlineStore's own store
-            results.append(await groups.commit(base, route.table, part, held_bytes, group_settings))
-    except BaseExceptionGroup as group:
-        raise _primary(group) from None
-    finally:
-        hold.release_all()  # what the writer did not get to (a failed request)
-    if failure is not None:
-        raise failure
-
-    result = results[0]
-    if route.commit == "batch":  # each commit was counted; add the framing (schema, ...)
-        framing = decoder.wire_bytes - progress.bytes
-        progress.bytes = decoder.wire_bytes
-        stats.framing(labels, framing)
-    else:  # one commit for the whole request
-        progress.rows, progress.batches, progress.bytes = (
-            result.rows,
-            result.batches,
-            decoder.wire_bytes,
+                )
+        return IngestResult(
+            stream=self.route.stream,
+            table=self.route.table,
+            backend=self.store.backend,
+            rows=result.rows,
+            batches=result.batches,
+            bytes=wire,
+            decoded_bytes=self.decoder.decoded_bytes,
+            duration_ms=(trio.current_time() - started) * 1000,
+            commit=self.route.commit,
+            version=result.version,
+            idempotency_key=self.key,
+            replayed=result.replayed,
         )
-        if result.replayed:
-            stats.replayed(labels)
-        else:
-            stats.committed(
-                labels,
-                rows=result.rows,
-                batches=result.batches,
-                wire=decoder.wire_bytes,
-                decoded=decoder.decoded_bytes,
-            )
-    if on_commit is not None and route.commit != "batch":  # acked after the table is free
-        await on_commit(
-            Commit(result.rows, result.batches, metadata, result.version, result.replayed)
-        )
-    return IngestResult(
-        stream=route.stream,
-        table=route.table,
-        backend=store.backend,
-        rows=result.rows,
-        batches=result.batches,
-        bytes=decoder.wire_bytes,
-        decoded_bytes=decoder.decoded_bytes,
-        duration_ms=(trio.current_time() - started) * 1000,
-        commit=route.commit,
-        version=result.version,
-        idempotency_key=idempotency_key,
-        replayed=result.replayed,
-    )
-
-
-async def _write_groups(
-    receive: trio.MemoryReceiveChannel[Any],
-    write: Write,
-    in_thread: Any,
-    committed: Any,
-    mode: str,
-    metadata: list[bytes],
-    hold: Hold,
-) -> bool:
-    """Insert queued batches group by group; True if the end marker arrived.
-
-    Request mode collects the client's ``app_metadata`` into ``metadata``;
-    batch mode reports it with each commit.
-    """
-    group: list[BatchReceived] = []
-    rows = size = 0
-    ended = False
-    while not ended:
-        try:
-            item = await receive.receive()
-        except (trio.EndOfChannel, trio.ClosedResourceError):
-            break
-        if item is _END:
-            ended = True
-        elif item is _FLUSH:
-            pass  # write the group now, however small
-        elif isinstance(item, MetadataReceived):
-            metadata.append(item.app_metadata)
-            continue
-        else:
-            if item.app_metadata is not None and mode != "batch":
-                metadata.append(item.app_metadata)
-            group.append(item)
-            rows += item.batch.num_rows
-            size += _size(item)
-            if not write.group_full(rows, size, len(group)):
-                continue
-        if group:
-            await in_thread(write.insert, [e.batch for e in group])
-            hold.release(size)
-            if mode == "batch":
-                await committed(group, write.rows, write.batches, metadata, write.version)
-                metadata.clear()
-            group, rows, size = [], 0, 0
-    if ended and mode == "batch" and metadata:  # app_metadata after the last batch
-        await committed([], write.rows, write.batches, metadata)
-        metadata.clear()
-    return ended
-
-
-def _size(event: BatchReceived) -> int:
-    return event.decoded_bytes  # what the request took of the budget for it
-
-
-def _held_part(
-    schema: pa.Schema,
-    held: list[BatchReceived | MetadataReceived],
-    key: str | None,
-    route: Route,
-    store: Any,
-    metadata: list[bytes],
-) -> Part:
-    """A held request as a group's part; its app_metadata, in order, into ``metadata``."""
-    batches = []
-    for item in held:
-        if isinstance(item, BatchReceived):
-            batches.append(item.batch)
-        if item.app_metadata is not None:
-            metadata.append(item.app_metadata)
-    deadline = getattr(store, "check_deadline", None)
-    return Part(schema, tuple(batches), key, route.delta, deadline)

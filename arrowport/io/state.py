@@ -13,7 +13,7 @@ from ..stats import Stats
 from ..storage import DeltaStore, DuckLakeStore
 from .budget import MemoryBudget
 from .group_commit import GroupCommitter
-from .ingest import Store, TableLocks
+from .ingest import Pipeline, Store, TableLocks
 
 DEFAULT_WRITERS = 64
 
@@ -34,10 +34,14 @@ class ServerState:
     # proxy does not send another request on a connection that is about to close
     draining: bool = False
     groups: GroupCommitter = field(init=False)
+    pipeline: Pipeline = field(init=False)  # what every upload shares
 
     def __post_init__(self) -> None:
         self.budget.limit = self.config.limits.max_inflight_bytes
         self.groups = GroupCommitter(self.locks, self.write_limiter, self.stats.group_committed)
+        self.pipeline = Pipeline(
+            self.locks, self.stats, self.write_limiter, self.budget, self.groups
+        )
 
     def admit(self, config: Config) -> None:
         """Refuse a new upload (429 / RESOURCE_EXHAUSTED) when the server is full.

@@ -103,7 +103,7 @@ def _one_transaction(store: DuckDBStore, table: str, parts: list[Part]) -> list[
                 part = parts[index]
                 if part.key is not None:
                     store.record_key(cur, part.key, table, part.rows, len(part.batches))
-            cur.commit()
+            _commit(cur, [parts[i] for i in written])
         except _Spoiled:
             _rollback(cur)
             raise
@@ -179,6 +179,12 @@ def _insert_parts(
             store._insert(cur, table, schema, group)
         written.extend(indexes)
     return sorted(written)
+
+
+def _commit(cur: duckdb.DuckDBPyConnection, parts: list[Part]) -> None:
+    """COMMIT the group's transaction, which holds ``parts`` (one step of its own, which
+    the crash-safety tests' probes wrap)."""
+    cur.commit()
 
 
 def _rollback(cur: duckdb.DuckDBPyConnection) -> None:

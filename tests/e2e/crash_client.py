@@ -56,7 +56,7 @@ def install_probes() -> None:
     path = os.environ.get(PROBE_ENV)
     if not path:
         return
-    from arrowport.storage import delta, table_write
+    from arrowport.storage import delta, group_write, table_write
 
     fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
     lock = threading.Lock()
@@ -115,6 +115,31 @@ def install_probes() -> None:
         wrap(cls, "insert", "insert", "inserted")
         wrap(cls, "finish", "finish", "committed")
         wrap(cls, "_commit", "commit", None)
+
+    # a group commit (storage/group_write.py): its parts' inserts, and its one COMMIT
+    original_insert = group_write._insert_parts
+    original_commit = group_write._commit
+
+    def group_insert(store: Any, cur: Any, table: str, parts: list[Any], *args: Any) -> Any:
+        rows = sum(p.rows for p in parts)
+        for part in parts:
+            note("insert", part, rows)
+        return original_insert(store, cur, table, parts, *args)
+
+    def group_commit(cur: Any, parts: list[Any]) -> None:
+        for part in parts:
+            note("commit", part)
+        try:
+            original_commit(cur, parts)
+        except BaseException:
+            for part in parts:
+                note("failed", part)
+            raise
+        for part in parts:
+            note("committed", part)
+
+    group_write._insert_parts = group_insert  # type: ignore[assignment]
+    group_write._commit = group_commit  # type: ignore[assignment]
 
 
 def read_probes(path: Path) -> list[tuple[float, str, str]]:

@@ -11,7 +11,7 @@ import trio
 from support import ipc_bytes
 
 from arrowport.config import Limits, Route
-from arrowport.io.ingest import TableLocks, ingest
+from arrowport.io.ingest import Pipeline, ingest
 from arrowport.stats import Stats
 from arrowport.storage import DuckDBStore
 
@@ -51,7 +51,7 @@ async def test_cancel_after_body_before_commit_rolls_back(store: DuckDBStore) ->
 
             nursery.start_soon(cancel_when_inserting)
             await ingest(
-                chunks(), route=route, store=store, limits=Limits(), locks=TableLocks(), stats=stats
+                chunks(), route=route, store=store, limits=Limits(), pipeline=Pipeline(stats=stats)
             )
             pytest.fail("ingest finished before it was cancelled; make the body bigger")
     assert scope.cancelled_caught
@@ -70,7 +70,5 @@ async def test_uncancelled_pipeline_commits(store: DuckDBStore) -> None:
             yield body[i : i + (1 << 20)]
 
     route = Route("late", "late", "duckdb", "request", configured=False)
-    result = await ingest(
-        chunks(), route=route, store=store, limits=Limits(), locks=TableLocks(), stats=Stats()
-    )
+    result = await ingest(chunks(), route=route, store=store, limits=Limits(), pipeline=Pipeline())
     assert result.rows == 3_000_000 and store.count_rows("late") == 3_000_000
