@@ -298,6 +298,11 @@ class DuckLakeStore(DuckDBStore):
         """The DuckDB name of the lake's attached catalog database."""
         return self._checkpoint_target
 
+    def catalog_cursor(self) -> duckdb.DuckDBPyConnection:
+        """A cursor outside the lake (no ``USE lake``), for ``postgres_execute`` on the
+        catalog: a transaction there costs 1 ms where one in the lake costs 14 (1.5.5)."""
+        return super()._new_cursor()
+
     def claim_key(self, table: str, key: str) -> KeyClaim:
         """Claim ``key`` for ``table`` until the claim's ``release``: wait for a rival
         request (here, or on another instance with a PostgreSQL catalog) committing the

@@ -107,7 +107,7 @@ class KeyClaim:
 
     def _lock_catalog(self, table: str, key: str) -> None:
         store = self._store
-        self._cur = store._new_cursor()
+        self._cur = store.catalog_cursor()
         self._cur.begin()
         sql = (
             f"SET LOCAL lock_timeout = {int(WAIT_SECONDS * 1000)}; "
