@@ -54,6 +54,7 @@ from .tables import (
 
 if TYPE_CHECKING:
     from ..config import Config
+    from .ducklake_claim import KeyClaim
 
 log = logging.getLogger("arrowport.storage")
 
@@ -189,6 +190,11 @@ class DuckDBStore:
     ) -> None:
         """Record ``key`` for ``table`` in the caller's open transaction."""
         duckdb_ledger.record(cur, table, key, rows, batches, time.time())
+
+    def claim_key(self, table: str, key: str) -> KeyClaim | None:
+        """Nothing to claim: the ledger's primary key makes a rival's commit conflict
+        (DuckLakeStore claims keys: its ledger has no primary key)."""
+        return None
 
     def prune_ledger(self) -> None:
         """Forget keys older than the TTL."""

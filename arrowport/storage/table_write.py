@@ -18,6 +18,7 @@ from .recovery import StorageUnavailable
 
 if TYPE_CHECKING:
     from .duckdb import DuckDBStore
+    from .ducklake_claim import KeyClaim
     from .typemap import TypePlan
 
 
@@ -58,6 +59,7 @@ class TableWrite:
         self.replayed = False
         self.replay: tuple[int, int] | None = None  # the key was committed meanwhile
         self._key_checked = False  # looked up in this transaction's snapshot
+        self.claim: KeyClaim | None = None  # DuckLake: the key's claim, held until close
         self.rows = 0
         self.batches = 0
         self.version: int | None = None  # DuckLake: the snapshot committed (DuckDB: None)
@@ -215,6 +217,9 @@ class TableWrite:
         replay = (
             None if self._key_checked else self.store.ledger_entry(self.cur, self.table, self.key)
         )
+        if replay is None:  # DuckLake: wait out rivals with this key, then look again
+            self.claim = self.store.claim_key(self.table, self.key)
+            replay = None if self.claim is None else self.claim.replay
         if replay is not None:
             self.replay = replay
             self.store.replays += 1
@@ -242,6 +247,9 @@ class TableWrite:
         if not self._closed:
             self._closed = True
             self._quietly(self.cur.close)
+        if self.claim is not None:  # after the commit or rollback: rivals may look now
+            claim, self.claim = self.claim, None
+            claim.release()
         self._created_now()
 
     def _quietly(self, step: Callable[[], object]) -> bool:
