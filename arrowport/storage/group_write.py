@@ -84,6 +84,7 @@ def _one_transaction(store: DuckDBStore, table: str, parts: list[Part]) -> list[
     if any(part.key is not None for part in parts):
         store.before_keyed_write()
     generation = store.gate.generation
+    claims: list[Any] = []
     with store.gate.use(generation):
         cur = store._new_cursor()
         try:
@@ -99,11 +100,20 @@ def _one_transaction(store: DuckDBStore, table: str, parts: list[Part]) -> list[
                         parts[index].deadline()  # type: ignore[misc]
                     except ArrowportError:
                         raise _Spoiled from None  # alone, it is refused and the rest commit
+            # DuckLake: wait out a rival committing one of the keys (another instance), in
+            # key order; one that committed meanwhile makes its part a replay: alone, then
+            for key in sorted({k for i in written if (k := parts[i].key) is not None}):
+                claim = store.claim_key(table, key)
+                if claim is not None:
+                    claims.append(claim)
+                    if claim.replay is not None:
+                        raise _Spoiled
             for index in written:
                 part = parts[index]
                 if part.key is not None:
                     store.record_key(cur, part.key, table, part.rows, len(part.batches))
             _commit(cur, [parts[i] for i in written])
+            version = store.committed_version(cur) if written else None
         except _Spoiled:
             _rollback(cur)
             raise
@@ -114,8 +124,9 @@ def _one_transaction(store: DuckDBStore, table: str, parts: list[Part]) -> list[
         finally:
             with contextlib.suppress(duckdb.Error):
                 cur.close()
+            for claim in claims:  # after the commit or rollback
+                claim.release()
         store.commits += 1
-        version = store.committed_version(cur) if written else None
     store.keyed_commits += sum(1 for i in written if parts[i].key is not None)
     firsts: dict[str, WriteResult] = {}
     for index in written:
@@ -126,9 +137,9 @@ def _one_transaction(store: DuckDBStore, table: str, parts: list[Part]) -> list[
             firsts[part.key] = result
     for index, outcome in enumerate(outcomes):
         if outcome is None:  # a key twice in the group: the later ones replay the first
-            key = parts[index].key
-            assert key is not None and key in firsts
-            first = firsts[key]
+            twice = parts[index].key
+            assert twice is not None and twice in firsts
+            first = firsts[twice]
             outcomes[index] = WriteResult(table, first.rows, first.batches, False, replayed=True)
             store.replays += 1
     return [outcome for outcome in outcomes if outcome is not None]
