@@ -115,6 +115,11 @@ class Pipeline:
     groups: GroupCommitter | None = None  # None: no group commit
 
 
+# a batch this small (decoded) is decoded and validated on the event loop: a thread hop
+# would cost more than the work (tens of microseconds)
+INLINE_DECODE_BYTES = 64 * 1024
+
+
 class Phase(enum.Enum):
     SCHEMA = "schema"  # no schema yet
     HOLDING = "holding"  # small so far: held whole, for a group commit
@@ -287,8 +292,9 @@ class IngestRequest:
         if isinstance(event, DictionaryReceived):
             await self.costs.dictionary(event)
             return
-        if isinstance(event, BatchAnnounced):  # one thread hop per batch
-            event = await self.costs.batch(event, lambda: trio.to_thread.run_sync(self._decode))
+        if isinstance(event, BatchAnnounced):  # one thread hop per batch, unless it is small
+            small = event.decoded_bytes <= INLINE_DECODE_BYTES
+            event = await self.costs.batch(event, self._decode_here if small else self._decode_off)
         elif isinstance(event, BatchReceived):  # decoded before ``announce`` was set
             if not event.validated:
                 await trio.to_thread.run_sync(validate_batch, event.batch)
@@ -304,7 +310,13 @@ class IngestRequest:
         elif isinstance(event, StreamEnded):
             self._on_end(event)
 
-    def _decode(self) -> BatchReceived:  # in a worker thread: decompress, validate
+    async def _decode_here(self) -> BatchReceived:
+        return self._decode()
+
+    async def _decode_off(self) -> BatchReceived:
+        return await trio.to_thread.run_sync(self._decode)
+
+    def _decode(self) -> BatchReceived:  # decompress, validate
         received = self.decoder.decode_announced()
         if not received.validated:
             validate_batch(received.batch)

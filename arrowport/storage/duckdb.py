@@ -59,6 +59,7 @@ if TYPE_CHECKING:
 log = logging.getLogger("arrowport.storage")
 
 _source_ids = itertools.count(1)
+DESCRIBED_SCHEMAS = 1024  # schemas whose DuckDB columns are remembered (then forgotten)
 
 
 # Extensions whose work the duckdb Python package does itself: accepted, not loaded
@@ -126,6 +127,7 @@ class DuckDBStore:
         self._con: duckdb.DuckDBPyConnection | None = None
         self._database = ""  # the catalog the tables are in (its name comes from the file)
         self._cursor_lock = threading.Lock()
+        self._described: dict[bytes, list[Column]] = {}  # schema -> its DuckDB columns
         # who may use the connection; reopens it after a fatal engine error (recovery.py)
         self.gate = Gate(self.backend, self._reopen)
         self.commits = 0
@@ -543,11 +545,24 @@ class DuckDBStore:
             raise
 
     def _duckdb_columns(self, cur: duckdb.DuckDBPyConnection, schema: pa.Schema) -> list[Column]:
-        """The DuckDB type of each incoming column; 422 naming any DuckDB cannot store."""
+        """The DuckDB type of each incoming column; 422 naming any DuckDB cannot store.
+
+        Producers send the same few schemas again and again: the answer is kept per
+        schema (its serialized form, metadata included, which DuckDB may read types from).
+        """
+        key = schema.serialize().to_pybytes()
+        known = self._described.get(key)
+        if known is not None:
+            return known
         try:
-            return self._describe(cur, schema)
+            columns = self._describe(cur, schema)
         except (pa.ArrowException, duckdb.Error) as exc:
             failure = exc
+        else:
+            if len(self._described) >= DESCRIBED_SCHEMAS:
+                self._described.clear()
+            self._described[key] = columns
+            return columns
         # The failed probe aborted ``cur``'s transaction; the rollback follows
         # when we raise. Name the culprits with a cursor of their own.
         bad = []
@@ -597,6 +612,7 @@ class DuckDBStore:
         table: str,
         schema: pa.Schema,
         batches: list[pa.RecordBatch],
+        existing: list[Column] | None = None,
     ) -> None:
         """Refuse rows the INSERT would fail on, where a failed INSERT costs more than the
         check (DuckLake); DuckDB's own INSERT refuses them cleanly."""

@@ -43,6 +43,7 @@ from .duckdb import DuckDBStore, load_extension
 from .ducklake_claim import KeyClaim, LocalClaims
 from .errors import InvalidReadError, StorageError, WriteRejectedError
 from .recovery import GuardedReader
+from .schema import Column
 from .tables import (
     TableInfo,
     describe_table,
@@ -394,10 +395,13 @@ class DuckLakeStore(DuckDBStore):
         table: str,
         schema: pa.Schema,
         batches: list[pa.RecordBatch],
+        existing: list[Column] | None = None,
     ) -> None:
         """Refuse nulls in NOT NULL columns before inserting: DuckLake 1.5.5 leaves the
-        data file of an INSERT that fails a constraint behind (unreferenced)."""
-        existing = self.table_columns(cur, table) or []
+        data file of an INSERT that fails a constraint behind (unreferenced). ``existing``:
+        the table's columns, if the caller has them."""
+        if existing is None:
+            existing = self.table_columns(cur, table) or []
         required = {c.name.lower() for c in existing if not c.nullable}
         for index, field in enumerate(schema):
             if field.name.lower() in required:

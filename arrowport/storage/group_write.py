@@ -41,7 +41,7 @@ class _Spoiled(Exception):
 
 def commit_group(store: Any, table: str, parts: list[Part]) -> list[Outcome]:
     """Commit ``parts`` into ``table``; one outcome per part (see the module's doc)."""
-    if len(parts) > 1 and isinstance(store, DuckDBStore):
+    if isinstance(store, DuckDBStore):  # one part too: the same work, with fewer steps
         try:
             outcomes = _one_transaction(store, table, parts)
         except _Spoiled:
@@ -174,7 +174,7 @@ def _insert_parts(
             store._check_fits(cur, table, plan.target, existing)
             converted = [plan.convert(b) for b in part.batches] if not plan.identity else None
             batches[index] = converted if converted is not None else list(part.batches)
-            store.check_rows(cur, table, plan.target, batches[index])
+            store.check_rows(cur, table, plan.target, batches[index], existing)
             if part.deadline is not None:
                 part.deadline()
         except ArrowportError as exc:  # SchemaMismatchError, WriteRejectedError, deadline
@@ -187,7 +187,7 @@ def _insert_parts(
     for schema, indexes in ready.items():
         group = [batch for index in indexes for batch in batches[index]]
         if group:
-            store._insert(cur, table, schema, group)
+            DuckDBStore._insert(store, cur, table, schema, group)  # rows checked above
         written.extend(indexes)
     return sorted(written)
 
