@@ -226,8 +226,7 @@ def worker(spec: dict[str, Any]) -> None:
 
 # -- servers ----------------------------------------------------------------------------------
 
-_QUACK_SERVER = (
-    r"""
+_QUACK_SERVER = r"""
 import os, sys, signal
 sys.path.insert(0, sys.argv[3])
 import duckdb
@@ -235,15 +234,13 @@ from small_writes import load_extensions
 con = duckdb.connect(sys.argv[1])
 load_extensions(con)
 con.execute("CREATE TABLE t (a BIGINT, b DOUBLE, c VARCHAR)")
-con.execute(f"CALL quack_serve('quack:127.0.0.1:{sys.argv[2]}', token => '%s', disable_ssl => true)")
+con.execute(f"CALL quack_serve('quack:127.0.0.1:{sys.argv[2]}', token => '{sys.argv[4]}', disable_ssl => true)")
 print("serving", flush=True)
 sys.stdin.readline()  # the parent closes stdin to stop
 con.execute("CHECKPOINT")
 con.close()
 os._exit(0)  # the listener's threads are not joined
 """
-    % TOKEN
-)
 
 
 def free_port() -> int:
@@ -262,7 +259,7 @@ class QuackServer:
     def __init__(self, db: Path) -> None:
         self.port = free_port()
         self.proc = subprocess.Popen(
-            [sys.executable, "-c", _QUACK_SERVER, str(db), str(self.port), str(HERE)],
+            [sys.executable, "-c", _QUACK_SERVER, str(db), str(self.port), str(HERE), TOKEN],
             stdin=subprocess.PIPE,
             stdout=subprocess.PIPE,
             stderr=subprocess.PIPE,
