@@ -1,7 +1,7 @@
 # ruff: noqa: E501
 """Many small writes, side by side: in-process DuckDB, Quack, Arrowport HTTP and Flight.
 
-    python bench/small_writes.py --quick                     # smoke test, < 60 s
+    python bench/small_writes.py --quick                     # smoke test, < 60 s (1x1, 64x1, 16x1000; 0.5 s each)
     python bench/small_writes.py                             # P=1,4,64 x 1 row, 16 x 1,000 rows, 8 s each
     python bench/small_writes.py --systems http,flight --workloads 1x1 --duration 20
     python bench/small_writes.py --profile /tmp/small        # + py-spy of the server, 1 producer x 1 row
@@ -58,6 +58,7 @@ from typing import Any
 
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
+from http_ingest import thread_cpu_seconds  # noqa: E402
 
 STREAM = "t"
 CONTENT_TYPE = "application/vnd.apache.arrow.stream"
@@ -339,6 +340,8 @@ class Result:
     server_cpu_ms_per_req: float | None
     client_cpu_ms_per_req: float
     verified: bool
+    load1: float  # the machine's 1-minute load average when the run started
+    server_threads: str  # the server's busiest threads, ms CPU per request
 
     @property
     def tx_per_s(self) -> float:
@@ -428,8 +431,12 @@ def run_once(
         if profile is not None:
             from pyspy_top import Profiler
 
-            profiler = Profiler(server.pid, profile)
+            # Python frames only: with --native, threads parked in a futex (idle trio
+            # workers, GIL waits) show up as busy unresolved libc addresses
+            profiler = Profiler(server.pid, profile, rate=250, native=False)
         cpu0 = proc_cpu(server.pid) if server.pid else 0.0
+        threads0 = thread_cpu_seconds(server.pid) if server.pid else {}
+        load1 = os.getloadavg()[0]
         start = time.time() + 0.2
         for w in workers:
             assert w.stdin is not None
@@ -442,6 +449,7 @@ def run_once(
                 raise RuntimeError(f"{system} worker exited {w.returncode}")
             outs.append(json.loads(out.strip().splitlines()[-1]))
         server_cpu = proc_cpu(server.pid) - cpu0 if server.pid else None
+        threads1 = thread_cpu_seconds(server.pid) if server.pid else {}
         if profiler is not None:
             profiler.stop()
     finally:
@@ -477,6 +485,14 @@ def run_once(
         else None,
         client_cpu_ms_per_req=client_cpu / requests * 1e3 if requests else 0.0,
         verified=table_rows == acked + 1,
+        load1=load1,
+        server_threads=", ".join(
+            f"{name.split(':', 1)[1]}={sec / max(requests, 1) * 1e3:.2f}"
+            for name, sec in sorted(
+                ((k, v - threads0.get(k, 0.0)) for k, v in threads1.items()), key=lambda kv: -kv[1]
+            )[:4]
+            if sec > 0
+        ),
     )
 
 
@@ -488,7 +504,7 @@ def line(r: Result) -> str:
     return (
         f"{r.system:7} {r.producers:>3}x{r.rows:<5} {r.procs:>5} {r.tx_per_s:9.0f} {r.rows_per_s:11.0f} "
         f"{r.p50_ms:8.2f} {r.p99_ms:8.2f} {cpu} {r.client_cpu_ms_per_req:7.3f} {r.errors:6} "
-        f"{'OK' if r.verified else f'MISMATCH table {r.table_rows} != acked {r.acked_rows}+1'}"
+        f"{'OK' if r.verified else f'MISMATCH table {r.table_rows} != acked {r.acked_rows}+1'} {r.load1:5.1f}"
     )
 
 
@@ -521,6 +537,10 @@ def report(results: list[Result], args: argparse.Namespace) -> bool:
                     parts.append(f"{ours}/{other} {mine.tx_per_s / theirs.tx_per_s:.2f}x")
         if parts:
             print(f"ratios {p}x{rows} (tx/s): " + ", ".join(parts))
+    print("server threads (ms CPU per request): ")
+    for r in results:
+        if r.server_threads:
+            print(f"  {r.system:7} {r.producers}x{r.rows}: {r.server_threads}")
     for r in results:
         if r.first_error:
             print(f"first error {r.system} {r.producers}x{r.rows}: {r.first_error}")
@@ -545,12 +565,17 @@ def main() -> None:
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
     parser.add_argument("--systems", default=",".join(SYSTEMS))
-    parser.add_argument("--workloads", default="1x1,4x1,64x1,16x1000", help="PxR, comma-separated")
+    parser.add_argument(
+        "--workloads",
+        help="PxR, comma-separated (default 1x1,4x1,64x1,16x1000; --quick: 1x1,64x1,16x1000)",
+    )
     parser.add_argument("--duration", type=float, default=8.0, help="seconds per run")
     parser.add_argument(
         "--procs", type=int, default=4, help="client processes at most (threads share them)"
     )
-    parser.add_argument("--quick", action="store_true", help="smoke test: 1 s per run")
+    parser.add_argument(
+        "--quick", action="store_true", help="smoke test: 0.5 s per run, at most 2 client processes"
+    )
     parser.add_argument(
         "--profile",
         metavar="PREFIX",
@@ -565,11 +590,13 @@ def main() -> None:
         worker(json.loads(args.worker))
         return
     if args.quick:
-        args.duration = 1.0
+        args.duration, args.procs = 0.5, min(args.procs, 2)
     systems = [s.strip() for s in args.systems.split(",") if s.strip()]
     for s in systems:
         if s not in SYSTEMS:
             parser.error(f"unknown system {s!r}; choose from {', '.join(SYSTEMS)}")
+    if args.workloads is None:
+        args.workloads = "1x1,64x1,16x1000" if args.quick else "1x1,4x1,64x1,16x1000"
     workloads = [tuple(int(v) for v in w.split("x")) for w in args.workloads.split(",")]
     tmp = Path(tempfile.mkdtemp(prefix="arrowport-small-"))
     results: list[Result] = []
