@@ -33,7 +33,9 @@ row plus the acknowledged rows exactly.
 
 Reported per run: requests/s (tx/s), rows/s, p50/p99 latency as the producer
 saw it, the server's CPU per request (utime+stime from ``/proc``; for
-``inproc`` the whole process), errors. Ratios: Arrowport / inproc and
+``inproc`` the whole process) and its busiest threads' (``/proc/PID/task``),
+the clients' CPU per request, errors and the 1-minute load average when the
+run started (the machine may be shared: compare runs at similar load). Ratios: Arrowport / inproc and
 Arrowport / Quack (tx/s of the same workload).
 """
 
