@@ -282,7 +282,7 @@ class DuckDBStore:
         """The version ``cur``'s last commit made: a DuckDB file has none."""
         return None
 
-    def _new_cursor(self) -> duckdb.DuckDBPyConnection:
+    def new_cursor(self) -> duckdb.DuckDBPyConnection:
         """A cursor of its own on the connection (the caller closes it)."""
         with self._cursor_lock:
             self.gate.check()
@@ -292,7 +292,7 @@ class DuckDBStore:
 
     def _cursor(self) -> Lease:
         """``with self._cursor() as cur``: a cursor, counted as a use of the connection."""
-        return Lease(self.gate, self._new_cursor)
+        return Lease(self.gate, self.new_cursor)
 
     def statistics(self) -> dict[str, Any]:
         wal = self.path + ".wal"
@@ -344,7 +344,7 @@ class DuckDBStore:
 
     def _read_cursor(self) -> Lease:
         def prepared() -> duckdb.DuckDBPyConnection:
-            cur = self._new_cursor()
+            cur = self.new_cursor()
             prepare_read_cursor(cur)
             return cur
 
@@ -461,7 +461,7 @@ class DuckDBStore:
         """
         types = self.check_stream(schema, commit, idempotency_key)
         generation = self.gate.generation
-        cur = self._new_cursor()
+        cur = self.new_cursor()
         write = TableWrite(self, cur, table, types.target, commit, key=idempotency_key, plan=types)
         write.generation = generation
         try:
@@ -522,7 +522,7 @@ class DuckDBStore:
             write.rollback()
             raise
 
-    def _prepare_table(self, cur: duckdb.DuckDBPyConnection, table: str, schema: pa.Schema) -> bool:
+    def prepare_table(self, cur: duckdb.DuckDBPyConnection, table: str, schema: pa.Schema) -> bool:
         """Create ``table`` from ``schema`` if missing, else check the schema fits."""
         incoming = self._duckdb_columns(cur, schema)
         existing = self.table_columns(cur, table)
@@ -536,10 +536,10 @@ class DuckDBStore:
             finally:
                 cur.unregister(name)
             return True
-        self._check_fits(cur, table, schema, existing, incoming)
+        self.check_fits(cur, table, schema, existing, incoming)
         return False
 
-    def _check_fits(
+    def check_fits(
         self,
         cur: duckdb.DuckDBPyConnection,
         table: str,
@@ -602,7 +602,7 @@ class DuckDBStore:
         finally:
             cur.unregister(name)
 
-    def _insert(
+    def insert_rows(
         self,
         cur: duckdb.DuckDBPyConnection,
         table: str,

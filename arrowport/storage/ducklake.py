@@ -303,7 +303,7 @@ class DuckLakeStore(DuckDBStore):
     def catalog_cursor(self) -> duckdb.DuckDBPyConnection:
         """A cursor outside the lake (no ``USE lake``), for ``postgres_execute`` on the
         catalog: a transaction there costs 1 ms where one in the lake costs 14 (1.5.5)."""
-        return super()._new_cursor()
+        return super().new_cursor()
 
     def claim_key(self, table: str, key: str) -> KeyClaim:
         """Claim ``key`` for ``table`` until the claim's ``release``: wait for a rival
@@ -365,7 +365,7 @@ class DuckLakeStore(DuckDBStore):
         for attempt in range(CREATE_ATTEMPTS):
             try:
                 cur.begin()
-                created = self._prepare_table(cur, table, schema)
+                created = self.prepare_table(cur, table, schema)
                 cur.commit()
                 return created
             except duckdb.TransactionException:
@@ -380,7 +380,7 @@ class DuckLakeStore(DuckDBStore):
                 raise
         raise StorageError(f"could not create table {table!r}: other writers kept conflicting")
 
-    def _insert(
+    def insert_rows(
         self,
         cur: duckdb.DuckDBPyConnection,
         table: str,
@@ -388,7 +388,7 @@ class DuckLakeStore(DuckDBStore):
         batches: list[pa.RecordBatch],
     ) -> None:
         self.check_rows(cur, table, schema, batches)
-        super()._insert(cur, table, schema, batches)
+        super().insert_rows(cur, table, schema, batches)
 
     def check_rows(
         self,
@@ -474,8 +474,8 @@ class DuckLakeStore(DuckDBStore):
             return None
         return None if row is None or row[0] is None else int(row[0])
 
-    def _new_cursor(self) -> duckdb.DuckDBPyConnection:
-        cur = super()._new_cursor()
+    def new_cursor(self) -> duckdb.DuckDBPyConnection:
+        cur = super().new_cursor()
         try:
             cur.execute(f"USE {LAKE}")
         except duckdb.Error as exc:

@@ -86,7 +86,7 @@ def _one_transaction(store: DuckDBStore, table: str, parts: list[Part]) -> list[
     generation = store.gate.generation
     claims: list[Any] = []
     with store.gate.use(generation):
-        cur = store._new_cursor()
+        cur = store.new_cursor()
         try:
             cur.begin()
             existing = store.table_columns(cur, table)
@@ -171,7 +171,7 @@ def _insert_parts(
                 store.replays += 1
                 continue
         try:
-            store._check_fits(cur, table, plan.target, existing)
+            store.check_fits(cur, table, plan.target, existing)
             converted = [plan.convert(b) for b in part.batches] if not plan.identity else None
             batches[index] = converted if converted is not None else list(part.batches)
             store.check_rows(cur, table, plan.target, batches[index], existing)
@@ -187,7 +187,7 @@ def _insert_parts(
     for schema, indexes in ready.items():
         group = [batch for index in indexes for batch in batches[index]]
         if group:
-            DuckDBStore._insert(store, cur, table, schema, group)  # rows checked above
+            DuckDBStore.insert_rows(store, cur, table, schema, group)  # rows checked above
         written.extend(indexes)
     return sorted(written)
 

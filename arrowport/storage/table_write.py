@@ -117,11 +117,11 @@ class TableWrite:
         if self.mode == "batch":
             existing = self.store.table_columns(self.cur, self.table)
             if existing is not None:  # refuse a mismatch before any batch is read
-                self.store._check_fits(self.cur, self.table, self.schema, existing)
+                self.store.check_fits(self.cur, self.table, self.schema, existing)
             self.created = precreated
             return
         self._begin()
-        self.created = self.store._prepare_table(self.cur, self.table, self.schema) or precreated
+        self.created = self.store.prepare_table(self.cur, self.table, self.schema) or precreated
         self._prepared = True
 
     def _start_appending(self) -> bool:
@@ -144,7 +144,7 @@ class TableWrite:
             self._key_checked = True
             if self.replay is not None:  # open_write answers it as a replay
                 return True
-        self.store._check_fits(self.cur, self.table, self.schema, existing)
+        self.store.check_fits(self.cur, self.table, self.schema, existing)
         self._prepared = True
         return True
 
@@ -156,14 +156,14 @@ class TableWrite:
         if self.plan is not None and not self.plan.identity:
             group = [self.plan.convert(batch) for batch in group]
         if self.mode != "batch":
-            self.store._insert(self.cur, self.table, self.schema, group)
+            self.store.insert_rows(self.cur, self.table, self.schema, group)
             self.rows += sum(b.num_rows for b in group)
             self.batches += len(group)
             return
         for batch in group:
             self._begin()
             self._prepare_once()
-            self.store._insert(self.cur, self.table, self.schema, [batch])
+            self.store.insert_rows(self.cur, self.table, self.schema, [batch])
             self._commit()
             self._created_now()  # the table exists: the rest of the stream only appends
             self.rows += batch.num_rows
@@ -285,7 +285,7 @@ class TableWrite:
 
     def _prepare_once(self) -> None:
         if not self._prepared:  # batch mode: the table appears with its first commit
-            created = self.store._prepare_table(self.cur, self.table, self.schema)
+            created = self.store.prepare_table(self.cur, self.table, self.schema)
             self.created = created or self.created  # or created ahead (create_shared_table)
             self._prepared = True
 
