@@ -78,6 +78,7 @@ class GroupCommitter:
         self._on_group = on_group
         self._queues: dict[tuple[int, str], list[_Entry]] = {}
         self._led: set[tuple[int, str]] = set()  # a leader is elected for these
+        self._settings = GroupCommitSettings()
 
     async def commit(
         self, store: Any, table: str, part: Part, size: int, settings: GroupCommitSettings
@@ -85,50 +86,60 @@ class GroupCommitter:
         """Commit ``part`` into ``table`` with whoever else waits for it; its result, or
         raise its error."""
         where = (id(store), table.lower())
+        self._settings = settings  # the bounds of the next group taken
         entry = _Entry(part, size)
         queue = self._queues.setdefault(where, [])
         queue.append(entry)
         if where not in self._led:
             self._led.add(where)
             entry.turn = Turn.LEADING
+        lock = self._locks(table)
         try:
             while entry.turn is Turn.QUEUED or entry.turn is Turn.TAKEN:
                 await entry.wakeup.wait()
                 entry.wakeup = trio.Event()
+            if entry.turn is Turn.LEADING:
+                await lock.acquire()
         except trio.Cancelled:
-            if entry.turn is Turn.QUEUED:
+            if entry.turn is not Turn.TAKEN:  # not taken into a group: never written
                 queue.remove(entry)
-            elif entry.turn is Turn.LEADING:  # elected as it was cancelled: lead anyway
-                with trio.CancelScope(shield=True):
-                    await self._lead(where, store, table, settings)
+                if entry.turn is Turn.LEADING:
+                    self._elect(where, queue)
             raise
         if entry.turn is Turn.LEADING:
-            with trio.CancelScope(shield=True):
-                await self._lead(where, store, table, settings)
+            try:
+                if settings.max_wait > 0:
+                    await trio.sleep(settings.max_wait)  # for more requests to join
+            except trio.Cancelled:
+                lock.release()
+                queue.remove(entry)
+                self._elect(where, queue)
+                raise
+            with trio.CancelScope(shield=True):  # the others' commit depends on it now
+                try:
+                    await self._lead(where, store, table)
+                finally:
+                    lock.release()
         assert entry.turn is Turn.DONE and entry.outcome is not None
         if isinstance(entry.outcome, BaseException):
             raise entry.outcome
         return entry.outcome
 
-    async def _lead(
-        self, where: tuple[int, str], store: Any, table: str, settings: GroupCommitSettings
-    ) -> None:
+    async def _lead(self, where: tuple[int, str], store: Any, table: str) -> None:
+        """Take the next group and commit it (the table's lock is held)."""
         queue = self._queues[where]
         try:
-            async with self._locks(table):
-                if settings.max_wait > 0:
-                    await trio.sleep(settings.max_wait)
-                group = _take(queue, settings)
-                for entry in group:
-                    entry.turn = Turn.TAKEN
-                started = trio.current_time()
-                try:
-                    outcomes = await trio.to_thread.run_sync(
-                        commit_group, store, table, [e.part for e in group], limiter=self._limiter
-                    )
-                except Exception as exc:  # the store failed as a whole (closed, ...)
-                    outcomes = [exc] * len(group)
-                seconds = trio.current_time() - started
+            group = _take(queue, self._settings)
+            for entry in group:
+                entry.turn = Turn.TAKEN
+            started = trio.current_time()
+            try:
+                outcomes = await trio.to_thread.run_sync(
+                    commit_group, store, table, [e.part for e in group], limiter=self._limiter
+                )
+            except Exception as exc:  # the store failed as a whole (closed, ...)
+                outcomes = [exc] * len(group)
+            seconds = trio.current_time() - started
         finally:
             self._elect(where, queue)
         for entry, outcome in zip(group, outcomes, strict=True):
