@@ -83,10 +83,14 @@ def test_a_group_is_one_version_with_every_row(store: DeltaStore, tmp_path: Path
 
 
 def test_a_group_creates_the_table_in_version_0(store: DeltaStore, tmp_path: Path) -> None:
-    results = _results(commit_group(store, "t", [_part(0), _part(10), _part(20)]))
+    parts = [_part(0), _part(10, 4, key="k"), _part(20)]
+    results = _results(commit_group(store, "t", parts))
     assert _table(tmp_path).version() == 0
     assert [(r.created, r.version) for r in results] == [(True, 0), (False, 0), (False, 0)]
-    assert _ids(tmp_path) == [0, 1, 2, 10, 11, 12, 20, 21, 22]
+    assert _ids(tmp_path) == [0, 1, 2, 10, 11, 12, 13, 20, 21, 22]
+    replay = _results(commit_group(store, "t", [_part(50), _part(60, key="k")]))[1]
+    assert (replay.rows, replay.batches, replay.version, replay.replayed) == (4, 1, 0, True)
+    assert _table(tmp_path).version() == 1 and 60 not in _ids(tmp_path)
 
 
 def test_keys_of_a_group_replay_with_their_own_counts(store: DeltaStore, tmp_path: Path) -> None:
