@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import threading
 from collections.abc import Callable
 from pathlib import Path
 
@@ -239,4 +240,44 @@ def test_a_failed_shared_commit_falls_back_to_each_part_alone(
     assert _table(tmp_path).metadata().partition_columns == ["b"]
     assert len(calls) == 2
     assert store.statistics()["rollbacks"] == 1  # the group's files, deleted
+    _no_orphans(tmp_path)
+
+
+def test_a_group_into_a_partitioned_table(store: DeltaStore, tmp_path: Path) -> None:
+    options = DeltaOptions(partition_by=("b",))
+    parts = [Part(p.schema, p.batches, key=p.key, options=options) for p in (_part(0), _part(10))]
+    results = _results(commit_group(store, "t", parts))
+    assert [r.version for r in results] == [0, 0]
+    dt = _table(tmp_path)
+    assert dt.metadata().partition_columns == ["b"]
+    assert len(dt.file_uris()) == 6  # each part's file per partition value
+    got = dt.to_pyarrow_table().sort_by("a")
+    assert got.column("a").to_pylist() == [0, 1, 2, 10, 11, 12]
+    assert got.column("b").to_pylist() == ["r0", "r1", "r2"] * 2
+    _no_orphans(tmp_path)
+
+
+def test_groups_committing_at_once_each_land_in_one_version(
+    store: DeltaStore, tmp_path: Path
+) -> None:
+    """Two groups from two stores (processes) conflict; each retries and lands whole."""
+    _seed(store)
+    other = DeltaStore(tmp_path / "lake")
+    got: dict[int, list[Outcome]] = {}
+    start = threading.Barrier(2)
+
+    def run(n: int, s: DeltaStore) -> None:
+        start.wait()
+        got[n] = commit_group(s, "t", [_part(100 * n + 10 * i, key=f"{n}.{i}") for i in range(4)])
+
+    threads = [threading.Thread(target=run, args=(n, s)) for n, s in ((1, store), (2, other))]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    first, second = ({r.version for r in _results(got[n])} for n in (1, 2))
+    assert len(first) == len(second) == 1 and first | second == {1, 2}
+    assert _table(tmp_path).version() == 2
+    expected = [100 * n + 10 * i + k for n in (1, 2) for i in range(4) for k in range(3)]
+    assert _ids(tmp_path) == sorted([*expected, 1000, 1001, 1002])
     _no_orphans(tmp_path)
