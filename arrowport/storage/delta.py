@@ -42,6 +42,7 @@ Invariants:
 
 from __future__ import annotations
 
+import json
 import logging
 import os
 from collections.abc import Sequence
@@ -62,6 +63,7 @@ from .delta_write import (
     KEY_PREFIX,
     META_BATCHES,
     META_KEY,
+    META_KEYS,
     META_ROWS,
     DeltaWrite,
     Replay,
@@ -91,6 +93,18 @@ def _latest_version(location: DeltaLocation, table: str, known: int) -> int:
     while location.exists(location.fs_path(table, "_delta_log", f"{version + 1:020d}.json")):
         version += 1
     return version
+
+
+def _group_keys(info: dict[str, Any]) -> dict[str, tuple[int, int]]:
+    """The keys a group commit recorded: ``{key: (rows, batches)}`` (none if not a group's)."""
+    raw = info.get(META_KEYS)
+    if raw is None:
+        return {}
+    try:
+        found = json.loads(raw) if isinstance(raw, str) else raw
+        return {str(k): (int(v[0]), int(v[1])) for k, v in found.items()}
+    except (ValueError, TypeError, AttributeError, IndexError, KeyError):
+        return {}  # not written by Arrowport
 
 
 class DeltaStore:
@@ -338,6 +352,9 @@ class DeltaStore:
                 break  # removed by log cleanup
             if info.get(META_KEY) == key:
                 return Replay(int(info.get(META_ROWS, 0)), int(info.get(META_BATCHES, 0)), version)
+            counts = _group_keys(info).get(key)
+            if counts is not None:  # committed in a group (delta_group.py)
+                return Replay(counts[0], counts[1], version)
         return Replay(0, 0, None)  # committed, but its commit info is gone (log cleanup)
 
     def committed(self, table: str, options: DeltaOptions) -> None:

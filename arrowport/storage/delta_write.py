@@ -53,6 +53,7 @@ KEY_PREFIX = "arrowport:"  # txn appId of an idempotency key
 META_KEY = "arrowport.idempotency_key"  # commitInfo: the key, rows and batches
 META_ROWS = "arrowport.rows"
 META_BATCHES = "arrowport.batches"
+META_KEYS = "arrowport.keys"  # commitInfo of a group: JSON {key: [rows, batches]}
 META_COMMIT = "arrowport.commit"  # commitInfo: a unique id, to find the version committed
 META_READ = "arrowport.read_version"  # commitInfo: the version the writer read (-1: none)
 MAX_OPEN_PARTITIONS = 64  # open Parquet writers per request; the oldest is closed first
@@ -504,6 +505,12 @@ class DeltaWrite:
             max_commit_retries=retries,
         )
 
+    def _replayed(self, existing: DeltaTable) -> bool:
+        """Whether the key is committed by now (then nothing is committed)."""
+        if self.key is not None:
+            self.replay = self.store.find_replay(existing, self.key)
+        return self.replay is not None
+
     def _committed_version(self, read_version: int, commit_id: str) -> int | None:
         """The version our commit landed at (later than read + 1 if others won races)."""
         version = read_version + 1
@@ -545,10 +552,8 @@ class DeltaWrite:
                     raise
                 # another writer created it first: append instead, if schemas agree
         self.created = False  # appending: another writer created the table first
-        if self.key is not None:
-            self.replay = self.store.find_replay(existing, self.key)
-            if self.replay is not None:
-                return
+        if self._replayed(existing):
+            return
         schema = self._table_schema(existing)
         read_version = existing.version()
         if list(existing.metadata().partition_columns) != list(self.partition_by):

@@ -16,9 +16,9 @@ Invariants:
   written alone, in a transaction of its own, so that only the culprit fails.
 * Idempotency keys are recorded in the transaction of the rows they name; a
   key already committed, or twice in one group, is answered as a replay.
-* Only DuckDB and DuckLake stores group parts into one transaction (one
-  snapshot, for DuckLake); other stores (Delta) write each part alone, in
-  order, which is correct but not faster.
+* DuckDB and DuckLake stores group parts into one transaction (one snapshot,
+  for DuckLake); Delta stores into one Delta version (``delta_group.py``).
+  Other stores write each part alone, in order: correct but not faster.
 """
 
 from __future__ import annotations
@@ -41,6 +41,10 @@ class _Spoiled(Exception):
 
 def commit_group(store: Any, table: str, parts: list[Part]) -> list[Outcome]:
     """Commit ``parts`` into ``table``; one outcome per part (see the module's doc)."""
+    if len(parts) > 1 and getattr(store, "backend", None) == "delta":
+        from . import delta_group  # imported here: deltalake only loads for Delta
+
+        return delta_group.commit_group(store, table, parts)
     if isinstance(store, DuckDBStore):  # one part too: the same work, with fewer steps
         try:
             outcomes = _one_transaction(store, table, parts)
