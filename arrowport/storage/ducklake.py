@@ -39,7 +39,7 @@ from ..names import quote_identifier
 from ..protocol import ArrowportError
 from ..redact import conninfo_secrets, redact
 from . import ducklake_ledger as ledger
-from .duckdb import DuckDBStore, load_extension, skip_pandas_lookups
+from .duckdb import DuckDBStore, load_extension
 from .ducklake_claim import KeyClaim, LocalClaims
 from .errors import InvalidReadError, StorageError, WriteRejectedError
 from .recovery import GuardedReader
@@ -142,7 +142,6 @@ class DuckLakeStore(DuckDBStore):
     # -- lifecycle ----------------------------------------------------------
 
     def open(self) -> None:
-        skip_pandas_lookups()
         try:
             self._con = duckdb.connect(":memory:", config=self._settings)
         except duckdb.Error as exc:
