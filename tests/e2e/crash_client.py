@@ -141,6 +141,26 @@ def install_probes() -> None:
     group_write._insert_parts = group_insert  # type: ignore[assignment]
     group_write._commit = group_commit  # type: ignore[assignment]
 
+    # a Delta group (storage/delta_group.py): one commit for its members' files
+    from arrowport.storage import delta_group
+
+    original_delta_commit = delta_group.GroupWrite.commit
+
+    def delta_group_commit(self: Any) -> Any:
+        for member in self.members:
+            note("commit", member)
+        try:
+            results = original_delta_commit(self)
+        except BaseException:
+            for member in self.members:
+                note("failed", member)
+            raise
+        for member in self.members:
+            note("committed", member)
+        return results
+
+    delta_group.GroupWrite.commit = delta_group_commit  # type: ignore[method-assign]
+
 
 def read_probes(path: Path) -> list[tuple[float, str, str]]:
     """The probe lines of one server run: (time, event, key)."""
