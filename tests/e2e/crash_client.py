@@ -127,6 +127,8 @@ def install_probes() -> None:
         return original_insert(store, cur, table, parts, *args)
 
     def group_commit(cur: Any, parts: list[Any]) -> None:
+        if parts:  # armable: a group of at least min_rows parts
+            note("group", parts[0], len(parts))
         for part in parts:
             note("commit", part)
         try:

@@ -11,6 +11,9 @@ rows no other request sends, and SIGKILLs the server. The kill is aimed, in turn
 * ``commit``: the commit call is running (armed: the 1st-4th commit starts a 0-10 ms timer);
 * ``after-commit``: ``finish()`` returned, the answer not sent (armed: the 1st-4th
   ``finish()`` to return kills at once);
+* ``group``: a group commit of two or more small requests is committing (armed: the first
+  such group's COMMIT starts a 0.5-4 ms timer; small requests that end while another
+  commits share the next one). Delta's groups are killed by the ``commit`` plan;
 * ``random``: the killer, 0.05-1.5 s after the clients start.
 
 The server's probes (see ``crash_client``) say where each request in flight really was. After
@@ -30,7 +33,7 @@ write it (``"replayed": false``). After the last kill the server is restarted on
 without a kill, every unacked request is retried until acked, the server is stopped cleanly,
 and the storage must hold exactly one copy of every request.
 
-10 kills per backend by default; ``--soak`` makes it 100, ``ARROWPORT_SOAK_KILLS=N`` any N.
+12 kills per backend by default (two per plan); ``--soak`` makes it 100, ``ARROWPORT_SOAK_KILLS=N`` any N.
 ``ARROWPORT_CRASH_SEED`` fixes a run's random choices (printed; the timing still varies).
 The figures printed (``-s``) are recorded in docs/reliability.md, "## Crash safety".
 """
@@ -67,8 +70,8 @@ from support import Server
 
 TABLES = ("crash_a", "crash_b")  # two tables: two writers at once, so a kill hits both
 CLIENTS = 4
-PLANS = ("body", "insert", "commit", "after-commit", "random")
-CI_KILLS = 10
+PLANS = ("body", "insert", "commit", "after-commit", "group", "random")
+CI_KILLS = 12  # two of each plan
 SOAK_KILLS = 100
 ARMED_WAIT = 10.0  # seconds for an armed kill to fire before the killer thread kills instead
 CLIENT_JOIN = 60.0
@@ -142,6 +145,8 @@ class Harness:
         arm = ""
         if plan == "insert":  # a large request's group: 60,000 rows take about 5-40 ms
             arm = f"insert,{self.rng.randint(1, 2)},{self.rng.uniform(0, 0.008):.6f},20000"
+        elif plan == "group":  # the COMMIT of a group of 2+ requests (DuckDB, DuckLake)
+            arm = f"group,1,{self.rng.uniform(0.0005, 0.004):.6f},2"
         elif plan == "commit":  # a commit takes about 1-15 ms
             arm = f"commit,{self.rng.randint(1, 4)},{self.rng.uniform(0, 0.01):.6f},0"
         elif plan == "after-commit":
