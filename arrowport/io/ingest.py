@@ -227,6 +227,7 @@ class IngestRequest:
             limits.queue_depth,
         )
         self.result: WriteResult | None = None
+        self.submitted = False  # a held request was handed to the group committer
         self._nursery: trio.Nursery | None = None
 
     # -- the request ----------------------------------------------------------------------
@@ -247,14 +248,25 @@ class IngestRequest:
                     # the channel is closed: the writer commits what it holds, then stops
                     failure = exc
             if self.phase is Phase.HELD:
+                self.submitted = True
                 await self._commit_held()
         except BaseExceptionGroup as group:
+            self._abandoned()
             raise _primary(group) from None
+        except BaseException:
+            self._abandoned()
+            raise
         finally:
             self.hold.release_all()  # what the writer did not get to (a failed request)
         if failure is not None:
             raise failure
         return await self._finished(started)
+
+    def _abandoned(self) -> None:
+        """A held request failed before its commit (its stream did: truncated, invalid, its
+        client gone): counted as a rolled-back transaction, as a streaming write's would be."""
+        if self.phase in (Phase.HOLDING, Phase.HELD) and not self.submitted:
+            self.pipeline.stats.rolled_back(self.labels)
 
     async def _feed(self, chunks: AsyncIterator[bytes | memoryview]) -> None:
         """Read the body into the decoder and act on its events."""
@@ -333,6 +345,10 @@ class IngestRequest:
         self.schema = schema
         self.awaiting_key = self.key_from_metadata is not None
         if self.grouping:
+            # refuse what needs no table at once (names, types, the key), as a writer would
+            check = getattr(self.store, "check_stream", None)
+            if check is not None:
+                check(schema, self.route.commit, self.key)  # a key in app_metadata: later
             self.phase = Phase.HOLDING  # the table is taken only if the stream grows
             return
         await self._start_writer(wait_for_key=self.awaiting_key)
@@ -427,8 +443,8 @@ class IngestRequest:
     async def _finished(self, started: float) -> IngestResult:
         """Count the request's commit once, acknowledge it (request mode), and answer."""
         result = self.result or self.writer.result
-        if result is None:  # the decoder ends a stream only after its schema
-            raise ArrowportError("the Arrow stream ended before its schema", error="bad_stream")
+        if result is None:  # the decoders end a stream only after its schema
+            raise ProtocolError("the Arrow stream ended before its schema", error="empty_stream")
         stats, labels, progress = self.pipeline.stats, self.labels, self.progress
         wire = self.decoder.wire_bytes
         if self.route.commit == "batch":  # each commit was counted; add the framing

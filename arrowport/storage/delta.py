@@ -300,20 +300,7 @@ class DeltaStore:
         options = options or self.defaults
         self.location.check_concurrency()
         path = self.table_path(table)
-        if idempotency_key is not None:
-            validate_idempotency_key(idempotency_key)
-            if commit != "request":
-                raise WriteRejectedError(
-                    "idempotency keys need commit: request; in batch mode each commit is "
-                    "acknowledged as it happens, so resend only unacknowledged batches",
-                    error="idempotency_unsupported",
-                )
-        dupes = duplicate_names(schema.names)
-        if dupes:
-            raise SchemaMismatchError(
-                f"stream has duplicate column names (case-insensitive): {', '.join(dupes)}"
-            )
-        types = typemap.plan(schema, "delta")
+        types = self.check_stream(schema, commit, idempotency_key)
         schema = types.target
         incoming = to_delta_schema(schema)
         existing = self.open_table(table)
@@ -338,6 +325,25 @@ class DeltaStore:
             replay=replay,
             plan=types,
         )
+
+    def check_stream(
+        self, schema: pa.Schema, commit: str = "request", idempotency_key: str | None = None
+    ) -> typemap.TypePlan:
+        """What needs no table: the key, the column names, and the stored types."""
+        if idempotency_key is not None:
+            validate_idempotency_key(idempotency_key)
+            if commit != "request":
+                raise WriteRejectedError(
+                    "idempotency keys need commit: request; in batch mode each commit is "
+                    "acknowledged as it happens, so resend only unacknowledged batches",
+                    error="idempotency_unsupported",
+                )
+        dupes = duplicate_names(schema.names)
+        if dupes:
+            raise SchemaMismatchError(
+                f"stream has duplicate column names (case-insensitive): {', '.join(dupes)}"
+            )
+        return typemap.plan(schema, "delta")
 
     def find_replay(self, dt: DeltaTable, key: str) -> Replay | None:
         """The original result if ``key`` is committed in ``dt``, else None."""

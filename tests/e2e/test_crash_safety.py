@@ -33,7 +33,8 @@ write it (``"replayed": false``). After the last kill the server is restarted on
 without a kill, every unacked request is retried until acked, the server is stopped cleanly,
 and the storage must hold exactly one copy of every request.
 
-12 kills per backend by default (two per plan); ``--soak`` makes it 100, ``ARROWPORT_SOAK_KILLS=N`` any N.
+12 kills per backend by default (two per plan); ``--soak`` makes it 100,
+``ARROWPORT_SOAK_KILLS=N`` any N.
 ``ARROWPORT_CRASH_SEED`` fixes a run's random choices (printed; the timing still varies).
 The figures printed (``-s``) are recorded in docs/reliability.md, "## Crash safety".
 """

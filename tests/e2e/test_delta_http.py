@@ -783,15 +783,18 @@ def test_client_disconnect_mid_upload_commits_nothing_and_removes_files(
         seed(lake, table)
     path = root_of(lake) / table
     before = parquet_files(root_of(lake))
-    cut = _MSGS[30][2]  # schema + 30 whole batches: the writer has opened a data file
+    # 40 batches, about 3.5 MB decoded (past group_commit.max_request_bytes: it streams),
+    # 0.7 MB sent (within this server's limits.max_request_size)
+    big = ipc_bytes(sample_table(100_000), max_chunksize=2500, compression="zstd")
+    cut = messages(big)[30][2]  # schema + 30 whole batches: the writer has opened a data file
     url = httpx.URL(lake.url)
     sock = socket.create_connection((url.host, url.port))
     try:
         head = (
             f"POST /delta/{table} HTTP/1.1\r\nHost: x\r\nContent-Type: {ARROW}\r\n"
-            f"Content-Length: {len(_BIG)}\r\n\r\n"
+            f"Content-Length: {len(big)}\r\n\r\n"
         ).encode()
-        sock.sendall(head + _BIG[:cut])
+        sock.sendall(head + big[:cut])
         # the upload is being written: a data file exists before the client goes away
         assert wait_until(lambda: len(parquet_files(root_of(lake))) > len(before), 5.0)
     finally:

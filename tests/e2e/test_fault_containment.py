@@ -107,7 +107,8 @@ def test_an_invalidated_database_is_reopened_without_a_restart(
 def test_a_write_open_across_a_reopen_fails_and_leaves_nothing(server: Server) -> None:
     """An upload begun before the invalidation is answered 503 and none of it is stored."""
     assert server.post("midway", ipc_bytes(sample_table(5))).status_code == 200
-    body = ipc_bytes(sample_table(20_000, offset=5), max_chunksize=1000)
+    # about 3.5 MB: its first half is past group_commit.max_request_bytes, so it streams
+    body = ipc_bytes(sample_table(100_000, offset=5), max_chunksize=2500)
     sock = start_upload(server.url, "midway", len(body), body[: len(body) // 2])
     try:
         time.sleep(0.5)  # the first half is being written on the old connection

@@ -462,7 +462,9 @@ def test_table_drop_past_its_deadline_drops_nothing(
     client = flight_client(server)
     put_table(client, "busy", ids(0, 3))
     writer, reader = client.do_put(fl.FlightDescriptor.for_path("busy"), ids(0, 1).schema)
-    writer.write_table(ids(3, 2))  # the DoPut holds the table's lock until it commits
+    # 1.6 MB, past group_commit.max_request_bytes: the DoPut streams, holding the table's
+    # lock until it commits
+    writer.write_table(ids(3, 200_000), max_chunksize=20_000)
     time.sleep(0.3)
     started = time.monotonic()
     with pytest.raises(fl.FlightTimedOutError):
@@ -471,7 +473,7 @@ def test_table_drop_past_its_deadline_drops_nothing(
     writer.done_writing()
     reader.read()
     writer.close()
-    assert table_counts(client) == {"busy": 5}  # not dropped
+    assert table_counts(client) == {"busy": 200_003}  # not dropped
     results = list(
         client.do_action(fl.Action("table.drop", b"busy"), fl.FlightCallOptions(timeout=10))
     )

@@ -203,9 +203,10 @@ def _timed_put(client: H2Client, stream: str, timeout: bytes) -> int:
 
 def test_deadline_passing_before_the_commit_is_answered_and_rolled_back(server: Server) -> None:
     """A whole DoPut whose commit waits past its grpc-timeout: DEADLINE_EXCEEDED, no rows."""
-    batch = pa.table({"id": pa.array([1], pa.int64())})
-    data = ipc_bytes(batch)
-    holder = start_upload(server.url, "locked", len(data), data[:-8])  # holds table "locked"
+    # 2.4 MB: past group_commit.max_request_bytes, so it streams and holds table "locked"
+    batch = pa.table({"id": pa.array(range(300_000), pa.int64())})
+    data = ipc_bytes(batch, max_chunksize=30_000)
+    holder = start_upload(server.url, "locked", len(data), data[:-8])
     client = H2Client(server.url)
     try:
         time.sleep(0.3)
@@ -220,7 +221,7 @@ def test_deadline_passing_before_the_commit_is_answered_and_rolled_back(server: 
     final = answer.final_headers
     assert final[b"grpc-status"] == b"4", final  # DEADLINE_EXCEEDED
     assert b"nothing was committed" in final.get(b"grpc-message", b"")
-    assert _rows(server, "locked") == 1  # the holder's row only
+    assert _rows(server, "locked") == 300_000  # the holder's rows only
 
 
 def test_doput_within_its_deadline_commits_and_says_ok(server: Server) -> None:

@@ -141,8 +141,10 @@ def test_instances_append_to_one_table_with_exact_counts(
     assert len(answers) == PRODUCERS * REQUESTS
     rows = [a.get("rows", a.get("committed_rows")) for a in answers]
     assert rows == [ROWS] * len(answers)
+    # each answer names the snapshot that committed it; small requests that arrive together
+    # at one instance share one (group commit), so a snapshot may be named more than once
     versions = [a["version"] for a in answers]
-    assert len(set(versions)) == len(versions), "two requests claim one snapshot"
+    assert all(isinstance(v, int) and v > 0 for v in versions), versions
     raced = rollbacks(conninfo) - before
     for server in instances:
         server.assert_serving()
@@ -162,9 +164,9 @@ def test_instances_append_to_one_table_with_exact_counts(
     snapshots = lake_query(
         f"postgres:{conninfo}",
         "SELECT count(*) FROM ducklake_snapshots('lake') WHERE snapshot_id IN "
-        f"({', '.join(str(v) for v in versions)})",
+        f"({', '.join(str(v) for v in set(versions))})",
     )
-    assert snapshots == [(len(versions),)]  # every answered version is a real snapshot
+    assert snapshots == [(len(set(versions)),)]  # every answered version is a real snapshot
     print(f"{count} instances: {raced} catalog transactions rolled back (commit races)")
     assert raced > 0, "no commit race happened: the test did not test concurrency"
 
