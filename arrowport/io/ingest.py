@@ -34,28 +34,30 @@ Invariants:
 
 from __future__ import annotations
 
-import enum
 import math
 from collections.abc import AsyncIterator, Callable
-from dataclasses import dataclass, field
-from typing import Protocol
 
 import pyarrow as pa
 import trio
 
 from ..config import GroupCommitSettings, Limits, Route
-from ..protocol import NEED_DATA, ArrowportError, BatchReceived, IPCStreamDecoder, SchemaReceived
-from ..protocol import StreamEnded as StreamEnded
+from ..protocol import (
+    NEED_DATA,
+    ArrowportError,
+    BatchReceived,
+    IPCStreamDecoder,
+    SchemaReceived,
+    StreamEnded,
+)
 from ..protocol.errors import GrpcStatus, ProtocolError
-from ..protocol.events import BatchAnnounced, BodyAnnounced, DictionaryReceived, Event, _NeedData
+from ..protocol.events import BatchAnnounced, BodyAnnounced, DictionaryReceived, Event
 from ..protocol.flight import MetadataReceived
 from ..protocol.messages import validate_batch
-from ..stats import Labels, Stats
+from ..stats import Labels
 from ..storage import WriteResult
 from ..storage.port import Part, Store, Write
 from .body import with_eof
-from .budget import Hold, MemoryBudget, MessageCosts
-from .group_commit import GroupCommitter
+from .budget import Hold, MessageCosts
 from .ingest_results import (
     Commit,
     IngestResult,
@@ -68,6 +70,7 @@ from .ingest_results import (
     result_of,
     trailing_data_error,
 )
+from .ingest_types import INLINE_DECODE_BYTES, Decoder, Phase, Pipeline
 from .ingest_writer import END, FLUSH, StreamWriter
 
 __all__ = [
@@ -87,45 +90,6 @@ __all__ = [
     "result_of",
     "trailing_data_error",
 ]
-
-
-class Decoder(Protocol):
-    @property
-    def wire_bytes(self) -> int: ...
-    @property
-    def decoded_bytes(self) -> int: ...
-
-    announce: bool
-
-    def decode_announced(self) -> BatchReceived: ...
-    def receive_data(self, data: bytes | bytearray | memoryview) -> None: ...
-    def next_event(self) -> Event | _NeedData: ...
-    @property
-    def trailing_data(self) -> tuple[bytes, bool]: ...
-
-
-@dataclass(frozen=True, slots=True)
-class Pipeline:
-    """What every upload to one server shares."""
-
-    locks: TableLocks = field(default_factory=TableLocks)
-    stats: Stats = field(default_factory=Stats)
-    limiter: trio.CapacityLimiter | None = None  # the writers' worker threads
-    budget: MemoryBudget | None = None  # in-flight memory
-    groups: GroupCommitter | None = None  # None: no group commit
-
-
-# a batch this small (decoded) is decoded and validated on the event loop: a thread hop
-# would cost more than the work (tens of microseconds)
-INLINE_DECODE_BYTES = 64 * 1024
-
-
-class Phase(enum.Enum):
-    SCHEMA = "schema"  # no schema yet
-    HOLDING = "holding"  # small so far: held whole, for a group commit
-    STREAMING = "streaming"  # the writer has the table; batches are queued to it
-    HELD = "held"  # the stream ended cleanly while held: it joins a group commit
-    ENDED = "ended"  # the stream ended cleanly while streaming: the writer commits
 
 
 async def ingest(
@@ -223,8 +187,9 @@ class IngestRequest:
             self.labels,
             self.hold,
             pipeline.limiter,
-            self._committed,
             limits.queue_depth,
+            self.progress,
+            on_commit,
         )
         self.result: WriteResult | None = None
         self.submitted = False  # a held request was handed to the group committer
@@ -414,31 +379,6 @@ class IngestRequest:
         self.result = await groups.commit(store, self.route.table, part, self.held_bytes, settings)
 
     # -- commits and the result ------------------------------------------------------------
-
-    async def _committed(
-        self,
-        group: list[BatchReceived],
-        rows: int,
-        batches: int,
-        pending: list[bytes],
-        version: int | None,
-    ) -> None:
-        """Batch mode: one batch is committed."""
-        progress = self.progress
-        progress.rows, progress.batches = rows, batches
-        wire = sum(e.wire_bytes for e in group)
-        progress.bytes += wire
-        if group:  # else app_metadata after the last batch: no commit to count
-            self.pipeline.stats.committed(
-                self.labels,
-                rows=sum(e.batch.num_rows for e in group),
-                batches=len(group),
-                wire=wire,
-                decoded=sum(e.decoded_bytes for e in group),
-            )
-        if self.on_commit is not None:
-            echo = pending + [e.app_metadata for e in group if e.app_metadata is not None]
-            await self.on_commit(Commit(rows, batches, echo, version))
 
     async def _finished(self, started: float) -> IngestResult:
         """Count the request's commit once, acknowledge it (request mode), and answer."""

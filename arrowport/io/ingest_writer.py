@@ -9,7 +9,6 @@ arrives. Anything else rolls back (shielded: the request waits for it).
 
 from __future__ import annotations
 
-from collections.abc import Awaitable, Callable
 from typing import Any
 
 import pyarrow as pa
@@ -22,13 +21,10 @@ from ..stats import Labels, Stats
 from ..storage import IngestAborted, WriteResult
 from ..storage.port import Store, Write
 from .budget import Hold
+from .ingest_results import Commit, OnCommit, Progress
 
 END = object()  # the stream ended cleanly: commit
 FLUSH = object()  # write the batches held so far (the memory budget is short)
-
-# after a commit, before the next: (batches committed, rows so far, batches so far,
-# app_metadata to echo, version)
-Committed = Callable[[list[BatchReceived], int, int, list[bytes], int | None], Awaitable[None]]
 
 
 class StreamWriter:
@@ -42,11 +38,13 @@ class StreamWriter:
         labels: Labels,
         hold: Hold,
         limiter: trio.CapacityLimiter | None,
-        committed: Committed,
         queue_depth: int,
+        progress: Progress,
+        on_commit: OnCommit | None,
     ) -> None:
         self.route, self.store, self.stats, self.labels = route, store, stats, labels
-        self.hold, self.limiter, self.committed = hold, limiter, committed
+        self.hold, self.limiter = hold, limiter
+        self.progress, self.on_commit = progress, on_commit
         self.send, self.receive = trio.open_memory_channel[Any](queue_depth)
         self.metadata: list[bytes] = []  # request mode: the client's app_metadata, for the ack
         self.result: WriteResult | None = None
@@ -96,6 +94,32 @@ class StreamWriter:
                     await trio.to_thread.run_sync(write.rollback)  # no-op after finish()
                 if self.result is None and route.commit != "batch" and not write.replayed:
                     self.stats.rolled_back(self.labels)
+
+    async def committed(
+        self,
+        group: list[BatchReceived],
+        rows: int,
+        batches: int,
+        pending: list[bytes],
+        version: int | None,
+    ) -> None:
+        """Batch mode: ``group`` is committed (rows and batches: the request's so far);
+        count it, and acknowledge it with the app_metadata to echo."""
+        progress = self.progress
+        progress.rows, progress.batches = rows, batches
+        wire = sum(e.wire_bytes for e in group)
+        progress.bytes += wire
+        if group:  # else app_metadata after the last batch: no commit to count
+            self.stats.committed(
+                self.labels,
+                rows=sum(e.batch.num_rows for e in group),
+                batches=len(group),
+                wire=wire,
+                decoded=sum(e.decoded_bytes for e in group),
+            )
+        if self.on_commit is not None:
+            echo = pending + [e.app_metadata for e in group if e.app_metadata is not None]
+            await self.on_commit(Commit(rows, batches, echo, version))
 
     async def _write_groups(self, write: Write) -> bool:
         """Insert queued batches group by group; True if the end marker arrived.
