@@ -59,6 +59,11 @@ log = logging.getLogger("arrowport.storage")
 
 _source_ids = itertools.count(1)
 
+# release_memory(): evict DuckDB's block cache when it holds more than RELEASE_ABOVE bytes
+# and no cursor is open, by lowering memory_limit to RELEASE_TO for a moment
+RELEASE_ABOVE = 32 * 1024 * 1024
+RELEASE_TO = "16MB"
+
 
 # Extensions whose work the duckdb Python package does itself: accepted, not loaded
 BUILT_IN_EXTENSIONS = {
@@ -104,6 +109,7 @@ class DuckDBStore:
         memory_limit: str | None = None,
         threads: int | None = None,
         checkpoint_threshold: str | None = None,
+        temp_directory: str | None = None,
         insert_group_rows: int = 2 * 122_880,
         insert_group_bytes: int = 64 * 1024 * 1024,
         insert_group_batches: int = 1024,
@@ -119,6 +125,9 @@ class DuckDBStore:
             self._settings["threads"] = threads
         if checkpoint_threshold:
             self._settings["checkpoint_threshold"] = checkpoint_threshold
+        if temp_directory:
+            self._settings["temp_directory"] = temp_directory
+        self.memory_releases = 0  # times release_memory() evicted DuckDB's block cache
         self.insert_group_rows = insert_group_rows
         self.insert_group_bytes = insert_group_bytes
         self.insert_group_batches = insert_group_batches
@@ -143,6 +152,7 @@ class DuckDBStore:
             memory_limit=duck.memory_limit,
             threads=duck.threads,
             checkpoint_threshold=duck.checkpoint_threshold,
+            temp_directory=duck.temp_directory or f"{config.db_path}.tmp",
             key_ttl_hours=config.idempotency.key_ttl_hours,
         )
 
@@ -211,6 +221,40 @@ class DuckDBStore:
         uses the connection meanwhile). The WAL brings back every committed write."""
         self.close(checkpoint=False)
         self.open()
+
+    def release_memory(self, above: int = RELEASE_ABOVE) -> bool:
+        """Give DuckDB's cached blocks back to the system while nothing uses the database.
+
+        DuckDB keeps the blocks a transaction wrote or read cached up to ``memory_limit``
+        after it ends. With no cursor open (no write, read or scan in progress; new ones
+        wait for ``_cursor_lock``) and more than ``above`` bytes in use, the limit is
+        lowered to ``RELEASE_TO`` and restored: DuckDB evicts the unpinned blocks (they
+        are in the file already) and frees them. True if it did.
+        """
+        with self._cursor_lock:
+            con = self._con
+            if con is None or not self.gate.ready:
+                return False
+            try:
+                if _one(con, "SELECT count FROM duckdb_connection_count()") > 1:
+                    return False  # a cursor is open: its transaction may need the memory
+                used = _one(con, "SELECT coalesce(sum(memory_usage_bytes), 0) FROM duckdb_memory()")
+                if used <= above:
+                    return False
+                try:
+                    con.execute(f"SET memory_limit = '{RELEASE_TO}'")
+                except duckdb.OutOfMemoryException:
+                    pass  # pinned memory above RELEASE_TO: what could be evicted was
+                finally:
+                    limit = self._settings.get("memory_limit")
+                    con.execute(
+                        "RESET memory_limit" if not limit else f"SET memory_limit = '{limit}'"
+                    )
+            except duckdb.Error as exc:
+                log.warning("could not release DuckDB's cached memory: %s", first_line(exc))
+                return False
+            self.memory_releases += 1
+            return True
 
     def checkpoint(self) -> None:
         with self._cursor() as cur:
@@ -592,6 +636,11 @@ class DuckDBStore:
         if isinstance(exc, duckdb.IOException | duckdb.OutOfMemoryException):
             return StorageError(f"DuckDB could not write: {line}")
         return StorageError(f"DuckDB error: {line}")
+
+
+def _one(con: duckdb.DuckDBPyConnection, sql: str) -> int:
+    row = con.execute(sql).fetchone()
+    return int(row[0]) if row is not None else 0
 
 
 def _no_rows(schema: pa.Schema) -> pa.RecordBatchReader:
