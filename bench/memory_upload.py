@@ -90,7 +90,9 @@ def make_batches(rows: int, distinct: int) -> tuple[pa.Schema, list[bytes]]:
     return schema, messages
 
 
-def body_parts(schema: pa.Schema, messages: list[bytes], total: int) -> tuple[int, int, Iterator[bytes]]:
+def body_parts(
+    schema: pa.Schema, messages: list[bytes], total: int
+) -> tuple[int, int, Iterator[bytes]]:
     """(Content-Length, rows, a generator of the body's parts) for about ``total`` bytes."""
     head = schema.serialize().to_pybytes()
     eos = b"\xff\xff\xff\xff\x00\x00\x00\x00"
@@ -106,7 +108,9 @@ def body_parts(schema: pa.Schema, messages: list[bytes], total: int) -> tuple[in
     return length, count, parts()
 
 
-def start_server(db: Path, config: Path | None, sets: list[str]) -> tuple[subprocess.Popen[str], str, int, list[str]]:
+def start_server(
+    db: Path, config: Path | None, sets: list[str]
+) -> tuple[subprocess.Popen[str], str, int, list[str]]:
     cmd = [sys.executable, "-m", "arrowport", "serve", "--port", "0", "--db", str(db)]
     if config is not None:
         cmd += ["--config", str(config)]
@@ -116,14 +120,18 @@ def start_server(db: Path, config: Path | None, sets: list[str]) -> tuple[subpro
         if config is not None:
             raise SystemExit("--config and --set: give one")
         cmd += ["--config", str(cfg)]
-    proc = subprocess.Popen(cmd, cwd=db.parent, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    proc = subprocess.Popen(
+        cmd, cwd=db.parent, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True
+    )
     log: list[str] = []
     assert proc.stdout is not None
     for line in proc.stdout:
         log.append(line)
         match = SERVING.search(line)
         if match:
-            threading.Thread(target=lambda: [log.append(x) for x in proc.stdout or ()], daemon=True).start()
+            threading.Thread(
+                target=lambda: [log.append(x) for x in proc.stdout or ()], daemon=True
+            ).start()
             return proc, match.group(1), int(match.group(2)), log
     raise SystemExit("server did not start:\n" + "".join(log))
 
@@ -164,13 +172,19 @@ def upload(host: str, port: int, length: int, parts: Iterator[bytes]) -> tuple[f
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("--gb", type=float, default=6.0, help="upload size in GiB (default 6)")
     parser.add_argument("--quick", action="store_true", help="1 GiB")
     parser.add_argument("--rows", type=int, default=122_880, help="rows per batch")
     parser.add_argument("--batches-distinct", type=int, default=8)
-    parser.add_argument("--after", type=float, default=5.0, help="seconds after the answer to read RSS")
-    parser.add_argument("--idle-wait", type=float, default=3.0, help="seconds after start before idle is read")
+    parser.add_argument(
+        "--after", type=float, default=5.0, help="seconds after the answer to read RSS"
+    )
+    parser.add_argument(
+        "--idle-wait", type=float, default=3.0, help="seconds after start before idle is read"
+    )
     parser.add_argument("--config", type=Path)
     parser.add_argument("--set", action="append", default=[], metavar="SECTION.KEY=VALUE")
     parser.add_argument("--json", type=Path)
@@ -227,7 +241,9 @@ def main() -> None:
     }
     print(json.dumps(result, indent=1))
     if " 200 " not in status:
-        print(answer.decode(errors="replace")[-2000:], "".join(log[-30:]), sep="\n", file=sys.stderr)
+        print(
+            answer.decode(errors="replace")[-2000:], "".join(log[-30:]), sep="\n", file=sys.stderr
+        )
     if args.json:
         args.json.write_text(json.dumps({**result, "samples": sampler.samples}))
     if args.keep:
