@@ -17,7 +17,9 @@ batch's bytes.
 A thread samples the server's VmRSS from ``/proc/PID/status`` every 100 ms.
 Reported: idle RSS (after start, before the upload), peak RSS, RSS at the
 answer, and RSS ``--after`` seconds (5 by default) after the answer; the upload's
-MB/s; and the rows in the table (checked against the rows sent).
+MB/s; and the rows in the table (checked against the rows sent). A body of more rows
+than ``limits.max_request_rows`` (100M; 6 GiB is 100.6M) raises that limit, and only it,
+unless ``--config`` is given.
 """
 
 from __future__ import annotations
@@ -44,6 +46,7 @@ import pyarrow as pa
 SERVING = re.compile(r"serving on http://([\d.]+):(\d+)")
 STREAM = "mem"
 GB = 1024**3
+DEFAULT_MAX_REQUEST_ROWS = 100_000_000  # limits.max_request_rows; 6 GiB is 100.6M rows
 
 
 def rss_mb(pid: int) -> float:
@@ -52,6 +55,17 @@ def rss_mb(pid: int) -> float:
             if line.startswith("VmRSS:"):
                 return int(line.split()[1]) / 1024
     raise RuntimeError("no VmRSS")
+
+
+def rss_parts_mb(pid: int) -> dict[str, int]:
+    """RssAnon and RssFile (shared libraries' pages touched so far) in MB."""
+    out = {}
+    with open(f"/proc/{pid}/status") as f:
+        for line in f:
+            key = line.split(":")[0]
+            if key in ("RssAnon", "RssFile"):
+                out[key] = round(int(line.split()[1]) / 1024)
+    return out
 
 
 class Sampler(threading.Thread):
@@ -194,12 +208,17 @@ def main() -> None:
 
     schema, messages = make_batches(args.rows, args.batches_distinct)
     length, count, parts = body_parts(schema, messages, int(gb * GB))
+    raise_rows = not any(item.startswith("limits.max_request_rows=") for item in args.set)
+    if count * args.rows > DEFAULT_MAX_REQUEST_ROWS and args.config is None and raise_rows:
+        args.set.append(f"limits.max_request_rows={count * args.rows}")  # 6 GB: 100.6M rows
+        print(f"(server started with --set {args.set[-1]})")
     tmp = Path(tempfile.mkdtemp(prefix="arrowport-mem-"))
     db = tmp / "mem.duckdb"
     proc, host, port, log = start_server(db, args.config, args.set)
     try:
         time.sleep(args.idle_wait)
         idle = rss_mb(proc.pid)
+        idle_parts = rss_parts_mb(proc.pid)
         sampler = Sampler(proc.pid)
         sampler.start()
         seconds, answer = upload(host, port, length, parts)
@@ -207,6 +226,7 @@ def main() -> None:
         answered_at = time.monotonic() - sampler.started_at
         time.sleep(args.after)
         after = rss_mb(proc.pid)
+        after_parts = rss_parts_mb(proc.pid)
         sampler.stopped.set()
         sampler.join()
         status = answer.split(b"\r\n", 1)[0].decode(errors="replace")
@@ -238,6 +258,8 @@ def main() -> None:
         "after_s": args.after,
         "after_minus_idle_mb": round(after - idle),
         "answered_at_s": round(answered_at, 1),
+        "idle_anon_file_mb": [idle_parts.get("RssAnon"), idle_parts.get("RssFile")],
+        "after_anon_file_mb": [after_parts.get("RssAnon"), after_parts.get("RssFile")],
     }
     print(json.dumps(result, indent=1))
     if " 200 " not in status:

@@ -195,7 +195,7 @@ def test_duckdb_memory_defaults() -> None:
     from arrowport.storage import DuckDBStore
 
     config = parse_config({})
-    assert parse_size(config.duckdb.memory_limit, "m") == 128 * 10**6
+    assert parse_size(config.duckdb.memory_limit, "m") == 512 * 10**6
     assert config.duckdb.temp_directory is None
     store = DuckDBStore.from_config(config)
     assert store._settings["temp_directory"] == f"{config.db_path}.tmp"

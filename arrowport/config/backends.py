@@ -27,7 +27,7 @@ SCHEMA_MODES = ("merge", "strict")
 DEFAULT_DELTA_PATH = "arrowport_delta"
 DEFAULT_DUCKLAKE_CATALOG = "arrowport.ducklake"
 DEFAULT_DUCKLAKE_DATA = "arrowport_lake"
-DEFAULT_DUCKDB_MEMORY_LIMIT = "128MB"  # see docs/performance.md, "Memory of one large upload"
+DEFAULT_DUCKDB_MEMORY_LIMIT = "512MB"  # see docs/performance.md, "Memory of one large upload"
 
 
 @dataclass(frozen=True, slots=True)

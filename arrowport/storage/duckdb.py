@@ -61,8 +61,8 @@ _source_ids = itertools.count(1)
 
 # release_memory(): evict DuckDB's block cache when it holds more than RELEASE_ABOVE bytes
 # and no cursor is open, by lowering memory_limit to RELEASE_TO for a moment
-RELEASE_ABOVE = 32 * 1024 * 1024
-RELEASE_TO = "16MB"
+RELEASE_ABOVE = 16 * 1024 * 1024
+RELEASE_TO = "1MB"
 
 
 # Extensions whose work the duckdb Python package does itself: accepted, not loaded

@@ -49,7 +49,7 @@ def _generated_body(batches: int) -> tuple[int, Iterator[bytes]]:
 def test_large_upload_with_defaults_is_bounded_and_given_back(
     server_factory: type[Server], tmp_path: Path
 ) -> None:
-    """A 1.2 GB upload (one transaction, default config): RSS grows by far less than the
+    """A 1.2 GB upload (one transaction, default config): RSS grows by much less than the
     body while it is written, and falls back near idle once it is committed."""
     server = server_factory(tmp_path).start()
     assert server.proc is not None
@@ -83,6 +83,8 @@ def test_large_upload_with_defaults_is_bounded_and_given_back(
         after = _rss_mb(pid)
     body_mb = length / 2**20
     print(f"idle {idle:.0f} MB, peak {peak[0]:.0f} MB, after {after:.0f} MB, body {body_mb:.0f} MB")
-    assert peak[0] - idle < 320, f"RSS grew {peak[0] - idle:.0f} MB for a {body_mb:.0f} MB body"
+    # duckdb.memory_limit (512MB by default) + the batches in flight; DuckDB's own default
+    # (80% of RAM) would cache the whole transaction: about the body's size
+    assert peak[0] - idle < 768, f"RSS grew {peak[0] - idle:.0f} MB for a {body_mb:.0f} MB body"
     assert after - idle < 96, f"RSS stayed {after - idle:.0f} MB above idle after the upload"
     assert server.query("SELECT count(*), sum(i0 % 7) >= 0 FROM mem") == [(batches * ROWS, True)]
