@@ -203,7 +203,7 @@ def test_duckdb_memory_defaults() -> None:
     assert parse_config({"duckdb": {"memory_limit": None}}).duckdb.memory_limit is None
     spill = parse_config({"duckdb": {"temp_directory": "/var/tmp/spill"}})
     assert DuckDBStore.from_config(spill)._settings["temp_directory"] == "/var/tmp/spill"
-    with pytest.raises(ConfigError, match="duckdb.temp_directory"):
+    with pytest.raises(ConfigError, match=r"duckdb\.temp_directory"):
         parse_config({"duckdb": {"temp_directory": ""}})
 
 
