@@ -59,9 +59,7 @@ log = logging.getLogger("arrowport.storage")
 
 _source_ids = itertools.count(1)
 
-# release_memory(): evict DuckDB's block cache when it holds more than RELEASE_ABOVE bytes
-# and no cursor is open, by lowering memory_limit to RELEASE_TO for a moment
-RELEASE_ABOVE = 16 * 1024 * 1024
+# release_memory(): when no cursor is open, memory_limit is lowered to this for a moment
 RELEASE_TO = "1MB"
 
 
@@ -128,6 +126,7 @@ class DuckDBStore:
         if temp_directory:
             self._settings["temp_directory"] = temp_directory
         self.memory_releases = 0  # times release_memory() evicted DuckDB's block cache
+        self._used_since_release = False  # a cursor was opened since the last release
         self.insert_group_rows = insert_group_rows
         self.insert_group_bytes = insert_group_bytes
         self.insert_group_batches = insert_group_batches
@@ -222,37 +221,35 @@ class DuckDBStore:
         self.close(checkpoint=False)
         self.open()
 
-    def release_memory(self, above: int = RELEASE_ABOVE) -> bool:
-        """Give DuckDB's cached blocks back to the system while nothing uses the database.
+    def release_memory(self) -> bool:
+        """Give DuckDB's memory back to the system once the database is unused again.
 
-        DuckDB keeps the blocks a transaction wrote or read cached up to ``memory_limit``
-        after it ends. With no cursor open (no write, read or scan in progress; new ones
-        wait for ``_cursor_lock``) and more than ``above`` bytes in use, the limit is
-        lowered to ``RELEASE_TO`` and restored: DuckDB evicts the unpinned blocks (they
-        are in the file already) and frees them. True if it did.
+        After a transaction DuckDB keeps what it wrote cached up to ``memory_limit``, and
+        after a rollback it keeps the freed memory in its allocator (``duckdb_memory()``
+        then reports nothing, RSS stays). Once no cursor is open (no write, read or scan;
+        new ones wait for ``_cursor_lock``) and one was opened since the last release,
+        ``memory_limit`` is lowered to ``RELEASE_TO`` and restored: DuckDB evicts the
+        unpinned blocks (they are in the file already) and frees what it holds. True if
+        it did.
         """
         with self._cursor_lock:
             con = self._con
-            if con is None or not self.gate.ready:
+            if con is None or not self.gate.ready or not self._used_since_release:
                 return False
             try:
                 if _one(con, "SELECT count FROM duckdb_connection_count()") > 1:
                     return False  # a cursor is open: its transaction may need the memory
-                used = _one(con, "SELECT coalesce(sum(memory_usage_bytes), 0) FROM duckdb_memory()")
-                if used <= above:
-                    return False
                 try:
                     con.execute(f"SET memory_limit = '{RELEASE_TO}'")
                 except duckdb.OutOfMemoryException:
                     pass  # pinned memory above RELEASE_TO: what could be evicted was
                 finally:
                     limit = self._settings.get("memory_limit")
-                    con.execute(
-                        "RESET memory_limit" if not limit else f"SET memory_limit = '{limit}'"
-                    )
+                    con.execute(f"SET memory_limit = '{limit}'" if limit else "RESET memory_limit")
             except duckdb.Error as exc:
                 log.warning("could not release DuckDB's cached memory: %s", first_line(exc))
                 return False
+            self._used_since_release = False
             self.memory_releases += 1
             return True
 
@@ -309,6 +306,7 @@ class DuckDBStore:
             self.gate.check()
             if self._con is None:
                 raise StorageError("the DuckDB store is not open")
+            self._used_since_release = True
             return self._con.cursor()
 
     def _cursor(self) -> Lease:

@@ -75,12 +75,7 @@ def test_large_upload_with_defaults_is_bounded_and_given_back(
     done.set()
     sampler.join()
     assert b" 200 " in status, status
-    # given back within a few seconds (the store is idle): wait for it, up to 30 s
-    after = _rss_mb(pid)
-    deadline = time.monotonic() + 30
-    while after - idle >= 96 and time.monotonic() < deadline:
-        time.sleep(0.5)
-        after = _rss_mb(pid)
+    after = _settled(pid, idle)  # given back once the store is idle
     body_mb = length / 2**20
     print(f"idle {idle:.0f} MB, peak {peak[0]:.0f} MB, after {after:.0f} MB, body {body_mb:.0f} MB")
     # duckdb.memory_limit (512MB by default) + the batches in flight; DuckDB's own default
@@ -88,3 +83,42 @@ def test_large_upload_with_defaults_is_bounded_and_given_back(
     assert peak[0] - idle < 768, f"RSS grew {peak[0] - idle:.0f} MB for a {body_mb:.0f} MB body"
     assert after - idle < 96, f"RSS stayed {after - idle:.0f} MB above idle after the upload"
     assert server.query("SELECT count(*), sum(i0 % 7) >= 0 FROM mem") == [(batches * ROWS, True)]
+
+
+def _settled(pid: int, idle: float, within: float = 96, wait: float = 30) -> float:
+    """RSS once it is within ``within`` MB of ``idle``, or after ``wait`` seconds."""
+    rss = _rss_mb(pid)
+    deadline = time.monotonic() + wait
+    while rss - idle >= within and time.monotonic() < deadline:
+        time.sleep(0.5)
+        rss = _rss_mb(pid)
+    return rss
+
+
+def test_memory_of_a_rolled_back_upload_is_given_back(
+    server_factory: type[Server], tmp_path: Path
+) -> None:
+    """A client that goes away half-way through 1 GB: nothing is written, and the memory
+    the rolled-back transaction used is given back (DuckDB keeps it in its allocator, with
+    ``duckdb_memory()`` reporting nothing, until the release)."""
+    server = server_factory(tmp_path).start()
+    assert server.proc is not None
+    pid = server.proc.pid
+    batches = 130
+    length, parts = _generated_body(batches)
+    time.sleep(1)
+    idle = _rss_mb(pid)
+    sock = start_upload(server.url, "gone", length)
+    for i, part in enumerate(parts):
+        if i > batches // 2:
+            break
+        sock.sendall(part)
+    time.sleep(1)  # the server has read what was sent
+    grown = _rss_mb(pid) - idle
+    sock.close()
+    server.wait_for("rolled back", timeout=60)
+    after = _settled(pid, idle)
+    print(f"idle {idle:.0f} MB, grown {grown:.0f} MB, after {after:.0f} MB")
+    assert grown > 192, "the half upload should have used memory (else this test shows nothing)"
+    assert after - idle < 96, f"RSS stayed {after - idle:.0f} MB above idle after the rollback"
+    assert "gone" not in server.tables()

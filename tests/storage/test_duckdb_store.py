@@ -261,7 +261,8 @@ def _duckdb_memory(store: DuckDBStore) -> tuple[int, str]:
 
 def test_release_memory_evicts_the_block_cache_only_when_unused(tmp_path: Path) -> None:
     """After a large transaction DuckDB keeps its blocks cached up to memory_limit;
-    release_memory gives them back, but never while a cursor (a write, a read) is open."""
+    release_memory gives them back, but never while a cursor (a write, a read) is open,
+    and only once per use."""
     store = DuckDBStore(tmp_path / "m.duckdb", memory_limit="256MB")
     store.open()
     try:
@@ -276,10 +277,10 @@ def test_release_memory_evicts_the_block_cache_only_when_unused(tmp_path: Path) 
         assert _duckdb_memory(store)[0] >= cached // 2
         busy.close()
         assert store.release_memory() is True
+        assert store.release_memory() is False  # unused since: nothing to do
         after, limit_after = _duckdb_memory(store)
         assert after < 32 * 2**20
         assert limit_after == limit  # the configured limit is back
-        assert store.release_memory() is False  # nothing left worth releasing
         assert store.count_rows("t") == 20 * rows
     finally:
         store.close()
