@@ -189,6 +189,24 @@ def test_duckdb_sizes_are_normalised() -> None:
     assert config.duckdb.checkpoint_threshold == "16000000B"
 
 
+def test_duckdb_memory_defaults() -> None:
+    """DuckDB's buffer pool is bounded by default; null gives DuckDB's own default; the
+    spill directory sits next to the database file unless set."""
+    from arrowport.storage import DuckDBStore
+
+    config = parse_config({})
+    assert parse_size(config.duckdb.memory_limit, "m") == 512 * 10**6
+    assert config.duckdb.temp_directory is None
+    store = DuckDBStore.from_config(config)
+    assert store._settings["temp_directory"] == f"{config.db_path}.tmp"
+    assert store._settings["memory_limit"] == config.duckdb.memory_limit
+    assert parse_config({"duckdb": {"memory_limit": None}}).duckdb.memory_limit is None
+    spill = parse_config({"duckdb": {"temp_directory": "/var/tmp/spill"}})
+    assert DuckDBStore.from_config(spill)._settings["temp_directory"] == "/var/tmp/spill"
+    with pytest.raises(ConfigError, match=r"duckdb\.temp_directory"):
+        parse_config({"duckdb": {"temp_directory": ""}})
+
+
 def test_null_target_table_defaults_to_stream_name() -> None:
     """An empty target_table means the stream's own name, never a table called 'None'."""
     assert parse_config({"streams": {"s": {"target_table": None}}}).route("s").table == "s"

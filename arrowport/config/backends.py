@@ -27,12 +27,14 @@ SCHEMA_MODES = ("merge", "strict")
 DEFAULT_DELTA_PATH = "arrowport_delta"
 DEFAULT_DUCKLAKE_CATALOG = "arrowport.ducklake"
 DEFAULT_DUCKLAKE_DATA = "arrowport_lake"
+DEFAULT_DUCKDB_MEMORY_LIMIT = "512MB"  # see docs/performance.md, "Memory of one large upload"
 
 
 @dataclass(frozen=True, slots=True)
 class DuckDBSettings:
-    memory_limit: str | None = None
+    memory_limit: str | None = DEFAULT_DUCKDB_MEMORY_LIMIT  # None: DuckDB's (80% of RAM)
     threads: int | None = None
+    temp_directory: str | None = None  # None: next to the database file, <db_path>.tmp
     checkpoint_threshold: str = "16MB"
     checkpoint_interval: float = 0.0
     checkpoint_on_shutdown: bool = True
@@ -93,9 +95,11 @@ def _duckdb(raw: Mapping[str, Any], key: str) -> DuckDBSettings:
     base = DuckDBSettings()
     memory = raw.get("memory_limit", base.memory_limit)
     threads = raw.get("threads", base.threads)
+    temp = raw.get("temp_directory", base.temp_directory)
     return DuckDBSettings(
         memory_limit=None if memory is None else _duckdb_size(memory, f"{key}.memory_limit"),
         threads=None if threads is None else _int(threads, f"{key}.threads", minimum=1),
+        temp_directory=None if temp is None else _str(temp, f"{key}.temp_directory"),
         checkpoint_threshold=_duckdb_size(
             raw.get("checkpoint_threshold", base.checkpoint_threshold),
             f"{key}.checkpoint_threshold",

@@ -18,7 +18,7 @@ from quart import Response, jsonify
 from quart_trio import QuartTrio
 
 from ..protocol import ArrowportError
-from ..storage import InvalidReadError, delta_tables
+from ..storage import InvalidReadError
 from ..storage.delta import DeltaStore
 from .read_http import (
     ARROW_STREAM,
@@ -33,17 +33,26 @@ from .read_http import (
 def add_delta_read_routes(app: QuartTrio, store: Callable[[], DeltaStore]) -> None:
     """``GET /delta/{table}``, ``/history``, ``/version/{v}``, ``/changes``."""
 
-    async def run(fn: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
-        return await trio.to_thread.run_sync(lambda: fn(store(), *args, **kwargs))
+    async def run(name: str, *args: Any, **kwargs: Any) -> Any:
+        """``delta_tables.<name>(store, ...)`` in a worker thread (which imports deltalake
+        on the first Delta read: see ``storage.delta``)."""
 
-    async def arrow(fn: Callable[..., Any], *args: Any, **kwargs: Any) -> Response:
-        reader = await run(fn, *args, **kwargs)
+        def call() -> Any:
+            from ..storage import delta_tables
+
+            fn: Callable[..., Any] = getattr(delta_tables, name)
+            return fn(store(), *args, **kwargs)
+
+        return await trio.to_thread.run_sync(call)
+
+    async def arrow(name: str, *args: Any, **kwargs: Any) -> Response:
+        reader = await run(name, *args, **kwargs)
         return Response(arrow_stream(reader), mimetype=ARROW_STREAM)
 
     @app.get("/delta/<table>")
     async def delta_info(table: str) -> Response:
         try:
-            info = await run(delta_tables.describe, table)
+            info = await run("describe", table)
         except ArrowportError as exc:
             return error_json(exc)
         info.pop("path", None)  # the server's file system is not the client's business
@@ -53,9 +62,7 @@ def add_delta_read_routes(app: QuartTrio, store: Callable[[], DeltaStore]) -> No
     async def delta_history(table: str) -> Response:
         try:
             limit = int_arg("limit", minimum=1)
-            return jsonify(
-                {"table": table, "history": await run(delta_tables.history, table, limit)}
-            )
+            return jsonify({"table": table, "history": await run("history", table, limit)})
         except ArrowportError as exc:
             return error_json(exc)
 
@@ -65,7 +72,7 @@ def add_delta_read_routes(app: QuartTrio, store: Callable[[], DeltaStore]) -> No
             if not re.fullmatch(r"[0-9]+", version):  # not isdigit(): "²" is a digit
                 raise InvalidReadError(f"version must be a non-negative integer, not {version!r}")
             return await arrow(
-                delta_tables.scan,
+                "scan",
                 table,
                 version=int(version),
                 columns=columns_arg(),
@@ -79,7 +86,7 @@ def add_delta_read_routes(app: QuartTrio, store: Callable[[], DeltaStore]) -> No
     async def delta_changes(table: str) -> Response:
         try:
             return await arrow(
-                delta_tables.changes,
+                "changes",
                 table,
                 from_version=int_arg("from_version") or 0,
                 to_version=int_arg("to_version"),

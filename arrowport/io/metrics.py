@@ -26,7 +26,6 @@ from prometheus_client.registry import Collector
 from ..protocol import ArrowportError
 from ..stats import LABELS
 from ..storage import DeltaStore, DuckLakeStore, StorageError
-from ..storage.delta_tables import table_names, table_stats
 from . import h2conn
 from .auth import authenticate
 from .connections import ConnectionTracker
@@ -198,6 +197,12 @@ class ServerCollector(Collector):
     def _delta_stats(self, store: DeltaStore) -> dict[str, tuple[int, int, int]]:
         """Each table's statistics, re-read only when its log has changed (on S3,
         where a log has no cheap mtime: at most every ``S3_STATS_TTL`` seconds)."""
+        if store.location.local is not None and not any(
+            entry.is_dir() for entry in os.scandir(store.root)
+        ):
+            return {}  # no tables: deltalake stays unloaded (see storage.delta)
+        from ..storage.delta_tables import table_names, table_stats
+
         out = {}
         for table in table_names(store):
             if store.location.local is not None:

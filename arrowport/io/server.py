@@ -21,6 +21,7 @@ from dataclasses import replace
 from typing import Any
 
 import hypercorn.trio.tcp_server
+import pyarrow as pa
 import trio
 from hypercorn.config import Config as HypercornConfig
 
@@ -76,6 +77,7 @@ def open_ducklake(config: Config) -> DuckLakeStore:
         extensions=config.duckdb_extensions,
         memory_limit=duck.memory_limit,
         threads=duck.threads,
+        temp_directory=duck.temp_directory,
         key_ttl_hours=config.idempotency.key_ttl_hours,
     )
     store.open()
@@ -225,6 +227,22 @@ async def checkpoint_loop(store: DuckDBStore, interval: float) -> None:
             log.exception("periodic checkpoint failed")
 
 
+async def memory_loop(stores: list[DuckDBStore], interval: float = 1.0) -> None:
+    """Every ``interval`` s, give memory back after a large transaction: DuckDB's block
+    cache (kept up to ``memory_limit`` otherwise) while a store is unused, then what
+    Arrow's allocator holds of the freed batches (mimalloc purges only as it allocates)."""
+    while True:
+        await trio.sleep(interval)
+        released = False
+        for store in stores:
+            try:
+                released |= await trio.to_thread.run_sync(store.release_memory)
+            except Exception:
+                log.exception("releasing DuckDB's cached memory failed")
+        if released:
+            await trio.to_thread.run_sync(pa.default_memory_pool().release_unused)
+
+
 async def serve(
     config: Config,
     *,
@@ -258,6 +276,8 @@ async def serve(
                 nursery.start_soon(watch_config, state, reload, config.source)
             if config.duckdb.checkpoint_interval > 0:
                 nursery.start_soon(checkpoint_loop, duck, config.duckdb.checkpoint_interval)
+            duckdb_stores = [duck] + ([stores["ducklake"]] if "ducklake" in stores else [])
+            nursery.start_soon(memory_loop, duckdb_stores)
             if config.delta_config.compact_every > 0:
                 nursery.start_soon(compaction_loop, stores["delta"])
             lake = stores.get("ducklake")

@@ -51,24 +51,11 @@ from typing import TYPE_CHECKING, Any
 from urllib.parse import unquote, urlparse
 
 import pyarrow as pa
-from deltalake import DeltaTable
-from deltalake.exceptions import DeltaError
 
 from ..config import DeltaOptions
 from ..names import InvalidNameError, validate_delta_table, validate_idempotency_key
 from . import typemap
 from .delta_location import DeltaLocation, describe_error
-from .delta_schema import check_partitions, evolve_schema, to_delta_schema
-from .delta_write import (
-    KEY_PREFIX,
-    META_BATCHES,
-    META_KEY,
-    META_KEYS,
-    META_ROWS,
-    DeltaWrite,
-    Replay,
-    commit_info,
-)
 from .errors import (
     SchemaMismatchError,
     StorageError,
@@ -79,7 +66,13 @@ from .schema import duplicate_names
 from .tables import TableInfo
 
 if TYPE_CHECKING:
+    from deltalake import DeltaTable
+
     from ..config import Config
+    from .delta_write import DeltaWrite, Replay
+
+# deltalake (and pyarrow.dataset with it, ~40 MB of RSS) is imported on the first Delta
+# request, not at start: a server with no Delta traffic never loads it.
 
 HISTORY_SCAN = 10_000  # commits searched for the original result of a replayed key
 
@@ -97,6 +90,8 @@ def _latest_version(location: DeltaLocation, table: str, known: int) -> int:
 
 def _group_keys(info: dict[str, Any]) -> dict[str, tuple[int, int]]:
     """The keys a group commit recorded: ``{key: (rows, batches)}`` (none if not a group's)."""
+    from .delta_write import META_KEYS  # deltalake is imported on first use
+
     raw = info.get(META_KEYS)
     if raw is None:
         return {}
@@ -226,6 +221,9 @@ class DeltaStore:
         return str(path)
 
     def open_table(self, table: str) -> DeltaTable | None:
+        from deltalake import DeltaTable
+        from deltalake.exceptions import DeltaError
+
         path = self.table_path(table)
         options = self.storage_options
         try:
@@ -295,6 +293,9 @@ class DeltaStore:
         the idempotency key against its log before any data is read. The
         returned ``DeltaWrite`` must end with ``finish()`` or ``rollback()``.
         """
+        from .delta_schema import check_partitions, evolve_schema, to_delta_schema
+        from .delta_write import DeltaWrite
+
         if commit not in ("request", "batch"):
             raise ValueError(f"unknown commit mode {commit!r}")
         options = options or self.defaults
@@ -347,6 +348,8 @@ class DeltaStore:
 
     def find_replay(self, dt: DeltaTable, key: str) -> Replay | None:
         """The original result if ``key`` is committed in ``dt``, else None."""
+        from .delta_write import KEY_PREFIX, META_BATCHES, META_KEY, META_ROWS, Replay, commit_info
+
         if dt.transaction_version(KEY_PREFIX + key) is None:
             return None
         uri = str(dt.table_uri).rstrip("/")
@@ -381,6 +384,8 @@ class DeltaStore:
         Runs beside ingest: the optimize commit only removes and re-adds
         files, so appends committed meanwhile do not conflict with it.
         """
+        from deltalake.exceptions import DeltaError
+
         dt = self.open_table(table)
         if dt is None:
             return {}
@@ -397,6 +402,8 @@ class DeltaStore:
 
     def translate(self, exc: BaseException) -> BaseException:
         """Map a delta-rs, Arrow or OS exception to the error a client is shown."""
+        from deltalake.exceptions import DeltaError
+
         if isinstance(exc, pa.ArrowInvalid | pa.ArrowNotImplementedError):
             return WriteRejectedError(f"Delta write refused the rows: {first_line(exc)}")
         if isinstance(exc, DeltaError | OSError | pa.ArrowException):

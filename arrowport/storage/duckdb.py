@@ -61,6 +61,9 @@ log = logging.getLogger("arrowport.storage")
 _source_ids = itertools.count(1)
 DESCRIBED_SCHEMAS = 1024  # schemas whose DuckDB columns are remembered (then forgotten)
 
+# release_memory(): when no cursor is open, memory_limit is lowered to this for a moment
+RELEASE_TO = "1MB"
+
 
 # Extensions whose work the duckdb Python package does itself: accepted, not loaded
 BUILT_IN_EXTENSIONS = {
@@ -106,6 +109,7 @@ class DuckDBStore:
         memory_limit: str | None = None,
         threads: int | None = None,
         checkpoint_threshold: str | None = None,
+        temp_directory: str | None = None,
         insert_group_rows: int = 2 * 122_880,
         insert_group_bytes: int = 64 * 1024 * 1024,
         insert_group_batches: int = 1024,
@@ -121,6 +125,10 @@ class DuckDBStore:
             self._settings["threads"] = threads
         if checkpoint_threshold:
             self._settings["checkpoint_threshold"] = checkpoint_threshold
+        if temp_directory:
+            self._settings["temp_directory"] = temp_directory
+        self.memory_releases = 0  # times release_memory() evicted DuckDB's block cache
+        self._used_since_release = False  # a cursor was opened since the last release
         self.insert_group_rows = insert_group_rows
         self.insert_group_bytes = insert_group_bytes
         self.insert_group_batches = insert_group_batches
@@ -146,6 +154,7 @@ class DuckDBStore:
             memory_limit=duck.memory_limit,
             threads=duck.threads,
             checkpoint_threshold=duck.checkpoint_threshold,
+            temp_directory=duck.temp_directory or f"{config.db_path}.tmp",
             key_ttl_hours=config.idempotency.key_ttl_hours,
         )
 
@@ -220,6 +229,38 @@ class DuckDBStore:
         self.close(checkpoint=False)
         self.open()
 
+    def release_memory(self) -> bool:
+        """Give DuckDB's memory back to the system once the database is unused again.
+
+        After a transaction DuckDB keeps what it wrote cached up to ``memory_limit``, and
+        after a rollback it keeps the freed memory in its allocator (``duckdb_memory()``
+        then reports nothing, RSS stays). Once no cursor is open (no write, read or scan;
+        new ones wait for ``_cursor_lock``) and one was opened since the last release,
+        ``memory_limit`` is lowered to ``RELEASE_TO`` and restored: DuckDB evicts the
+        unpinned blocks (they are in the file already) and frees what it holds. True if
+        it did.
+        """
+        with self._cursor_lock:
+            con = self._con
+            if con is None or not self.gate.ready or not self._used_since_release:
+                return False
+            try:
+                if _one(con, "SELECT count FROM duckdb_connection_count()") > 1:
+                    return False  # a cursor is open: its transaction may need the memory
+                try:
+                    con.execute(f"SET memory_limit = '{RELEASE_TO}'")
+                except duckdb.OutOfMemoryException:
+                    pass  # pinned memory above RELEASE_TO: what could be evicted was
+                finally:
+                    limit = self._settings.get("memory_limit")
+                    con.execute(f"SET memory_limit = '{limit}'" if limit else "RESET memory_limit")
+            except duckdb.Error as exc:
+                log.warning("could not release DuckDB's cached memory: %s", first_line(exc))
+                return False
+            self._used_since_release = False
+            self.memory_releases += 1
+            return True
+
     def checkpoint(self) -> None:
         with self._cursor() as cur:
             try:
@@ -277,6 +318,7 @@ class DuckDBStore:
             self.gate.check()
             if self._con is None:
                 raise StorageError("the DuckDB store is not open")
+            self._used_since_release = True
             return self._con.cursor()
 
     def _cursor(self) -> Lease:
@@ -639,6 +681,11 @@ class DuckDBStore:
         if isinstance(exc, duckdb.IOException | duckdb.OutOfMemoryException):
             return StorageError(f"DuckDB could not write: {line}")
         return StorageError(f"DuckDB error: {line}")
+
+
+def _one(con: duckdb.DuckDBPyConnection, sql: str) -> int:
+    row = con.execute(sql).fetchone()
+    return int(row[0]) if row is not None else 0
 
 
 def _no_rows(schema: pa.Schema) -> pa.RecordBatchReader:

@@ -56,7 +56,7 @@ def install_probes() -> None:
     path = os.environ.get(PROBE_ENV)
     if not path:
         return
-    from arrowport.storage import delta, group_write, table_write
+    from arrowport.storage import delta_write, group_write, table_write
 
     fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
     lock = threading.Lock()
@@ -111,7 +111,7 @@ def install_probes() -> None:
 
         setattr(cls, name, probed)
 
-    for cls in (table_write.TableWrite, delta.DeltaWrite):
+    for cls in (table_write.TableWrite, delta_write.DeltaWrite):
         wrap(cls, "insert", "insert", "inserted")
         wrap(cls, "finish", "finish", "committed")
         wrap(cls, "_commit", "commit", None)

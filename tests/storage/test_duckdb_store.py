@@ -6,6 +6,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import duckdb
+import numpy as np
 import pyarrow as pa
 import pytest
 
@@ -246,3 +247,40 @@ def test_a_mismatch_into_an_existing_table_counts_once(store: DuckDBStore, mode:
     assert store.rollbacks - rollbacks == (1 if mode == "request" else 0)
     assert store.write("t", good.schema, iter(good.to_batches())).rows == 1
     assert store.count_rows("t") == 2
+
+
+def _duckdb_memory(store: DuckDBStore) -> tuple[int, str]:
+    with store._cursor() as cur:
+        row = cur.execute(
+            "SELECT (SELECT sum(memory_usage_bytes) FROM duckdb_memory()), "
+            "current_setting('memory_limit')"
+        ).fetchone()
+    assert row is not None
+    return int(row[0]), str(row[1])
+
+
+def test_release_memory_evicts_the_block_cache_only_when_unused(tmp_path: Path) -> None:
+    """After a large transaction DuckDB keeps its blocks cached up to memory_limit;
+    release_memory gives them back, but never while a cursor (a write, a read) is open,
+    and only once per use."""
+    store = DuckDBStore(tmp_path / "m.duckdb", memory_limit="256MB")
+    store.open()
+    try:
+        rows = 122_880
+        rng = np.random.default_rng(18)  # random: DuckDB cannot compress it away
+        batch = pa.record_batch({f"c{i}": pa.array(rng.random(rows)) for i in range(8)})
+        store.write("t", batch.schema, iter([batch] * 20))  # 157 MB, one transaction
+        cached, limit = _duckdb_memory(store)
+        assert cached > 64 * 2**20
+        busy = store._new_cursor()  # e.g. a write in progress
+        assert store.release_memory() is False
+        assert _duckdb_memory(store)[0] >= cached // 2
+        busy.close()
+        assert store.release_memory() is True
+        assert store.release_memory() is False  # unused since: nothing to do
+        after, limit_after = _duckdb_memory(store)
+        assert after < 32 * 2**20
+        assert limit_after == limit  # the configured limit is back
+        assert store.count_rows("t") == 20 * rows
+    finally:
+        store.close()
