@@ -140,8 +140,22 @@ def install_probes() -> None:
         for part in parts:
             note("committed", part)
 
+    original_statement = group_write._commit_statement
+
+    def group_statement(
+        store: Any, cur: Any, table: str, schema: Any, rows: Any, part: Any
+    ) -> None:
+        note("commit", part)
+        try:
+            original_statement(store, cur, table, schema, rows, part)
+        except BaseException:
+            note("failed", part)
+            raise
+        note("committed", part)
+
     group_write._insert_parts = group_insert  # type: ignore[assignment]
     group_write._commit = group_commit  # type: ignore[assignment]
+    group_write._commit_statement = group_statement  # type: ignore[assignment]
 
     # a Delta group (storage/delta_group.py): one commit for its members' files
     from arrowport.storage import delta_group

@@ -272,7 +272,7 @@ def test_release_memory_evicts_the_block_cache_only_when_unused(tmp_path: Path) 
         store.write("t", batch.schema, iter([batch] * 20))  # 157 MB, one transaction
         cached, limit = _duckdb_memory(store)
         assert cached > 64 * 2**20
-        busy = store._new_cursor()  # e.g. a write in progress
+        busy = store.new_cursor()  # e.g. a write in progress
         assert store.release_memory() is False
         assert _duckdb_memory(store)[0] >= cached // 2
         busy.close()
