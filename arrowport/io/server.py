@@ -276,8 +276,7 @@ async def serve(
                 nursery.start_soon(watch_config, state, reload, config.source)
             if config.duckdb.checkpoint_interval > 0:
                 nursery.start_soon(checkpoint_loop, duck, config.duckdb.checkpoint_interval)
-            duckdb_stores = [duck] + ([stores["ducklake"]] if "ducklake" in stores else [])
-            nursery.start_soon(memory_loop, duckdb_stores)
+            nursery.start_soon(memory_loop, [duck])
             if config.delta_config.compact_every > 0:
                 nursery.start_soon(compaction_loop, stores["delta"])
             lake = stores.get("ducklake")

@@ -113,7 +113,7 @@ def raced_commits(dt: DeltaTable) -> int:
 def test_instances_append_to_one_s3_table_with_exact_counts(
     count: int, s3: MotoS3, instances: list[Server], tmp_path: Path
 ) -> None:
-    """N instances with many producers land every row exactly once, one version per request;
+    """N instances with many producers land every row exactly once, a version per request or per group of requests;
     commit races between the processes happen and are retried."""
     requests = REQUESTS * 3 // 2 if count == 2 else REQUESTS  # races are rarer with 2
     root = s3.root(f"multi{count}")
@@ -138,13 +138,15 @@ def test_instances_append_to_one_s3_table_with_exact_counts(
     assert len(answers) == PRODUCERS * requests
     rows = [a.get("rows", a.get("committed_rows")) for a in answers]
     assert rows == [ROWS] * len(answers)
+    # every answer names its version; requests that arrive together at one instance share
+    # one (group commit), and every version is named by at least one answer
     versions = sorted(int(a["version"]) for a in answers)  # type: ignore[call-overload]
-    assert versions == list(range(len(answers))), "two requests claim one version"
+    named = sorted(set(versions))
     for server in instances:
         server.assert_serving()
     dt = DeltaTable(f"{root}/shared", storage_options=s3.storage_options)
     raced = raced_commits(dt)
-    assert dt.version() == len(answers) - 1  # exactly one commit per request, none lost
+    assert named == list(range(dt.version() + 1)), named  # no commit without an answer
     table = dt.to_pyarrow_table(columns=["id", "producer"])
     expected = sorted(
         i
