@@ -113,8 +113,8 @@ def raced_commits(dt: DeltaTable) -> int:
 def test_instances_append_to_one_s3_table_with_exact_counts(
     count: int, s3: MotoS3, instances: list[Server], tmp_path: Path
 ) -> None:
-    """N instances with many producers land every row exactly once, a version per request or per group of requests;
-    commit races between the processes happen and are retried."""
+    """N instances with many producers land every row exactly once, a version per request
+    or per group of requests; commit races between the processes happen and are retried."""
     requests = REQUESTS * 3 // 2 if count == 2 else REQUESTS  # races are rarer with 2
     root = s3.root(f"multi{count}")
     instances += start_instances(tmp_path, root, s3.storage_options, count)
