@@ -107,6 +107,14 @@ class Hold:
             self.queued = max(0, self.queued - nbytes)
             self.budget.release(nbytes)
 
+    def step_back(self) -> None:
+        """This request is about to wait for its table holding what it took: if it is the
+        one over the budget, it gives that turn up, so that the request it waits for (which
+        needs no budget to write, but may to read on) is not stuck behind it."""
+        if self.budget is not None and self.budget.over is self:
+            self.budget.over = None
+            self.budget.release(0)
+
     def release_all(self) -> None:
         self.release(self.held)
         if self.budget is not None and self.budget.over is self:

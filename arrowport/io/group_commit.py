@@ -25,7 +25,9 @@ Invariants:
 
 from __future__ import annotations
 
+import copy
 import enum
+import logging
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
@@ -33,10 +35,13 @@ from typing import Any
 import trio
 
 from ..config import GroupCommitSettings
+from ..storage.errors import StorageError
 from ..storage.group_write import commit_group
 from ..storage.port import Outcome, Part
 from ..storage.table_write import WriteResult
 from .ingest_results import TableLocks
+
+log = logging.getLogger("arrowport.ingest")
 
 
 class Turn(enum.Enum):
@@ -101,10 +106,15 @@ class GroupCommitter:
             if entry.turn is Turn.LEADING:
                 await lock.acquire()
         except trio.Cancelled:
-            if entry.turn is not Turn.TAKEN:  # not taken into a group: never written
+            if entry.turn is Turn.QUEUED or entry.turn is Turn.LEADING:  # never written
                 queue.remove(entry)
                 if entry.turn is Turn.LEADING:
                     self._elect(where, queue)
+            else:  # taken: its group commits anyway; its batches stay counted until then
+                with trio.CancelScope(shield=True):
+                    while entry.turn is not Turn.DONE:
+                        await entry.wakeup.wait()
+                        entry.wakeup = trio.Event()
             raise
         if entry.turn is Turn.LEADING:
             try:
@@ -120,7 +130,8 @@ class GroupCommitter:
                     await self._lead(where, store, table)
                 finally:
                     lock.release()
-        assert entry.turn is Turn.DONE and entry.outcome is not None
+        if entry.turn is not Turn.DONE or entry.outcome is None:  # cannot happen
+            raise StorageError("the group commit did not answer this request")
         if isinstance(entry.outcome, BaseException):
             raise entry.outcome
         return entry.outcome
@@ -128,26 +139,32 @@ class GroupCommitter:
     async def _lead(self, where: tuple[int, str], store: Any, table: str) -> None:
         """Take the next group and commit it (the table's lock is held)."""
         queue = self._queues[where]
+        group: list[_Entry] = []
+        outcomes: list[Outcome] = []
+        started = trio.current_time()
         try:
             group = _take(queue, self._settings)
             for entry in group:
                 entry.turn = Turn.TAKEN
-            started = trio.current_time()
-            try:
-                outcomes = await trio.to_thread.run_sync(
-                    commit_group, store, table, [e.part for e in group], limiter=self._limiter
-                )
-            except Exception as exc:  # the store failed as a whole (closed, ...)
-                outcomes = [exc] * len(group)
-            seconds = trio.current_time() - started
+            outcomes = await trio.to_thread.run_sync(
+                commit_group, store, table, [e.part for e in group], limiter=self._limiter
+            )
+        except Exception as exc:  # the store failed as a whole (closed, ...)
+            outcomes = [copy.copy(exc) for _ in group]
         finally:
+            # every request taken is answered, whatever happened
+            if len(outcomes) != len(group):
+                outcomes = [StorageError("the group commit failed") for _ in group]
             self._elect(where, queue)
-        for entry, outcome in zip(group, outcomes, strict=True):
-            entry.outcome, entry.turn = outcome, Turn.DONE
-            entry.wakeup.set()
+            for entry, outcome in zip(group, outcomes, strict=True):
+                entry.outcome, entry.turn = outcome, Turn.DONE
+                entry.wakeup.set()
         if self._on_group is not None:
             rows = sum(e.part.rows for e in group)
-            self._on_group(GroupCommitted(len(group), rows, seconds))
+            try:
+                self._on_group(GroupCommitted(len(group), rows, trio.current_time() - started))
+            except Exception:  # the metrics: never the requests' answers
+                log.exception("recording a group commit failed")
 
     def _elect(self, where: tuple[int, str], queue: list[_Entry]) -> None:
         """Hand the lead to the first request still queued, or end the table's turn."""

@@ -350,6 +350,7 @@ class IngestRequest:
     async def _stream_held(self) -> None:
         """Too large for a group (or the memory budget is short): the writer takes the
         table and what is held, and the request streams."""
+        self.hold.step_back()  # it waits for the table holding budget (see Hold.step_back)
         await self._start_writer(wait_for_key=False)  # the key is known by now
         held, self.held = self.held, []
         for item in held:
@@ -359,8 +360,7 @@ class IngestRequest:
         """The memory budget is short: write what this request holds."""
         if self.phase is Phase.HOLDING:
             await self._stream_held()
-        else:
-            await self.writer.send.send(FLUSH)
+        await self.writer.send.send(FLUSH)  # write what it holds now, however little
 
     async def _commit_held(self) -> None:
         """The stream ended small: commit it with the other requests waiting for the table."""
@@ -373,6 +373,7 @@ class IngestRequest:
                 batches.append(item.batch)
             if item.app_metadata is not None:
                 self.writer.metadata.append(item.app_metadata)
+        self.hold.step_back()  # it waits for its group holding budget
         deadline = getattr(self.store, "check_deadline", None)  # a DeadlineStore's
         part = Part(self.schema, tuple(batches), self.key, self.route.delta, deadline)
         store = getattr(self.store, "inner", self.store)

@@ -11,9 +11,12 @@ Invariants:
 * A part that cannot be written (its schema does not fit, its key was
   committed before, its deadline passed, its rows break a NOT NULL column) is
   left out before anything is inserted, and the others commit without it.
-  A failure that spoils the transaction itself (DuckDB refused an INSERT, the
-  commit conflicted) rolls the whole group back, and then each part is
-  written alone, in a transaction of its own, so that only the culprit fails.
+  A failure that spoils the transaction before its COMMIT (DuckDB refused an
+  INSERT, a deadline passed, a rival committed a key meanwhile) rolls the whole
+  group back, and then each part is written alone, in a transaction of its own,
+  so that only the culprit fails. A COMMIT that fails is not retried part by
+  part: it may have landed (a catalog that failed mid-commit), so every part in
+  it is answered with the error, as a single write's would be.
 * Idempotency keys are recorded in the transaction of the rows they name; a
   key already committed, or twice in one group, is answered as a replay.
 * DuckDB and DuckLake stores group parts into one transaction (one snapshot,
@@ -24,6 +27,7 @@ Invariants:
 from __future__ import annotations
 
 import contextlib
+import copy
 from typing import Any
 
 import duckdb
@@ -138,7 +142,10 @@ def _one_transaction(store: DuckDBStore, table: str, parts: list[Part]) -> list[
         except ArrowportError as exc:
             outcomes[index] = exc
     if any(part.key is not None for part in parts):
-        store.before_keyed_write()
+        try:
+            store.before_keyed_write()
+        except ArrowportError:
+            raise _Spoiled from None  # alone, only the keyed parts meet it again
     generation = store.gate.generation
     claims: list[Any] = []
     with store.gate.use(generation):
@@ -168,8 +175,20 @@ def _one_transaction(store: DuckDBStore, table: str, parts: list[Part]) -> list[
                 part = parts[index]
                 if part.key is not None:
                     store.record_key(cur, part.key, table, part.rows, len(part.batches))
-            _commit(cur, [parts[i] for i in written])
-            version = store.committed_version(cur) if written else None
+            try:
+                _commit(cur, [parts[i] for i in written])
+            except (duckdb.Error, ArrowportError) as exc:
+                # it may have landed (a catalog that failed mid-commit): never written again;
+                # every part in it is answered with the error (a keyed retry is exact)
+                _rollback(cur)
+                failed = store.translate(exc)
+                return [
+                    outcome if outcome is not None else copy.copy(failed) for outcome in outcomes
+                ]
+            try:
+                version = store.committed_version(cur) if written else None
+            except duckdb.Error:
+                version = None  # committed; only its number is unknown
         except _Spoiled:
             _rollback(cur)
             raise

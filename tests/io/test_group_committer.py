@@ -158,3 +158,38 @@ def test_group_committed_is_frozen() -> None:
     event = GroupCommitted(3, 10, 0.01)
     with pytest.raises(AttributeError):
         event.requests = 4  # type: ignore[misc]
+
+
+async def test_a_request_cancelled_in_a_taken_group_is_committed_and_cancelled(
+    store: DuckDBStore,
+) -> None:
+    """Cancelled once its group is taken: its rows commit with the group (the commit runs
+    in a thread), and it ends Cancelled only once the group is done, not with an error."""
+    locks, groups = TableLocks(), []
+    committer = GroupCommitter(locks, on_group=groups.append)
+    settings = GroupCommitSettings()
+    scopes = {i: trio.CancelScope() for i in range(2)}
+    ended: dict[int, str] = {}
+
+    async def one(i: int) -> None:
+        with scopes[i]:
+            try:
+                await committer.commit(store, "t", _part(200 + i), 8, settings)
+                ended[i] = "answered"
+            except trio.Cancelled:
+                ended[i] = "cancelled"
+                raise
+            except Exception as exc:
+                ended[i] = repr(exc)
+
+    async with trio.open_nursery() as nursery:
+        await locks("t").acquire()
+        for i in range(2):
+            nursery.start_soon(one, i)
+            await trio.testing.wait_all_tasks_blocked()
+        locks("t").release()
+        await trio.testing.wait_all_tasks_blocked()  # the group is taken; its thread runs
+        scopes[1].cancel()
+    assert ended == {0: "answered", 1: "cancelled"}
+    assert [g.requests for g in groups] == [2]
+    assert _ids(store) == [0, 200, 201]
