@@ -350,11 +350,19 @@ class IngestRequest:
     async def _stream_held(self) -> None:
         """Too large for a group (or the memory budget is short): the writer takes the
         table and what is held, and the request streams."""
-        self.hold.step_back()  # it waits for the table holding budget (see Hold.step_back)
+        self._step_back_if_waiting()
         await self._start_writer(wait_for_key=False)  # the key is known by now
         held, self.held = self.held, []
         for item in held:
             await self.writer.send.send(item)
+
+    def _step_back_if_waiting(self) -> None:
+        """About to wait for the table while holding budget: if another request holds the
+        table, give up being the one over the budget (see ``Hold.step_back``). If the table
+        is free there is no wait, and the turn is kept, so that only one request at a time
+        is ever over the budget."""
+        if self.pipeline.locks(self.route.table).locked():
+            self.hold.step_back()
 
     async def _flush(self) -> None:
         """The memory budget is short: write what this request holds."""
@@ -373,7 +381,7 @@ class IngestRequest:
                 batches.append(item.batch)
             if item.app_metadata is not None:
                 self.writer.metadata.append(item.app_metadata)
-        self.hold.step_back()  # it waits for its group holding budget
+        self._step_back_if_waiting()
         deadline = getattr(self.store, "check_deadline", None)  # a DeadlineStore's
         part = Part(self.schema, tuple(batches), self.key, self.route.delta, deadline)
         store = getattr(self.store, "inner", self.store)

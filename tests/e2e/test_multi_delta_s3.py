@@ -54,6 +54,9 @@ def start_instances(workdir: Path, root: str, options: dict[str, str], count: in
             {
                 "storage_backend": "delta",
                 "delta_config": {"table_path": root, "storage_options": options},
+                # each request its own commit: what is tested is commit races between
+                # processes, which group commit makes rarer (tests/e2e/test_group_commit.py)
+                "group_commit": {"enabled": False},
             }
         )
     )
