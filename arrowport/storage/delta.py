@@ -53,7 +53,7 @@ from urllib.parse import unquote, urlparse
 import pyarrow as pa
 
 from ..config import DeltaOptions
-from ..names import InvalidNameError, validate_delta_table, validate_idempotency_key
+from ..names import InvalidNameError, validate_delta_table
 from . import typemap
 from .delta_location import DeltaLocation, describe_error
 from .errors import (
@@ -62,7 +62,7 @@ from .errors import (
     WriteRejectedError,
     first_line,
 )
-from .schema import duplicate_names
+from .schema import check_key, duplicate_names
 from .tables import TableInfo
 
 if TYPE_CHECKING:
@@ -331,14 +331,7 @@ class DeltaStore:
         self, schema: pa.Schema, commit: str = "request", idempotency_key: str | None = None
     ) -> typemap.TypePlan:
         """What needs no table: the key, the column names, and the stored types."""
-        if idempotency_key is not None:
-            validate_idempotency_key(idempotency_key)
-            if commit != "request":
-                raise WriteRejectedError(
-                    "idempotency keys need commit: request; in batch mode each commit is "
-                    "acknowledged as it happens, so resend only unacknowledged batches",
-                    error="idempotency_unsupported",
-                )
+        check_key(idempotency_key, commit)
         dupes = duplicate_names(schema.names)
         if dupes:
             raise SchemaMismatchError(

@@ -27,7 +27,7 @@ from typing import TYPE_CHECKING, Any
 import duckdb
 import pyarrow as pa
 
-from ..names import quote_identifier, validate_idempotency_key
+from ..names import quote_identifier
 from ..protocol.errors import ArrowportError
 from . import duckdb_ledger, typemap
 from .errors import (
@@ -39,7 +39,7 @@ from .errors import (
     first_line,
 )
 from .recovery import Gate, GuardedReader, Lease, invalidate_for_test, invalidates
-from .schema import Column, check_subset, duplicate_names
+from .schema import Column, check_key, check_subset, duplicate_names
 from .table_write import ReplayWrite, TableWrite, WriteResult
 from .tables import (
     TableInfo,
@@ -514,14 +514,7 @@ class DuckDBStore:
     ) -> typemap.TypePlan:
         """What needs no transaction: the key, the column names, and the stored types
         (the plan that converts the stream's columns to them)."""
-        if idempotency_key is not None:
-            validate_idempotency_key(idempotency_key)
-            if commit != "request":
-                raise WriteRejectedError(
-                    "idempotency keys need commit: request; in batch mode each commit is "
-                    "acknowledged as it happens, so resend only unacknowledged batches",
-                    error="idempotency_unsupported",
-                )
+        check_key(idempotency_key, commit)
         dupes = duplicate_names(schema.names)
         if dupes:
             self.schema_mismatches += 1

@@ -10,7 +10,8 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import dataclass
 
-from .errors import SchemaMismatchError
+from ..names import validate_idempotency_key
+from .errors import SchemaMismatchError, WriteRejectedError
 
 _SIGNED = ["TINYINT", "SMALLINT", "INTEGER", "BIGINT", "HUGEINT"]
 _UNSIGNED = ["UTINYINT", "USMALLINT", "UINTEGER", "UBIGINT", "UHUGEINT"]
@@ -80,3 +81,15 @@ def check_subset(table: str, incoming: Sequence[Column], existing: Sequence[Colu
         missing=missing,
         mistyped=mistyped,
     )
+
+
+def check_key(idempotency_key: str | None, commit: str) -> None:
+    """A key must be well formed, and is for request mode only (every backend's rule)."""
+    if idempotency_key is not None:
+        validate_idempotency_key(idempotency_key)
+        if commit != "request":
+            raise WriteRejectedError(
+                "idempotency keys need commit: request; in batch mode each commit is "
+                "acknowledged as it happens, so resend only unacknowledged batches",
+                error="idempotency_unsupported",
+            )
