@@ -53,7 +53,9 @@ from ..protocol.flight_pb import (
     SchemaResult,
     Ticket,
 )
+from ..protocol.flight_sql import unpack_command
 from ..protocol.grpc import deadline_exceeded, parse_timeout
+from . import flight_sql
 from .auth import authenticate, handshake_token
 from .backends import backend_unavailable
 from .flight_messages import (
@@ -230,8 +232,7 @@ class FlightService:
             for info in await self._thread(self.store(backend).list_tables):
                 await call.send_message(self._flight_info(info, backend).encode())
 
-    async def _described_table(self, call: GrpcCall) -> tuple[Any, str]:
-        descriptor = FlightDescriptor.decode(await call.unary_request("FlightDescriptor"))
+    async def _described_table(self, descriptor: FlightDescriptor) -> tuple[Any, str]:
         table, backend = descriptor_backend(descriptor)
         if table is not None:
             backend = backend or self.state.config.storage_backend
@@ -251,17 +252,32 @@ class FlightService:
             return await self._thread(store.table_info, route.table), route.backend
 
     async def get_flight_info(self, call: GrpcCall) -> None:
-        info, backend = await self._described_table(call)
+        descriptor = FlightDescriptor.decode(await call.unary_request("FlightDescriptor"))
+        command = unpack_command(descriptor.cmd)
+        if command is not None:  # Flight SQL
+            await flight_sql.get_flight_info(call, self, command, descriptor)
+            return
+        info, backend = await self._described_table(descriptor)
         await call.send_message(self._flight_info(info, backend).encode())
 
     async def get_schema(self, call: GrpcCall) -> None:
-        info, _ = await self._described_table(call)
+        descriptor = FlightDescriptor.decode(await call.unary_request("FlightDescriptor"))
+        command = unpack_command(descriptor.cmd)
+        if command is not None:  # Flight SQL
+            await flight_sql.get_schema(call, self, command)
+            return
+        info, _ = await self._described_table(descriptor)
         await call.send_message(SchemaResult(schema=info.schema.serialize().to_pybytes()).encode())
 
     # -- DoGet --------------------------------------------------------------
 
     async def do_get(self, call: GrpcCall) -> None:
-        await do_get(call, self)
+        ticket = Ticket.decode(await call.unary_request("Ticket")).ticket
+        command = unpack_command(ticket)
+        if command is not None:  # Flight SQL
+            await flight_sql.do_get(call, self, command)
+            return
+        await do_get(call, self, ticket)
 
     # -- DoPut --------------------------------------------------------------
 
@@ -280,9 +296,14 @@ class FlightService:
         for name in self._enabled_actions():
             description = self.actions[name][0]
             await call.send_message(ActionType(type=name, description=description).encode())
+        for name, (description, _) in flight_sql.ACTIONS.items():
+            await call.send_message(ActionType(type=name, description=description).encode())
 
     async def do_action(self, call: GrpcCall) -> None:
         action = Action.decode(await call.unary_request("Action"))
+        if flight_sql.serves_action(action.type):
+            await flight_sql.do_action(call, self, action.type, action.body)
+            return
         entry = self.actions.get(action.type)
         if entry is None:
             raise ArrowportError(

@@ -25,7 +25,9 @@ from ..names import validate_idempotency_key
 from ..protocol import NEED_DATA, ArrowportError
 from ..protocol.flight import DescriptorReceived, FlightDataDecoder
 from ..protocol.flight_pb import FlightDescriptor, PutResult
+from ..protocol.flight_sql import unpack_command
 from ..stats import Labels
+from . import flight_sql
 from .auth import authorize_table, authorize_write
 from .deadline import DeadlineStore
 from .flight_messages import (
@@ -56,16 +58,18 @@ async def do_put(call: GrpcCall, service: Any) -> None:
     try:
         with trio.fail_after(config.limits.body_idle_timeout or math.inf):
             descriptor = await _first_descriptor(decoder, chunks)
-        name, key = descriptor_target(descriptor)
-        table, backend = descriptor_backend(descriptor)
-        if table is not None:  # {"table", "backend"}: as ListFlights describes tables
-            route = config.table_route(table, backend or config.storage_backend)
-            authorize_table(call.token, config, route.table, route.backend)
-        else:
-            route = config.route(name)
-            authorize_write(call.token, route.stream)
-        if key is not None:
-            validate_idempotency_key(key)
+        command = unpack_command(descriptor.cmd)
+        if command is None:
+            name, key = descriptor_target(descriptor)
+            table, backend = descriptor_backend(descriptor)
+            if table is not None:  # {"table", "backend"}: as ListFlights describes tables
+                route = config.table_route(table, backend or config.storage_backend)
+                authorize_table(call.token, config, route.table, route.backend)
+            else:
+                route = config.route(name)
+                authorize_write(call.token, route.stream)
+            if key is not None:
+                validate_idempotency_key(key)
     except trio.TooSlowError:
         stats.refused("bad_input")
         raise ArrowportError(
@@ -75,6 +79,9 @@ async def do_put(call: GrpcCall, service: Any) -> None:
     except ArrowportError as exc:
         stats.refused(_reason(exc))
         raise
+    if command is not None:  # Flight SQL (CommandStatementIngest)
+        await flight_sql.do_put(call, service, command, decoder, chunks)
+        return
     try:
         store = service.store(route.backend, None if table is not None else route.stream)
     except ArrowportError:

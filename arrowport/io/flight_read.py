@@ -27,7 +27,6 @@ import pyarrow as pa
 import trio
 
 from ..protocol.errors import limit_exceeded
-from ..protocol.flight_pb import Ticket
 from .flight_messages import MessageSink, parse_ticket, send_flight_data
 from .grpc import GrpcCall
 from .read_http import next_batch
@@ -88,9 +87,9 @@ class Gatherer:
         return list(fitting_slices(gathered, self.limit))
 
 
-async def do_get(call: GrpcCall, service: Any) -> None:
-    """Serve one DoGet; ``service`` is the ``FlightService`` (its stores and config)."""
-    spec = parse_ticket(Ticket.decode(await call.unary_request("Ticket")).ticket)
+async def do_get(call: GrpcCall, service: Any, ticket: bytes) -> None:
+    """Serve one DoGet of a table; ``service`` is the ``FlightService`` (its stores and config)."""
+    spec = parse_ticket(ticket)
     limit = service.state.config.flight.max_message_size
     backend = spec.backend
     extra = {}
@@ -107,6 +106,15 @@ async def do_get(call: GrpcCall, service: Any) -> None:
         batch_rows=SCAN_ROWS,
         **extra,
     )
+    await stream_reader(call, reader, limit)
+
+
+async def stream_reader(call: GrpcCall, reader: pa.RecordBatchReader, limit: int) -> None:
+    """Send ``reader``'s batches as FlightData of at most ``limit`` bytes; close it at the end.
+
+    Reads one gathered batch at a time in a worker thread (see the invariants
+    above); with no rows, the schema alone is sent.
+    """
     sink = MessageSink()
     try:
         writer = pa.ipc.new_stream(sink, reader.schema)

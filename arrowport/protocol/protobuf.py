@@ -11,7 +11,10 @@ one generic encoder and decoder walk the field tables. Invariants:
 * Unknown fields of wire types 0, 1, 2 and 5 are skipped.
 * Proto3: a scalar seen twice keeps the last value, repeated fields accumulate,
   a message field seen twice is merged (decoded from the concatenation). Absent
-  fields decode to the proto3 default; message fields have presence (``None``).
+  fields decode to the proto3 default; message fields have presence (``None``),
+  and so do fields declared ``optional`` (``pb(..., optional=True)``).
+* Repeated varint fields decode packed (proto3's default) or unpacked, and
+  encode packed, as protobuf does.
 * ``encode`` writes fields in number order and omits defaults (not inside
   repeated fields), so it matches pyarrow byte for byte. A value out of range
   is the caller's bug: ``ValueError``.
@@ -172,6 +175,7 @@ class Kind(enum.Enum):
 
     INT32 = enum.auto()  # also proto3 enums
     INT64 = enum.auto()
+    UINT32 = enum.auto()
     UINT64 = enum.auto()
     BOOL = enum.auto()
     BYTES = enum.auto()
@@ -180,7 +184,7 @@ class Kind(enum.Enum):
     IGNORED = enum.auto()  # length-delimited, skipped on decode, never written
 
 
-_VARINT_KINDS = frozenset({Kind.INT32, Kind.INT64, Kind.UINT64, Kind.BOOL})
+_VARINT_KINDS = frozenset({Kind.INT32, Kind.INT64, Kind.UINT32, Kind.UINT64, Kind.BOOL})
 _DEFAULTS: dict[Kind, Any] = {
     Kind.BOOL: False,
     Kind.BYTES: b"",
@@ -190,6 +194,7 @@ _DEFAULTS: dict[Kind, Any] = {
 _RANGES = {
     Kind.INT32: (-(1 << 31), (1 << 31) - 1),
     Kind.INT64: (-(1 << 63), (1 << 63) - 1),
+    Kind.UINT32: (0, (1 << 32) - 1),
     Kind.UINT64: (0, _U64),
 }
 
@@ -201,10 +206,17 @@ class Field:
     kind: Kind
     repeated: bool = False
     message: type[Message] | None = None
+    optional: bool = False  # proto3 ``optional``: absent is None, present is kept as sent
 
     @property
     def default(self) -> Any:
-        return () if self.repeated else _DEFAULTS.get(self.kind, 0)
+        if self.repeated:
+            return ()
+        return None if self.optional else _DEFAULTS.get(self.kind, 0)
+
+    @property
+    def packed(self) -> bool:
+        return self.repeated and self.kind in _VARINT_KINDS
 
     @property
     def wire_type(self) -> int:
@@ -218,9 +230,10 @@ def pb(
     repeated: bool = False,
     message: type[Message] | None = None,
     default: Any = None,
+    optional: bool = False,
 ) -> Any:
     """Declare a dataclass field as protobuf field ``number`` of type ``kind``."""
-    spec = Field(number, "", kind, repeated, message)
+    spec = Field(number, "", kind, repeated, message, optional)
     return dataclasses.field(
         default=spec.default if default is None else default, metadata={"pb": spec}
     )
@@ -253,8 +266,15 @@ class Message:
             if f.kind is Kind.IGNORED:
                 continue
             value = getattr(self, f.name)
-            if f.repeated:  # every element is written, defaults included
+            if f.packed:
+                if value:
+                    packed = b"".join(encode_varint(_checked(f, item)) for item in value)
+                    parts.append(encode_field_bytes(f.number, packed))
+            elif f.repeated:  # every element is written, defaults included
                 parts.extend(_encode_value(f, item, keep=True) for item in value)
+            elif f.optional:
+                if value is not None:
+                    parts.append(_encode_value(f, value, keep=True))
             else:
                 parts.append(_encode_value(f, value, keep=False))
         return b"".join(parts)
@@ -272,6 +292,9 @@ class Message:
             if f is None:
                 continue
             expected = f.wire_type
+            if f.packed and wire_type == WIRE_LEN:  # packed: a run of varints
+                seen.setdefault(number, []).extend(_unpack(raw, f"{path} field {number}"))
+                continue
             if wire_type != expected:
                 raise _malformed(
                     path,
@@ -296,6 +319,14 @@ class Message:
         return cls(**values)
 
 
+def _unpack(raw: memoryview, what: str) -> list[int]:
+    values, pos = [], 0
+    while pos < len(raw):
+        value, pos = decode_varint(raw, pos, what)
+        values.append(value)
+    return values
+
+
 def _encode_value(f: Field, value: Any, *, keep: bool) -> bytes:
     """One occurrence of field ``f``; ``b""`` for a default value unless ``keep``."""
     kind = f.kind
@@ -307,11 +338,16 @@ def _encode_value(f: Field, value: Any, *, keep: bool) -> bytes:
         return encode_field_bytes(f.number, value.encode("utf-8"))
     if kind is Kind.BYTES:
         return encode_field_bytes(f.number, value)
-    if kind is not Kind.BOOL:
-        low, high = _RANGES[kind]
+    return encode_field_varint(f.number, _checked(f, value))
+
+
+def _checked(f: Field, value: Any) -> int:
+    """A varint field's value as an int; out of its kind's range is the caller's bug."""
+    if f.kind is not Kind.BOOL:
+        low, high = _RANGES[f.kind]
         if not low <= value <= high:
-            raise ValueError(f"{f.name}={value} is out of range for {kind.name.lower()}")
-    return encode_field_varint(f.number, int(value))
+            raise ValueError(f"{f.name}={value} is out of range for {f.kind.name.lower()}")
+    return int(value)
 
 
 def _decode_value(f: Field, path: str, raw: Any, label: str) -> Any:
@@ -331,6 +367,8 @@ def _decode_value(f: Field, path: str, raw: Any, label: str) -> Any:
         return raw != 0
     if kind is Kind.UINT64:
         return raw
+    if kind is Kind.UINT32:
+        return raw & 0xFFFFFFFF
     bits = 32 if kind is Kind.INT32 else 64
     raw &= (1 << bits) - 1
     return raw - (1 << bits) if raw >> (bits - 1) else raw
