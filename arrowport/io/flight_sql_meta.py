@@ -40,6 +40,7 @@ import duckdb
 import pyarrow as pa
 
 from .. import __version__
+from ..errors import ArrowportError
 from ..names import MAX_NAME_LENGTH
 from ..protocol import flight_sql as sql
 from ..protocol import flight_sql_info as meta
@@ -56,11 +57,18 @@ TABLE_TYPE = "TABLE"
 
 # -- the facts SqlInfo reports ------------------------------------------------------------
 
+# The throwaway DuckDB loads and installs nothing and reads no files.
+THROWAWAY: dict[str, str | bool | int | float | list[str]] = {
+    "autoinstall_known_extensions": False,
+    "autoload_known_extensions": False,
+    "enable_external_access": False,
+}
+
 
 @functools.cache
 def dialect() -> tuple[meta.DialectFacts, frozenset[str]]:
     """What an in-memory DuckDB says about its SQL, and its keywords (lower case)."""
-    con = duckdb.connect(":memory:")
+    con = duckdb.connect(":memory:", config=THROWAWAY)
     try:
         words = sorted(
             row[0] for row in con.execute("SELECT keyword_name FROM duckdb_keywords()").fetchall()
@@ -136,7 +144,7 @@ def _visible(call: GrpcCall, config: Any) -> set[tuple[str, str]] | None:
     for stream in token.streams:
         try:
             route = config.route(stream)
-        except Exception:  # a stream name no table can have
+        except ArrowportError:  # a stream name no table can have
             continue
         seen.add((route.backend, route.table.lower()))
     return seen
