@@ -4,6 +4,7 @@ ADBC Flight SQL driver (Go, grpc-go), into real DuckDB, DuckLake and Delta table
 from __future__ import annotations
 
 import re
+import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -105,7 +106,9 @@ def refused(conn: Any, code: str, *args: Any, **kwargs: Any) -> str:
 
 
 def words(*values: str) -> pa.Table:
-    return pa.table({"word": pa.array(values), "n": pa.array(range(len(values)), pa.int32())})
+    return pa.table(
+        {"word": pa.array(values, pa.string()), "n": pa.array(range(len(values)), pa.int32())}
+    )
 
 
 def rows(data: pa.Table) -> list[dict[str, Any]]:
@@ -134,6 +137,17 @@ def read_back(server: Server, backend: str, table: str) -> pa.Table | None:
             return None
         name = f"lake.{table}" if backend == "ducklake" else table
         return con.execute(f"SELECT * FROM {name}").to_arrow_table()
+
+
+def slow_words(batches: int, pause: float) -> pa.RecordBatchReader:
+    """A stream of one-row batches, ``pause`` seconds apart (a producer slower than a deadline)."""
+
+    def produce() -> Iterator[pa.RecordBatch]:
+        for i in range(batches):
+            time.sleep(pause)
+            yield words(f"w{i}").to_batches()[0]
+
+    return pa.RecordBatchReader.from_batches(words().schema, produce())
 
 
 def metrics(server: Server) -> str:
@@ -207,6 +221,23 @@ def test_a_replace_failing_midway_leaves_the_old_table(
     assert table is not None
     assert rows(table) == rows(pa.concat_tables([sample_table(100), sample_table(1, offset=100)]))
     assert table.schema.names == sample_table(1).schema.names
+
+
+def test_a_replace_past_its_deadline_changes_nothing(server: Server, conn: Any) -> None:
+    """A replace whose grpc-timeout (ADBC's update timeout) passes mid-upload ends with
+    DEADLINE_EXCEEDED and leaves the old table; with time enough, a replace commits."""
+    timeout = "adbc.flight.sql.rpc.timeout_seconds.update"
+    assert ingest(conn, "t", words("a", "b"), "create") == 2
+    with conn.cursor() as cur:
+        cur.adbc_statement.set_options(**{timeout: "0.3"})
+        with pytest.raises(Exception, match="DeadlineExceeded"):
+            cur.adbc_ingest("t", slow_words(40, pause=0.05), mode="replace")  # 2 s
+    with conn.cursor() as cur:
+        cur.adbc_statement.set_options(**{timeout: "60"})
+        assert cur.adbc_ingest("t", words("c"), mode="append") == 1
+        assert cur.adbc_ingest("u", words("d"), mode="replace") == 1
+    table = read_back(server, "duckdb", "t")
+    assert table is not None and sorted(table.column("word").to_pylist()) == ["a", "b", "c"]
 
 
 # -- idempotency -------------------------------------------------------------------------------

@@ -44,7 +44,9 @@ def ids(start: int, rows: int) -> pa.Table:
 
 
 def words(*values: str) -> pa.Table:
-    return pa.table({"word": pa.array(values), "n": pa.array(range(len(values)), pa.int32())})
+    return pa.table(
+        {"word": pa.array(values, pa.string()), "n": pa.array(range(len(values)), pa.int32())}
+    )
 
 
 def write(store: Any, data: pa.Table, mode: str, key: str | None = None, table: str = "t") -> Any:
