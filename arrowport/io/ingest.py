@@ -55,6 +55,7 @@ from ..protocol.flight import MetadataReceived
 from ..protocol.messages import validate_batch
 from ..stats import Labels
 from ..storage import WriteResult
+from ..storage.modes import CREATE_APPEND
 from ..storage.port import Part, Store, Write
 from .body import with_eof
 from .budget import Hold, MessageCosts
@@ -106,6 +107,7 @@ async def ingest(
     key_from_metadata: Callable[[bytes | None], str | None] | None = None,
     protocol: str = "http",
     group_settings: GroupCommitSettings | None = None,
+    table_mode: str = CREATE_APPEND,
 ) -> IngestResult:
     """Stream ``chunks`` into ``route.table``; return after commit (``IngestRequest``)."""
     request = IngestRequest(
@@ -120,6 +122,7 @@ async def ingest(
         key_from_metadata=key_from_metadata,
         protocol=protocol,
         group_settings=group_settings,
+        table_mode=table_mode,
     )
     return await request.run(chunks)
 
@@ -134,7 +137,9 @@ class IngestRequest:
     read and validated but nothing is written, and the result is the original
     one, flagged ``replayed``. With ``key_from_metadata`` (Flight, when the
     descriptor has no key), the key is taken from the app_metadata of the event
-    after the schema.
+    after the schema. ``table_mode`` (``storage/modes.py``) is what the write
+    does with its table; only ``CREATE_APPEND`` (the default) joins group
+    commits: the others are decided in the request's own transaction.
     """
 
     def __init__(
@@ -151,6 +156,7 @@ class IngestRequest:
         key_from_metadata: Callable[[bytes | None], str | None] | None = None,
         protocol: str = "http",
         group_settings: GroupCommitSettings | None = None,
+        table_mode: str = CREATE_APPEND,
     ) -> None:
         self.route, self.store, self.limits, self.pipeline = route, store, limits, pipeline
         self.labels = Labels.of(route, protocol)  # for the metrics
@@ -173,6 +179,7 @@ class IngestRequest:
             and group_settings is not None
             and group_settings.enabled
             and route.commit == "request"
+            and table_mode == CREATE_APPEND
         )
         self.phase = Phase.SCHEMA
         self.schema: pa.Schema | None = None
@@ -190,6 +197,7 @@ class IngestRequest:
             limits.queue_depth,
             self.progress,
             on_commit,
+            table_mode,
         )
         self.result: WriteResult | None = None
         self.submitted = False  # a held request was handed to the group committer

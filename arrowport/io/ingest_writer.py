@@ -19,6 +19,7 @@ from ..protocol import BatchReceived
 from ..protocol.flight import MetadataReceived
 from ..stats import Labels, Stats
 from ..storage import IngestAborted, WriteResult
+from ..storage.modes import CREATE_APPEND
 from ..storage.port import Store, Write
 from .budget import Hold
 from .ingest_results import Commit, OnCommit, Progress
@@ -41,10 +42,12 @@ class StreamWriter:
         queue_depth: int,
         progress: Progress,
         on_commit: OnCommit | None,
+        table_mode: str = CREATE_APPEND,
     ) -> None:
         self.route, self.store, self.stats, self.labels = route, store, stats, labels
         self.hold, self.limiter = hold, limiter
         self.progress, self.on_commit = progress, on_commit
+        self.table_mode = table_mode  # what the write does with its table (storage/modes.py)
         self.send, self.receive = trio.open_memory_channel[Any](queue_depth)
         self.metadata: list[bytes] = []  # request mode: the client's app_metadata, for the ack
         self.result: WriteResult | None = None
@@ -74,6 +77,7 @@ class StreamWriter:
                     commit=route.commit,
                     options=route.delta,
                     idempotency_key=self.key,
+                    mode=self.table_mode,
                 )
             )
             if not wait_for_key:

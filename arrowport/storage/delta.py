@@ -46,6 +46,7 @@ import json
 import logging
 import os
 from collections.abc import Sequence
+from dataclasses import replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 from urllib.parse import unquote, urlparse
@@ -59,9 +60,12 @@ from .delta_location import DeltaLocation, describe_error
 from .errors import (
     SchemaMismatchError,
     StorageError,
+    TableExistsError,
+    TableNotFoundError,
     WriteRejectedError,
     first_line,
 )
+from .modes import APPEND, CREATE, CREATE_APPEND, REPLACE, check_mode
 from .schema import check_key, duplicate_names
 from .tables import TableInfo
 
@@ -286,18 +290,24 @@ class DeltaStore:
         commit: str = "request",
         options: DeltaOptions | None = None,
         idempotency_key: str | None = None,
+        mode: str = CREATE_APPEND,
     ) -> DeltaWrite:
         """Start one request's write into ``table`` (request or batch commit mode).
 
         Checks the schema against an existing table (422 on a mismatch) and
         the idempotency key against its log before any data is read. The
         returned ``DeltaWrite`` must end with ``finish()`` or ``rollback()``.
+        ``mode`` (``modes.py``): create a missing table and append (the
+        default), create (``TableExistsError``), append (``TableNotFoundError``),
+        or replace: one overwrite commit with the stream's schema (a replace
+        keeps the table's partition columns: delta-rs cannot change them).
         """
-        from .delta_schema import check_partitions, evolve_schema, to_delta_schema
+        from .delta_schema import evolve_schema, to_delta_schema
         from .delta_write import DeltaWrite
 
         if commit not in ("request", "batch"):
             raise ValueError(f"unknown commit mode {commit!r}")
+        check_mode(mode, commit)
         options = options or self.defaults
         self.location.check_concurrency()
         path = self.table_path(table)
@@ -306,13 +316,19 @@ class DeltaStore:
         incoming = to_delta_schema(schema)
         existing = self.open_table(table)
         replay = None
-        if existing is None:
-            target, partition_by = incoming, check_partitions(table, schema, options)
+        partition_by: tuple[str, ...]
+        if existing is not None and idempotency_key is not None:
+            replay = self.find_replay(existing, idempotency_key)
+        if replay is None:
+            self._check_mode(table, mode, existing)
+        if replay is not None and mode != CREATE_APPEND:  # nothing is written
+            target, partition_by = incoming, ()
+        elif existing is None or mode == REPLACE:
+            target = incoming
+            partition_by = self._new_partitions(table, schema, options, existing)
         else:
             target = evolve_schema(table, incoming, existing.schema(), options.schema_mode)
             partition_by = tuple(existing.metadata().partition_columns)
-            if idempotency_key is not None:
-                replay = self.find_replay(existing, idempotency_key)
         return DeltaWrite(
             self,
             table,
@@ -325,7 +341,38 @@ class DeltaStore:
             key=idempotency_key,
             replay=replay,
             plan=types,
+            table_mode=mode,
         )
+
+    def _check_mode(self, table: str, mode: str, existing: DeltaTable | None) -> None:
+        """Refuse a ``create`` of an existing table and an ``append`` to a missing one."""
+        if mode == CREATE and existing is not None:
+            raise TableExistsError.named(table, self.backend)
+        if mode == APPEND and existing is None:
+            from . import delta_tables
+
+            raise TableNotFoundError.named(table, delta_tables.table_names(self))
+
+    def _new_partitions(
+        self,
+        table: str,
+        schema: pa.Schema,
+        options: DeltaOptions,
+        existing: DeltaTable | None,
+    ) -> tuple[str, ...]:
+        """The partition columns of a table this write creates, or replaces: a replace
+        keeps the table's own (delta-rs cannot change them in an overwrite)."""
+        from .delta_schema import check_partitions
+
+        if existing is None:
+            return check_partitions(table, schema, options)
+        kept = tuple(existing.metadata().partition_columns)
+        try:
+            return check_partitions(table, schema, replace(options, partition_by=kept))
+        except SchemaMismatchError as exc:
+            exc.detail += f" (a replace keeps a Delta table's partition columns: {', '.join(kept)})"
+            exc.args = (exc.detail,)
+            raise
 
     def check_stream(
         self, schema: pa.Schema, commit: str = "request", idempotency_key: str | None = None

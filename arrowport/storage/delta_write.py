@@ -38,8 +38,11 @@ from .delta_schema import delta_columns, partition_string, without_metadata
 from .errors import (
     SchemaMismatchError,
     StorageError,
+    TableExistsError,
+    TableNotFoundError,
     first_line,
 )
+from .modes import APPEND, CREATE, CREATE_APPEND, REPLACE
 from .schema import check_subset
 from .table_write import WriteResult
 
@@ -137,8 +140,10 @@ class DeltaWrite:
         key: str | None = None,
         replay: Replay | None = None,
         plan: TypePlan | None = None,
+        table_mode: str = CREATE_APPEND,
     ) -> None:
         self.store, self.table, self.path, self.mode = store, table, path, mode
+        self.table_mode = table_mode  # what to do with the table (``modes.py``)
         self.location = store.location
         self.options = options
         self.delta_schema = target
@@ -206,6 +211,7 @@ class DeltaWrite:
         if self.replay is None and (
             self._files.pending
             or (self.key is not None and self.mode == "request")  # the key is recorded
+            or self.table_mode == REPLACE  # the table is replaced, rows or none
             or self.store.open_table(self.table) is None  # a new table appears with no rows
         ):
             self._commit(self.batches, self.rows)
@@ -523,6 +529,11 @@ class DeltaWrite:
     def _commit_once(self, batches: int, rows: int) -> None:
         commit_id = uuid.uuid4().hex
         existing = self.store.open_table(self.table)
+        lost_creation = False
+        if existing is None and self.table_mode == APPEND:  # dropped since the write began
+            from . import delta_tables
+
+            raise TableNotFoundError.named(self.table, delta_tables.table_names(self.store))
         if existing is None:
             self._attempt = (commit_id, -1)
             try:
@@ -551,12 +562,19 @@ class DeltaWrite:
                 if existing is None:
                     raise
                 # another writer created it first: append instead, if schemas agree
-        self.created = False  # appending: another writer created the table first
+                lost_creation = True
         if self._replayed(existing):
             return
+        if lost_creation and self.table_mode == CREATE:
+            raise TableExistsError.named(self.table, self.store.backend)
+        if self.table_mode == REPLACE:
+            self._overwrite(existing, commit_id, batches, rows)
+            return
+        self.created = False  # appending: another writer created the table first
         schema = self._table_schema(existing)
         read_version = existing.version()
-        if list(existing.metadata().partition_columns) != list(self.partition_by):
+        kept = [c.lower() for c in existing.metadata().partition_columns]
+        if kept != [c.lower() for c in self.partition_by]:
             raise SchemaMismatchError(
                 f"table {self.table!r} was created concurrently with other partition columns"
             )
@@ -568,6 +586,30 @@ class DeltaWrite:
             partition_by=list(self.partition_by) or None,
             commit_properties=self._properties(batches, rows, commit_id, read_version=read_version),
         )
+        self._check_landed(read_version, commit_id)
+
+    def _overwrite(self, existing: DeltaTable, commit_id: str, batches: int, rows: int) -> None:
+        """Replace: one commit that removes every file of the table and adds this write's,
+        with the stream's schema (its partition columns are the table's: see open_write)."""
+        read_version = existing.version()
+        kept = [c.lower() for c in existing.metadata().partition_columns]
+        if kept != [c.lower() for c in self.partition_by]:
+            raise SchemaMismatchError(
+                f"table {self.table!r} was created concurrently with other partition columns"
+            )
+        self._attempt = (commit_id, read_version)
+        existing.create_write_transaction(
+            list(self._files.pending),
+            mode="overwrite",
+            schema=self.delta_schema,
+            partition_by=list(self.partition_by) or None,
+            commit_properties=self._properties(batches, rows, commit_id, read_version=read_version),
+        )
+        self.created = True  # the table as it is now was made by this write
+        self._check_landed(read_version, commit_id)
+
+    def _check_landed(self, read_version: int, commit_id: str) -> None:
+        """Find the version our commit landed at (``StorageError`` if it is not in the log)."""
         self.version = self._committed_version(read_version, commit_id)
         if self.version is None:
             raise StorageError(

@@ -38,6 +38,7 @@ from .errors import (
     WriteRejectedError,
     first_line,
 )
+from .modes import CREATE_APPEND, check_mode
 from .recovery import Gate, GuardedReader, Lease, invalidate_for_test, invalidates
 from .schema import Column, check_key, check_subset, duplicate_names
 from .table_write import ReplayWrite, TableWrite, WriteResult
@@ -300,10 +301,19 @@ class DuckDBStore:
         to create it; a DuckDB file has one writer, so it is created with the data."""
         return False
 
-    def enter_create(self, cur: duckdb.DuckDBPyConnection, table: str) -> bool:
-        """Before a write that may create ``table``; True obliges ``exit_create()``.
-        (DuckLake holds its snapshot expiry off meanwhile; DuckDB has nothing to do.)"""
+    def enter_create(
+        self, cur: duckdb.DuckDBPyConnection, table: str, *, replacing: bool = False
+    ) -> bool:
+        """Before a write that may create ``table`` (``replacing``: that drops it and
+        creates it again); True obliges ``exit_create()``. (DuckLake holds its snapshot
+        expiry off meanwhile; DuckDB has nothing to do.)"""
         return False
+
+    def drop_in(self, cur: duckdb.DuckDBPyConnection, table: str) -> None:
+        """DROP ``table`` (schema ``main``) in the caller's open transaction: a replace
+        creates it again in the same transaction, so a rollback restores it."""
+        name = ".".join(quote_identifier(part) for part in (self._database, "main", table))
+        cur.execute(f"DROP TABLE {name}")
 
     def exit_create(self) -> None:
         """The end of a write for which ``enter_create`` returned True."""
@@ -483,6 +493,7 @@ class DuckDBStore:
         commit: str = "request",
         options: object = None,
         idempotency_key: str | None = None,
+        mode: str = CREATE_APPEND,
     ) -> TableWrite | ReplayWrite:
         """Start one request's write into ``table`` (request or batch commit mode).
 
@@ -491,12 +502,24 @@ class DuckDBStore:
         a time and must end with ``finish()`` or ``rollback()``. ``options``
         (Delta's) do not apply. An ``idempotency_key`` committed within the
         key TTL gives a ``ReplayWrite``: it reads nothing into the table and
-        answers the original result.
+        answers the original result. ``mode`` (``modes.py``) says what to do with
+        the table: create it if missing and append (the default), or create it
+        (``TableExistsError``), append to it (``TableNotFoundError``) or replace it.
         """
+        check_mode(mode, commit)
         types = self.check_stream(schema, commit, idempotency_key)
         generation = self.gate.generation
         cur = self.new_cursor()
-        write = TableWrite(self, cur, table, types.target, commit, key=idempotency_key, plan=types)
+        write = TableWrite(
+            self,
+            cur,
+            table,
+            types.target,
+            commit,
+            key=idempotency_key,
+            plan=types,
+            table_mode=mode,
+        )
         write.generation = generation
         try:
             write.start()

@@ -418,8 +418,10 @@ class DuckLakeStore(DuckDBStore):
                 f"column {', '.join(sorted(missing))} of table {table!r}"
             )
 
-    def enter_create(self, cur: duckdb.DuckDBPyConnection, table: str) -> bool:
-        if self.table_columns(cur, table) is not None:
+    def enter_create(
+        self, cur: duckdb.DuckDBPyConnection, table: str, *, replacing: bool = False
+    ) -> bool:
+        if not replacing and self.table_columns(cur, table) is not None:
             return False
         self._enter_create()
         return True

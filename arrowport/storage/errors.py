@@ -95,6 +95,24 @@ class TableNotFoundError(ArrowportError):
         return body
 
 
+class TableExistsError(ArrowportError):
+    """The table exists, and the write was to create it (Flight SQL ``create``): 409."""
+
+    error = "table_exists"
+
+    def __init__(self, detail: str, *, table: str) -> None:
+        super().__init__(detail)
+        self.table = table
+
+    @classmethod
+    def named(cls, table: str, backend: str) -> TableExistsError:
+        return cls(
+            f"table {table!r} already exists in the {backend} backend; append to it, "
+            "replace it, or create another table",
+            table=table,
+        )
+
+
 class InvalidReadError(ArrowportError):
     """A read asks for something impossible (a negative limit, a repeated column): 400."""
 

@@ -5,6 +5,8 @@ transaction that takes groups of batches as they are decoded, and commits in
 ``finish()``. ``Part`` is a whole small request held in memory, for a group
 commit (``group_write.commit_group``), where the parts of several requests
 to one table are committed together.
+
+A write's ``mode`` (``modes.py``) says what it does with its table.
 """
 
 from __future__ import annotations
@@ -15,7 +17,20 @@ from typing import Any, Protocol
 
 import pyarrow as pa
 
+from .modes import APPEND, CREATE, CREATE_APPEND, REPLACE, TABLE_MODES
 from .table_write import WriteResult
+
+__all__ = [
+    "APPEND",
+    "CREATE",
+    "CREATE_APPEND",
+    "REPLACE",
+    "TABLE_MODES",
+    "Outcome",
+    "Part",
+    "Store",
+    "Write",
+]
 
 
 class Write(Protocol):
@@ -41,6 +56,7 @@ class Store(Protocol):
         commit: str = ...,
         options: Any = ...,
         idempotency_key: str | None = ...,
+        mode: str = ...,
     ) -> Write: ...
 
 

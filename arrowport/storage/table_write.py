@@ -14,7 +14,10 @@ from typing import TYPE_CHECKING, Any
 import duckdb
 import pyarrow as pa
 
+from .errors import TableExistsError, TableNotFoundError
+from .modes import APPEND, CREATE, CREATE_APPEND
 from .recovery import StorageUnavailable
+from .tables import table_names
 
 if TYPE_CHECKING:
     from .duckdb import DuckDBStore
@@ -52,8 +55,10 @@ class TableWrite:
         *,
         key: str | None = None,
         plan: TypePlan | None = None,
+        table_mode: str = CREATE_APPEND,
     ) -> None:
         self.store, self.cur, self.table, self.schema, self.mode = store, cur, table, schema, mode
+        self.table_mode = table_mode  # what to do with the table (``modes.py``)
         self.plan = plan  # the stream's columns in the types stored (schema is its target)
         self.key = key  # an idempotency key, recorded in the ledger with the commit
         self.replayed = False
@@ -101,6 +106,9 @@ class TableWrite:
         self._run(self._start)
 
     def _start(self) -> None:
+        if self.table_mode != CREATE_APPEND:
+            self._start_in_mode()
+            return
         if self.mode == "request" and self._start_appending():
             return
         if self.key is not None:
@@ -148,6 +156,34 @@ class TableWrite:
         self._prepared = True
         return True
 
+    def _start_in_mode(self) -> None:
+        """create, append or replace (request mode): BEGIN, then look up the key and the
+        table in that snapshot (the store's caller holds the table's lock), so that
+        what is decided is what the commit finds. A key committed before is a replay
+        whatever the table's state (a retried ``create`` finds its own table).
+        """
+        self._begin()
+        if self.key is not None:
+            self.replay = self.store.ledger_entry(self.cur, self.table, self.key)
+            self._key_checked = True
+            if self.replay is not None:  # open_write answers it as a replay
+                return
+        existing = self.store.table_columns(self.cur, self.table)
+        if self.table_mode == APPEND:
+            if existing is None:
+                raise TableNotFoundError.named(self.table, table_names(self.cur))
+            self.store.check_fits(self.cur, self.table, self.schema, existing)
+        elif existing is not None and self.table_mode == CREATE:
+            raise TableExistsError.named(self.table, self.store.backend)
+        else:  # create the missing table, or replace: drop it and create it, in this transaction
+            replacing = existing is not None
+            self._creating = self.store.enter_create(self.cur, self.table, replacing=replacing)
+            if replacing:
+                self.store.drop_in(self.cur, self.table)
+            self.store.prepare_table(self.cur, self.table, self.schema)
+            self.created = True
+        self._prepared = True
+
     def insert(self, group: list[pa.RecordBatch]) -> None:
         """Insert ``group`` (batch mode: commit each batch on its own)."""
         self._run(self._insert_group, group)
@@ -184,7 +220,11 @@ class TableWrite:
                 self._commit()
         else:
             if self.key is None:
-                self._commit()
+                try:
+                    self._commit()
+                except duckdb.Error:
+                    self._created_by_a_rival()
+                    raise
             else:
                 try:
                     if not self._record_key():
@@ -192,6 +232,7 @@ class TableWrite:
                     self._commit()
                 except duckdb.Error:
                     if not self._committed_by_a_rival():
+                        self._created_by_a_rival()
                         raise
                     return
                 self.store.keyed_commits += 1
@@ -209,6 +250,16 @@ class TableWrite:
         self.replay = replay
         self.store.replays += 1
         return True
+
+    def _created_by_a_rival(self) -> None:
+        """After a failed commit of a ``create``: if another writer (another instance on a
+        shared DuckLake catalog) created the table meanwhile, say so (TableExistsError)."""
+        if self.table_mode != CREATE:
+            return
+        self.rollback()
+        with self.store._cursor() as cur:  # a fresh snapshot, which sees the rival's commit
+            if self.store.table_columns(cur, self.table) is not None:
+                raise TableExistsError.named(self.table, self.store.backend)
 
     def _record_key(self) -> bool:
         """Put the key in the ledger, in this transaction; False (rolled back) if a
