@@ -41,7 +41,7 @@ class Labels:
     stream: str
     table: str
     backend: str
-    protocol: str  # "http" or "flight"
+    protocol: str  # "http", "flight" or "flight_sql" (ADBC bulk ingest)
     configured: bool = True
 
     @classmethod
