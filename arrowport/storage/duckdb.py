@@ -73,6 +73,10 @@ BUILT_IN_EXTENSIONS = {
 }
 
 
+# Extensions whose registry package is named after DuckDB's own name for them, not the alias
+EXTENSION_PACKAGES = {"postgres": "postgres_scanner"}
+
+
 def load_extension(con: duckdb.DuckDBPyConnection, name: str) -> None:
     """Load ``name`` from a registry package, never from the network."""
     built_in = BUILT_IN_EXTENSIONS.get(name.lower())
@@ -84,16 +88,17 @@ def load_extension(con: duckdb.DuckDBPyConnection, name: str) -> None:
         return
     except duckdb.Error:
         pass
+    package = EXTENSION_PACKAGES.get(name.lower(), name)
     try:
         import duckdb_extensions  # type: ignore[import-untyped,unused-ignore]
 
-        duckdb_extensions.import_extension(name)
+        duckdb_extensions.import_extension(package)
         con.execute(f"LOAD {name}")
     except Exception as exc:
         raise StorageError(
             f"DuckDB extension {name!r} is not available offline: install the "
-            f"'duckdb-extensions' and 'duckdb-extension-{name}' packages matching "
-            f"duckdb {duckdb.__version__} ({first_line(exc)})"
+            f"'duckdb-extensions' and 'duckdb-extension-{package.replace('_', '-')}' packages "
+            f"matching duckdb {duckdb.__version__} ({first_line(exc)})"
         ) from None
 
 
