@@ -6,7 +6,7 @@
 # postgres, httpfs and aws extensions, deltalake and OpenSSL. Nothing is needed on the
 # machine but sh, tail, tar and gzip. The first run of a build unpacks it once into
 # $ARROWPORT_CACHE_DIR (default ${XDG_CACHE_HOME:-$HOME/.cache}/arrowport/@ID@); later
-# runs start from there at once. Built by packaging/build-binary; see docs/howto/binary.md.
+# runs start from there at once. Built by packaging/build-binary; see docs/binary.md.
 set -e
 cache=${ARROWPORT_CACHE_DIR:-${XDG_CACHE_HOME:-${HOME:-}/.cache}/arrowport}
 case $cache in
