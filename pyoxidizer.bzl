@@ -1,9 +1,12 @@
-# PyOxidizer build of a single `arrowport` executable.
+# PyOxidizer build of an `arrowport` executable, for those who can build online.
 #
 # PyOxidizer downloads a Python distribution while it builds, so this needs a
-# machine with internet access: `pyoxidizer build --release`. Arrowport's
-# dependencies (pyarrow, duckdb, deltalake) ship native extension modules, so
-# resources are installed next to the executable rather than in memory.
+# machine with internet access: `pyoxidizer build --release`. It cannot build
+# offline, so CI neither builds nor checks it: the supported single binary is
+# `packaging/build-binary` (PyInstaller, offline; docs/binary.md). Arrowport's
+# dependencies (pyarrow, duckdb, deltalake) ship native extension modules and
+# data files (the DuckDB extensions), which cannot be loaded from memory: they
+# fall back to files next to the executable (lib/).
 
 def make_exe():
     dist = default_python_distribution(python_version = "3.11")
