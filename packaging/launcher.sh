@@ -19,8 +19,14 @@ if [ ! -f "$dir/arrowport" ] || [ ! -x "$dir/arrowport" ]; then
     echo "arrowport: first run of build @ID@: unpacking into $dir" >&2
     mkdir -p "$cache"
     tmp=$(mktemp -d "$cache/.unpack-@ID@.XXXXXX")
-    trap 'rm -rf "$tmp"' EXIT HUP INT TERM
-    tail -c +@OFFSET@ "$0" | tar -xzf - -C "$tmp"
+    trap 'rm -rf "$tmp"' EXIT
+    trap 'exit 129' HUP
+    trap 'exit 130' INT
+    trap 'exit 143' TERM
+    if ! tail -c +@OFFSET@ "$0" | tar -xzf - -C "$tmp"; then
+        echo "arrowport: $0 is damaged (unpacking failed): copy or build it again" >&2
+        exit 1
+    fi
     # A directory renamed into place is complete; a process that lost a race to unpack
     # the same build finds the winner's copy there (mv onto it fails), and drops its own.
     mv "$tmp/arrowport" "$dir" 2>/dev/null || [ -f "$dir/arrowport" ]

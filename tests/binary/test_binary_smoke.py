@@ -199,6 +199,42 @@ def test_version_in_a_clean_environment(machine: Machine) -> None:
     assert list(workdir.iterdir()) == []
 
 
+def test_first_runs_at_once_share_one_unpacked_copy(machine: Machine, tmp_path: Path) -> None:
+    """Two first runs of the binary at the same time both work and leave one unpacked copy
+    of the build in the cache directory, with no half-unpacked leftovers."""
+    cache, workdir = tmp_path / "cache", machine.workdir("race")
+    env = machine.env(ARROWPORT_CACHE_DIR=str(cache))
+    runs = [
+        subprocess.Popen(
+            [str(machine.binary), "--version"], cwd=workdir, env=env, stdout=subprocess.PIPE
+        )
+        for _ in range(2)
+    ]
+    outputs = [run.communicate(timeout=300)[0] for run in runs]
+    assert [run.returncode for run in runs] == [0, 0]
+    assert outputs == [f"arrowport {arrowport.__version__}\n".encode()] * 2
+    (build,) = cache.iterdir()
+    assert (build / "arrowport").is_file() and not build.name.startswith(".")
+
+
+def test_without_a_cache_directory_or_when_damaged_it_says_so(
+    machine: Machine, tmp_path: Path
+) -> None:
+    """Without HOME (nor XDG_CACHE_HOME, ARROWPORT_CACHE_DIR) the binary says what to set;
+    a truncated copy says it is damaged and leaves nothing in the cache."""
+    homeless = run(machine.binary, "--version", cwd=tmp_path, env={"PATH": "/usr/bin:/bin"})
+    assert homeless.returncode == 2 and "set HOME" in homeless.stderr
+    truncated, cache = tmp_path / "arrowport", tmp_path / "cache"
+    with machine.binary.open("rb") as whole:
+        truncated.write_bytes(whole.read(20 << 20))
+    truncated.chmod(0o755)
+    damaged = run(
+        truncated, "--version", cwd=tmp_path, env=machine.env(ARROWPORT_CACHE_DIR=str(cache))
+    )
+    assert damaged.returncode == 1 and "damaged" in damaged.stderr, damaged.stderr
+    assert list(cache.iterdir()) == []
+
+
 def test_serve_starts_within_bound_and_ingests_curl(machine: Machine, inputs: Path) -> None:
     """`serve` with defaults answers /health within 3 s of exec (best of 3 starts), maps no
     library of the build machine's Python, and stores a curl upload's exact rows."""
