@@ -27,7 +27,8 @@ import pyarrow as pa
 import trio
 
 from ..protocol.errors import limit_exceeded
-from .flight_messages import MessageSink, parse_ticket, send_flight_data
+from ..protocol.flight_descriptors import parse_ticket
+from .flight_messages import MessageSink, send_flight_data
 from .grpc import GrpcCall
 from .read_http import next_batch
 
