@@ -12,16 +12,19 @@ Invariants:
   window the client advertises: the scan yields small batches
   (``SCAN_ROWS``), gathered in a worker thread into one of at most
   ``min(max_message_size, GATHER_BYTES)`` bytes (a copy only when several are
-  gathered), which is encoded there (``protocol/flight_encoder``: one more
-  copy, the serialized messages) and sent before the next is read. A reader
-  that never opens its window holds one such batch and its messages until
-  the stream's idle deadline resets it.
+  gathered; one scan batch can be larger). It is encoded there
+  (``protocol/flight_encoder``: the serialized messages are one more copy),
+  about that many bytes of messages at a time, each lot sent before the next
+  is encoded and the next batch read. A reader that never opens its window
+  holds one such batch and one lot of messages until the stream's idle
+  deadline resets it.
 * Dictionary batches are sent as pyarrow's IPC stream writer makes them,
   unsliced.
 """
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from typing import Any
 
 import pyarrow as pa
@@ -46,15 +49,39 @@ class Gatherer:
     def __init__(self, reader: pa.RecordBatchReader, limit: int) -> None:
         self.reader = reader
         self.limit = limit
+        self.target = min(limit, GATHER_BYTES)
         self.encoder = FlightDataEncoder(reader.schema, max_message_size=limit)
         self.exhausted = False  # a DuckDB reader raises if read again after its end
+        self._pending: Iterator[EncodedFlightData] | None = None  # the batch being encoded
 
     def next(self) -> list[EncodedFlightData] | None:
-        """The messages of the next gathered batch; None at the end."""
-        target = min(self.limit, GATHER_BYTES)
+        """The next messages, about ``target`` bytes of them at most; None at the end.
+
+        A gathered batch is encoded message by message across calls; the
+        next one is read only once all of its messages have been returned.
+        """
+        out: list[EncodedFlightData] = []
+        size = 0
+        while size < self.target:
+            if self._pending is None:
+                if out:
+                    break  # send these before reading on
+                gathered = self._gather()
+                if gathered is None:
+                    break
+                self._pending = self.encoder.iterencode(gathered)
+            message = next(self._pending, None)
+            if message is None:
+                self._pending = None
+                continue
+            out.append(message)
+            size += message.size
+        return out or None
+
+    def _gather(self) -> pa.RecordBatch | None:
         batches: list[pa.RecordBatch] = []
         size = rows = 0
-        while not self.exhausted and size < target and rows < DOGET_BATCH_ROWS:
+        while not self.exhausted and size < self.target and rows < DOGET_BATCH_ROWS:
             batch = next_batch(self.reader)
             if batch is None:
                 self.exhausted = True
@@ -64,9 +91,7 @@ class Gatherer:
             rows += batch.num_rows
         if not batches:
             return None
-        gathered = batches[0] if len(batches) == 1 else pa.concat_batches(batches)
-        del batches
-        return self.encoder.encode(gathered)
+        return batches[0] if len(batches) == 1 else pa.concat_batches(batches)
 
 
 async def do_get(call: GrpcCall, service: Any, ticket: bytes) -> None:
@@ -94,7 +119,7 @@ async def do_get(call: GrpcCall, service: Any, ticket: bytes) -> None:
 async def stream_reader(call: GrpcCall, reader: pa.RecordBatchReader, limit: int) -> None:
     """Send ``reader``'s batches as FlightData of at most ``limit`` bytes; close it at the end.
 
-    Reads and encodes one gathered batch at a time in a worker thread (see
+    Reads and encodes in a worker thread, one lot of messages at a time (see
     the invariants above); with no rows, the schema alone is sent.
     """
     try:

@@ -33,6 +33,9 @@ Invariants:
   raises ``limit_exceeded`` (RESOURCE_EXHAUSTED) naming the limit, before
   anything of that batch is returned. Schema and dictionary messages are not
   sliced (they cannot be) and not limited.
+* ``iterencode`` serializes each record batch message only when its iterator
+  reaches it, so a caller that sends as it goes holds one serialized slice
+  (or as many as it takes at once) beside the batch, not the whole batch twice.
 """
 
 from __future__ import annotations
@@ -167,21 +170,38 @@ class FlightDataEncoder:
         A batch over ``max_message_size`` comes as several record batch
         messages. Raises ``limit_exceeded`` if one row does not fit.
         """
+        return list(self.iterencode(batch))
+
+    def iterencode(self, batch: pa.RecordBatch) -> Iterator[EncodedFlightData]:
+        """``encode``, with each record batch message serialized only when it is reached.
+
+        The checks (schema, the limit) and the schema and dictionary messages
+        are done before this returns, so an error comes before any message;
+        then at most one record batch message is serialized at a time by the
+        iterator, whose messages must all be sent, in order.
+        """
         if not batch.schema.equals(self.schema):
             raise ValueError(
                 f"a batch of schema {batch.schema} in a stream of schema {self.schema}"
             )
         if self.max_message_size is None:
-            pieces = [self._batch_message(batch)]
-        else:
-            # may raise: then nothing of this batch is returned
-            pieces = [self._batch_message(p) for p in fitting_slices(batch, self.max_message_size)]
-        out = [] if self._schema_sent else [self._schema_message()]
+            pieces = [batch]
+        else:  # may raise: then nothing of this batch is returned
+            pieces = list(fitting_slices(batch, self.max_message_size))
+        head = [] if self._schema_sent else [self._schema_message()]
         if self._dictionary_writer is not None:
-            out.extend(self._dictionary_messages(batch))
-        out.extend(pieces)
-        self._count(out)
-        return out
+            head.extend(self._dictionary_messages(batch))
+        return self._serialized(head, pieces)
+
+    def _serialized(
+        self, head: list[EncodedFlightData], pieces: list[pa.RecordBatch]
+    ) -> Iterator[EncodedFlightData]:
+        self._count(head)
+        yield from head
+        for piece in pieces:
+            message = self._batch_message(piece)
+            self._count([message])
+            yield message
 
     def finish(self) -> list[EncodedFlightData]:
         """The messages still owed at the end: the schema if no batch came."""

@@ -240,6 +240,29 @@ def test_one_row_over_the_limit_is_resource_exhausted_and_sends_nothing() -> Non
     assert kinds(encoder.encode(small)) == ["SCHEMA", "RECORD_BATCH"]
 
 
+def test_iterencode_checks_first_and_serializes_as_it_goes() -> None:
+    """iterencode raises before any message; then it serializes one slice per step, in order."""
+    big = pa.record_batch({"s": pa.array(["a", "b" * 100_000])})
+    encoder = FlightDataEncoder(big.schema, max_message_size=64 * 1024)
+    with pytest.raises(LocalProtocolError):
+        encoder.iterencode(big)  # not iterated: the check ran anyway
+    batch = numbers(0, 20_000)
+    encoder = FlightDataEncoder(batch.schema, max_message_size=64 * 1024)
+    messages = encoder.iterencode(batch)
+    assert encoder.statistics()["batches"] == 0  # nothing serialized yet
+    first, second = next(messages), next(messages)
+    assert (first.kind, second.kind, encoder.batches) == (
+        HeaderType.SCHEMA,
+        HeaderType.RECORD_BATCH,
+        1,
+    )
+    rest = list(messages)
+    assert encoder.batches == 1 + len(rest) > 2
+    assert [m.to_bytes() for m in [first, second, *rest]] == [
+        m.to_bytes() for m in encode_all(batch.schema, [batch], 64 * 1024)
+    ]
+
+
 def test_a_batch_of_another_schema_is_refused() -> None:
     """The encoder is for one schema: another one's batch is a bug, said plainly."""
     encoder = FlightDataEncoder(pa.schema([("a", pa.int64())]))
