@@ -40,8 +40,8 @@ BUCKETS: list[tuple[str, str]] = [
         r"read_message|read_record_batch|ReadRecordBatch|protocol/messages\.py",
     ),
     (
-        "IPC write (DoGet: write_batch, _MessageSink)",
-        r"write_batch|_MessageSink|RecordBatchWriter|_send_flight_data",
+        "IPC write (DoGet: protocol/flight_encoder.py, serialize)",
+        r"protocol/flight_encoder\.py|SerializeRecordBatch|WriteIpcPayload|write_batch|RecordBatchWriter",
     ),
     (
         "FlightData decoder (protocol/flight.py, input.py)",

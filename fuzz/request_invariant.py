@@ -65,12 +65,6 @@ from ipc_invariant import LIMITS as IPC_LIMITS
 from ipc_invariant import mutate as ipc_mutate
 
 from arrowport.config import Config
-from arrowport.io.flight_messages import (
-    bad_request,
-    descriptor_backend,
-    descriptor_target,
-    metadata_idempotency_key,
-)
 from arrowport.io.ingest import missing_eos_error, trailing_data_error
 from arrowport.io.status import grpc_status, http_status
 from arrowport.names import validate_idempotency_key
@@ -85,6 +79,12 @@ from arrowport.protocol import (
     StreamEnded,
 )
 from arrowport.protocol.flight import DescriptorReceived, FlightDataDecoder, MetadataReceived
+from arrowport.protocol.flight_descriptors import (
+    bad_request,
+    descriptor_backend,
+    descriptor_target,
+    metadata_idempotency_key,
+)
 from arrowport.protocol.flight_pb import DESCRIPTOR_CMD, DESCRIPTOR_PATH, WIRE_LEN, FlightDescriptor
 from arrowport.protocol.messages import validate_batch
 from arrowport.storage import typemap

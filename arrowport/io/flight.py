@@ -38,6 +38,7 @@ import trio
 
 from .. import logs
 from ..protocol import ArrowportError, GrpcStatus
+from ..protocol.flight_descriptors import action_table, descriptor_backend, descriptor_name
 from ..protocol.flight_pb import (
     DESCRIPTOR_CMD,
     DESCRIPTOR_PATH,
@@ -58,12 +59,7 @@ from ..protocol.grpc import deadline_exceeded, parse_timeout
 from . import flight_sql
 from .auth import authenticate, handshake_token
 from .backends import backend_unavailable
-from .flight_messages import (
-    action_table,
-    descriptor_backend,
-    descriptor_name,
-    not_grpc,
-)
+from .flight_messages import not_grpc
 from .flight_put import _first_descriptor, do_put  # noqa: F401  (bench imports the first from here)
 from .flight_read import do_get
 from .grpc import GRPC_CONTENT_TYPE, GrpcCall

@@ -24,19 +24,19 @@ import trio
 from ..names import validate_idempotency_key
 from ..protocol import NEED_DATA, ArrowportError
 from ..protocol.flight import DescriptorReceived, FlightDataDecoder
-from ..protocol.flight_pb import FlightDescriptor, PutResult
-from ..protocol.flight_sql import unpack_command
-from ..stats import Labels
-from . import flight_sql
-from .auth import authorize_table, authorize_write
-from .deadline import DeadlineStore
-from .flight_messages import (
+from ..protocol.flight_descriptors import (
     ack_json,
     bad_request,
     descriptor_backend,
     descriptor_target,
     metadata_idempotency_key,
 )
+from ..protocol.flight_pb import FlightDescriptor, PutResult
+from ..protocol.flight_sql import unpack_command
+from ..stats import Labels
+from . import flight_sql
+from .auth import authorize_table, authorize_write
+from .deadline import DeadlineStore
 from .grpc import GrpcCall
 from .h2conn import StreamGone
 from .ingest import Commit, Progress, ingest, refusal_reason, result_of

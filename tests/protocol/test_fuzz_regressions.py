@@ -150,9 +150,9 @@ def test_regression_deeply_nested_descriptor_cmd_is_refused() -> None:
 
 def test_regression_descriptor_target_refuses_deep_json() -> None:
     """The same bug without the harness: descriptor_target itself."""
-    from arrowport.io.flight_messages import descriptor_target
     from arrowport.io.status import http_status
     from arrowport.protocol import ArrowportError
+    from arrowport.protocol.flight_descriptors import descriptor_target
     from arrowport.protocol.flight_pb import DESCRIPTOR_CMD, FlightDescriptor
 
     cmd = b'{"stream": "t", "x": ' + b"[" * 5000

@@ -5,9 +5,9 @@ from __future__ import annotations
 import pyarrow as pa
 import pytest
 
-from arrowport.io.flight_read import FLIGHT_DATA_OVERHEAD, fitting_slices
 from arrowport.io.status import grpc_status
 from arrowport.protocol import ArrowportError, GrpcStatus
+from arrowport.protocol.flight_encoder import FLIGHT_DATA_OVERHEAD, fitting_slices
 from arrowport.protocol.grpc import parse_timeout
 
 
