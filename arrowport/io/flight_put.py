@@ -31,19 +31,12 @@ from ..protocol.flight_descriptors import (
     descriptor_target,
     metadata_idempotency_key,
 )
-from ..protocol.flight_pb import FlightDescriptor, PutResult
+from ..protocol.flight_pb import FlightDescriptor
 from ..protocol.flight_sql import unpack_command
-from ..stats import Labels
 from . import flight_sql
 from .auth import authorize_table, authorize_write
-from .deadline import DeadlineStore
 from .grpc import GrpcCall
-from .h2conn import StreamGone
-from .ingest import Commit, Progress, ingest, refusal_reason, result_of
-
-# gRPC: "the RPC's deadline expiring is considered a client cancellation"; it is counted as
-# one whichever side notices first (the client's RST_STREAM, or the server's own deadline)
-GONE = "disconnected"
+from .put_stream import put_into, refused_reason
 
 log = logging.getLogger("arrowport.flight")
 
@@ -77,7 +70,7 @@ async def do_put(call: GrpcCall, service: Any) -> None:
             error="body_timeout",
         ) from None
     except ArrowportError as exc:
-        stats.refused(_reason(exc))
+        stats.refused(refused_reason(exc))
         raise
     if command is not None:  # Flight SQL (CommandStatementIngest)
         await flight_sql.do_put(call, service, command, decoder, chunks)
@@ -87,67 +80,18 @@ async def do_put(call: GrpcCall, service: Any) -> None:
     except ArrowportError:
         stats.refused("bad_input")
         raise
-    if call.timeout is not None:
-        store = DeadlineStore(store, call.deadline_monotonic, call.timeout)
-
-    async def acknowledge(commit: Commit) -> None:
-        # batch mode sends acks holding the table: a client that reads none cannot hold it
-        with trio.move_on_after(config.limits.body_idle_timeout or math.inf) as scope:
-            await call.send_message(PutResult(app_metadata=ack_json(route, commit)).encode())
-        if scope.cancelled_caught:
-            idle = config.limits.body_idle_timeout
-            raise ArrowportError(
-                f"the client read no acknowledgement for {idle:g} s; the request was "
-                "abandoned (what was acknowledged before stays committed)",
-                error="ack_timeout",
-            )
-
-    try:
-        service.state.admit(config)
-    except ArrowportError:
-        stats.refused("limit")
-        raise
-    progress = Progress()
-    labels = Labels.of(route, "flight")
-    stats.in_flight += 1
-    try:
-        result = await ingest(
-            chunks,
-            route=route,
-            store=store,
-            limits=config.limits,
-            pipeline=service.state.pipeline,
-            progress=progress,
-            decoder=decoder,
-            on_commit=acknowledge,
-            idempotency_key=key,
-            key_from_metadata=metadata_idempotency_key if key is None else None,
-            group_settings=config.group_commit,
-            protocol="flight",
-        )
-    except ArrowportError as exc:
-        stats.finished(labels, GONE if exc.error == "deadline_exceeded" else result_of(exc))
-        stats.refused(_reason(exc), labels)
-        log.info("DoPut %s refused: %s: %s", route.stream, exc.error, exc.detail)
-        raise
-    except BaseException as exc:
-        gone = isinstance(exc, trio.Cancelled | StreamGone)
-        stats.finished(labels, "disconnected" if gone else "error")
-        if gone:
-            stats.refused("disconnected", labels)
-            log.info("DoPut %s: client went away; %d rows committed", route.stream, progress.rows)
-        raise
-    finally:
-        stats.in_flight -= 1
-    stats.succeeded(labels, result, time.monotonic() - started)
-    log.info(
-        "DoPut %s -> %s: %d rows, %d batches, %d bytes in %.1f ms",
-        route.stream,
-        result.table,
-        result.rows,
-        result.batches,
-        result.bytes,
-        (time.monotonic() - started) * 1000,
+    await put_into(
+        call,
+        service,
+        config,
+        route,
+        store,
+        decoder,
+        chunks,
+        started=started,
+        answer=lambda commit: ack_json(route, commit),
+        key=key,
+        key_from_metadata=metadata_idempotency_key if key is None else None,
     )
 
 
@@ -163,7 +107,3 @@ async def _first_descriptor(decoder: FlightDataDecoder, chunks: Any) -> FlightDe
                 "DoPut's first FlightData must carry a FlightDescriptor naming the stream"
             )
         decoder.receive_data(await anext(iterator, b""))
-
-
-def _reason(exc: ArrowportError) -> str:
-    return GONE if exc.error == "deadline_exceeded" else refusal_reason(exc)

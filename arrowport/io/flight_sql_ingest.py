@@ -53,19 +53,15 @@ its data by then, and the call ends with its status as any DoPut does.
 from __future__ import annotations
 
 import logging
-import math
 import time
 from collections.abc import AsyncIterator
 from typing import Any
-
-import trio
 
 from ..config import Config
 from ..config.streams import BACKENDS
 from ..errors import ArrowportError
 from ..names import validate_idempotency_key
 from ..protocol.flight import FlightDataDecoder
-from ..protocol.flight_pb import PutResult
 from ..protocol.flight_sql import (
     TABLE_EXISTS_APPEND,
     TABLE_EXISTS_FAIL,
@@ -76,13 +72,11 @@ from ..protocol.flight_sql import (
     DoPutUpdateResult,
     TableDefinitionOptions,
 )
-from ..stats import Labels
 from ..storage.modes import APPEND, CREATE, CREATE_APPEND, REPLACE
 from .auth import authorize_table
-from .deadline import DeadlineStore
 from .grpc import GrpcCall
-from .h2conn import StreamGone
-from .ingest import Commit, Progress, ingest, refusal_reason, result_of
+from .ingest import refusal_reason
+from .put_stream import put_into
 
 log = logging.getLogger("arrowport.flight")
 
@@ -221,69 +215,19 @@ async def do_put_ingest(
     except ArrowportError as exc:
         stats.refused(refusal_reason(exc))
         raise
-    if call.timeout is not None:
-        store = DeadlineStore(store, call.deadline_monotonic, call.timeout)
-
-    async def acknowledge(commit: Commit) -> None:
-        answer = PutResult(app_metadata=DoPutUpdateResult(record_count=commit.rows).encode())
-        with trio.move_on_after(config.limits.body_idle_timeout or math.inf) as scope:
-            await call.send_message(answer.encode())
-        if scope.cancelled_caught:  # as flight_put's: a client that reads nothing
-            idle = config.limits.body_idle_timeout
-            raise ArrowportError(
-                f"the client read no PutResult for {idle:g} s (the ingest was committed)",
-                error="ack_timeout",
-            )
-
-    try:
-        service.state.admit(config)
-    except ArrowportError:
-        stats.refused("limit")
-        raise
-    labels = Labels.of(route, PROTOCOL)
-    progress = Progress()
-    stats.in_flight += 1
-    try:
-        result = await ingest(
-            chunks,
-            route=route,
-            store=store,
-            limits=config.limits,
-            pipeline=service.state.pipeline,
-            progress=progress,
-            decoder=decoder,
-            on_commit=acknowledge,
-            idempotency_key=key,
-            group_settings=config.group_commit,
-            protocol=PROTOCOL,
-            table_mode=mode,
-        )
-    except ArrowportError as exc:
-        gone = exc.error == "deadline_exceeded"
-        stats.finished(labels, "disconnected" if gone else result_of(exc))
-        stats.refused("disconnected" if gone else refusal_reason(exc), labels)
-        log.info("Flight SQL ingest %s refused: %s: %s", route.table, exc.error, exc.detail)
-        raise
-    except BaseException as exc:
-        gone = isinstance(exc, trio.Cancelled | StreamGone)
-        stats.finished(labels, "disconnected" if gone else "error")
-        if gone:
-            stats.refused("disconnected", labels)
-            log.info("Flight SQL ingest %s: client went away; nothing committed", route.table)
-        raise
-    finally:
-        stats.in_flight -= 1
-    stats.succeeded(labels, result, time.monotonic() - started)
-    log.info(
-        "Flight SQL ingest (%s) %s/%s: %d rows, %d batches, %d bytes in %.1f ms%s",
-        mode,
-        route.backend,
-        result.table,
-        result.rows,
-        result.batches,
-        result.bytes,
-        (time.monotonic() - started) * 1000,
-        " (replayed)" if result.replayed else "",
+    await put_into(
+        call,
+        service,
+        config,
+        route,
+        store,
+        decoder,
+        chunks,
+        started=started,
+        answer=lambda commit: DoPutUpdateResult(record_count=commit.rows).encode(),
+        key=key,
+        protocol=PROTOCOL,
+        table_mode=mode,
     )
 
 
