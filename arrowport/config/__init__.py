@@ -6,7 +6,7 @@ environment variables, command-line flags. Every problem is reported as a
 
 One module per group of sections: ``values`` (the scalar parsers), ``streams``,
 ``backends`` (duckdb, delta_config, ducklake), ``transport`` (limits, flight,
-http2), ``access`` (auth, tls, idempotency, metrics); this one puts them together.
+flight_sql, http2), ``access`` (auth, tls, idempotency, metrics); this one puts them together.
 """
 
 from __future__ import annotations
@@ -67,10 +67,13 @@ from .streams import (
     _stream,
 )
 from .transport import (
+    _FLIGHT_SQL_KEYS,
     FlightSettings,
+    FlightSqlSettings,
     GroupCommitSettings,
     Http2Settings,
     Limits,
+    _flight_sql,
     _group_commit,
     _http2,
     _limits,
@@ -114,6 +117,7 @@ __all__ = [
     "DuckDBSettings",
     "DuckLakeConfig",
     "FlightSettings",
+    "FlightSqlSettings",
     "GroupCommitSettings",
     "Http2Settings",
     "IdempotencySettings",
@@ -163,6 +167,7 @@ class Config:
     ducklake: DuckLakeConfig = field(default_factory=DuckLakeConfig)
     limits: Limits = field(default_factory=Limits)
     flight: FlightSettings = field(default_factory=FlightSettings)
+    flight_sql: FlightSqlSettings = field(default_factory=FlightSqlSettings)
     http2: Http2Settings = field(default_factory=Http2Settings)
     group_commit: GroupCommitSettings = field(default_factory=GroupCommitSettings)
     auth: AuthSettings = field(default_factory=AuthSettings)
@@ -245,6 +250,7 @@ _TOP_KEYS = set(_PARSERS) | {
     "ducklake",
     "limits",
     "flight",
+    "flight_sql",
     "http2",
     "group_commit",
     "auth",
@@ -263,6 +269,7 @@ SECTION_KEYS: tuple[set[str], ...] = (
     _STREAM_KEYS,
     _DELTA_OPTION_KEYS,
     _DELTA_CONFIG_KEYS,
+    _FLIGHT_SQL_KEYS,
 )
 
 
@@ -323,6 +330,7 @@ def parse_config(
         allow_table_drop=_bool(flight.get("allow_table_drop", False), "flight.allow_table_drop"),
         max_message_size=message_size,
     )
+    values["flight_sql"] = _flight_sql(_mapping(raw.get("flight_sql"), "flight_sql"), "flight_sql")
     values["http2"] = _http2(_mapping(raw.get("http2"), "http2"), "http2")
     values["group_commit"] = _group_commit(
         _mapping(raw.get("group_commit"), "group_commit"), "group_commit"

@@ -1,4 +1,4 @@
-"""Configuration sections for the transports: ``limits``, ``flight``, ``http2``."""
+"""Configuration sections for the transports: ``limits``, ``flight``, ``flight_sql``, ``http2``."""
 
 from __future__ import annotations
 
@@ -57,6 +57,48 @@ class FlightSettings:
     # largest gRPC message Arrowport sends (DoGet slices batches to fit); 4 MiB is the
     # receive limit of grpc-go, grpc-java, grpcio and tonic clients by default
     max_message_size: int = 4 * 1024**2
+
+
+@dataclass(frozen=True, slots=True)
+class FlightSqlSettings:
+    """``flight_sql``: read-only SQL queries over Flight SQL; docs/configuration.md says why each.
+
+    Each query runs in a DuckDB instance of its own, in memory, that can reach no file:
+    these bound what one query may cost, and ``max_concurrent_queries`` how many run.
+    """
+
+    queries: bool = True  # serve queries at all (off: UNIMPLEMENTED, naming this key)
+    query_timeout: float = 30.0  # seconds, from the call's start to its last row sent
+    query_memory_limit: int = 256 * 1024**2  # each query's DuckDB memory_limit; no spilling
+    query_threads: int = 1  # each query's DuckDB threads
+    max_concurrent_queries: int = 4  # more wait for a slot, within their timeout
+    prepared_statement_ttl: float = 3600.0  # seconds a prepared statement handle stays valid
+
+
+_FLIGHT_SQL_KEYS = set(FlightSqlSettings.__dataclass_fields__)
+MIN_QUERY_MEMORY = 16 * 1024**2
+
+
+def _flight_sql(raw: Mapping[str, Any], key: str) -> FlightSqlSettings:
+    _check_keys(raw, _FLIGHT_SQL_KEYS, f"{key}.")
+    values: dict[str, Any] = {}
+    for name, value in raw.items():
+        where = f"{key}.{name}"
+        if name == "queries":
+            values[name] = _bool(value, where)
+        elif name in ("query_timeout", "prepared_statement_ttl"):
+            values[name] = _float(value, where)
+            if values[name] <= 0:
+                raise ConfigError(f"{where}: must be positive, got {values[name]:g}")
+        elif name == "query_memory_limit":
+            values[name] = parse_size(value, where)
+            if values[name] < MIN_QUERY_MEMORY:
+                raise ConfigError(f"{where}: must be at least 16MiB, got {value!r}")
+        elif name == "query_threads":
+            values[name] = _int(value, where, minimum=1, maximum=64)
+        else:
+            values[name] = _int(value, where, minimum=1, maximum=1024)
+    return FlightSqlSettings(**values)
 
 
 @dataclass(frozen=True, slots=True)
