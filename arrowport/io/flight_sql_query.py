@@ -69,6 +69,8 @@ from .grpc import GrpcCall
 log = logging.getLogger("arrowport.flight")
 T = TypeVar("T")
 
+# what a DoPut of parameter values may send (one row: handles keep at most 1 MiB of it)
+MAX_PARAMETER_WIRE_BYTES = 2 * handles.MAX_PARAMETER_BYTES
 _limiters: weakref.WeakKeyDictionary[Any, trio.CapacityLimiter] = weakref.WeakKeyDictionary()
 
 
@@ -289,14 +291,27 @@ async def statement_get(call: GrpcCall, service: Any, command: TicketStatementQu
 async def _parameters(
     decoder: FlightDataDecoder, chunks: AsyncIterator[bytes | memoryview]
 ) -> pa.RecordBatch | None:
-    """The one row of values a DoPut binds (None: a schema alone, or nothing)."""
+    """The one row of values a DoPut binds (None: a schema alone, or nothing).
+
+    At most ``MAX_PARAMETER_WIRE_BYTES`` are read: values are small, and a larger
+    upload is refused as it arrives, before it is decoded.
+    """
     iterator = aiter(chunks)
     schema: pa.Schema | None = None
     rows: list[pa.RecordBatch] = []
+    received = 0
     while True:
         event = decoder.next_event()
         if event is NEED_DATA:
-            decoder.receive_data(await anext(iterator, b""))
+            chunk = await anext(iterator, b"")
+            received += len(chunk)
+            if received > MAX_PARAMETER_WIRE_BYTES:
+                raise ArrowportError(
+                    f"the parameter values sent are over {MAX_PARAMETER_WIRE_BYTES} bytes; "
+                    "bind one row of values",
+                    error="limit_exceeded",
+                )
+            decoder.receive_data(chunk)
         elif isinstance(event, SchemaReceived):
             schema = event.schema
         elif isinstance(event, BatchReceived):
