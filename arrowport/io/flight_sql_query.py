@@ -1,4 +1,4 @@
-"""Flight SQL queries: statements and prepared statements, read-only, each in a sandbox.
+"""Flight SQL queries: statements and prepared statements, read-only, each in a process.
 
 As ADBC drives it: ``CreatePreparedStatement`` (the query's result and
 parameter schemas, and a handle); for parameters, a DoPut of one row of
@@ -13,18 +13,18 @@ Invariants:
 * Nothing runs while ``flight_sql.queries`` is off: UNIMPLEMENTED, naming it.
 * Every call that looks at a query (CreatePreparedStatement, GetFlightInfo,
   GetSchema, DoGet) checks it again from its text, under the calling token,
-  in a sandbox of its own (``storage/sql_sandbox``): one read-only statement,
+  in a process of its own (``storage/sql_process``): one read-only statement,
   its tables resolved, authorized and looked up. Handles are stateless
   (``flight_sql_handles``).
 * Who may query: with auth off, anyone; an unscoped token, every table; a
   token scoped to streams, only the tables its streams write (the name is
   refused, PERMISSION_DENIED, before its store is asked about it).
-* At most ``flight_sql.max_concurrent_queries`` sandboxes exist at once
+* At most ``flight_sql.max_concurrent_queries`` query processes exist at once
   (binding or running); a call waits for one within its time.
 * A query's call (its wait, binding, running and sending its rows) has
   ``flight_sql.query_timeout``; when it passes, or the call ends otherwise
-  (its grpc-timeout, the client gone), the sandbox is interrupted, so no
-  worker thread runs on. DoGet streams with ``flight_read.stream_reader``:
+  (its grpc-timeout, the client gone), its process is killed, so no worker
+  thread waits on. DoGet streams with ``flight_read.stream_reader``:
   a gathered batch at a time, sliced to ``flight.max_message_size``.
 * Updates (``CommandStatementUpdate``, ``CommandPreparedStatementUpdate``) and
   transactions are not served: this SQL is read-only.
@@ -59,8 +59,9 @@ from ..protocol.flight_sql import (
     pack,
     unpack_as,
 )
-from ..storage.sql_query import Authorize, Statement, describe, parameter_schema, run
-from ..storage.sql_sandbox import QueryError, Sandbox, SandboxLimits
+from ..storage.sql_process import Authorize, QueryProcess, describe, run
+from ..storage.sql_query import Statement, parameter_schema
+from ..storage.sql_sandbox import QueryError, SandboxLimits
 from . import flight_sql_handles as handles
 from .auth import ForbiddenError
 from .flight_read import stream_reader
@@ -129,16 +130,18 @@ def _limiter(service: Any, total: int) -> trio.CapacityLimiter:
     return limiter
 
 
-async def _watchdog(sandbox: Sandbox, deadline: float) -> None:
+async def _watchdog(process: QueryProcess, deadline: float) -> None:
     try:
         await trio.sleep_until(deadline)
     finally:  # the time is up, or the call ended (done, cancelled, failed)
-        sandbox.interrupt(timed_out=trio.current_time() >= deadline)
+        process.interrupt(timed_out=trio.current_time() >= deadline)
 
 
-async def _in_sandbox(service: Any, settings: Any, body: Callable[[Sandbox], Awaitable[T]]) -> T:
-    """Run ``body`` with a sandbox of its own, within the concurrency bound and the
-    query timeout; the sandbox is interrupted and closed whatever happens."""
+async def _in_process(
+    service: Any, settings: Any, body: Callable[[QueryProcess], Awaitable[T]]
+) -> T:
+    """Run ``body`` with a process of its own, within the concurrency bound and the
+    query timeout; the process is interrupted and closed whatever happens."""
     limiter = _limiter(service, settings.max_concurrent_queries)
     deadline = trio.current_time() + settings.query_timeout
     acquired = False
@@ -151,7 +154,7 @@ async def _in_sandbox(service: Any, settings: Any, body: Callable[[Sandbox], Awa
             f"of flight_sql.query_timeout ({settings.query_timeout:g} s); try again later",
             error="too_many_requests",
         )
-    sandbox = Sandbox(
+    process = QueryProcess(
         SandboxLimits(
             memory_limit=settings.query_memory_limit,
             threads=settings.query_threads,
@@ -161,15 +164,15 @@ async def _in_sandbox(service: Any, settings: Any, body: Callable[[Sandbox], Awa
     try:
         try:
             async with trio.open_nursery() as nursery:
-                nursery.start_soon(_watchdog, sandbox, deadline)
-                result = await body(sandbox)
+                nursery.start_soon(_watchdog, process, deadline)
+                result = await body(process)
                 nursery.cancel_scope.cancel()
         except BaseExceptionGroup as group:
             raise _single(group) from None
         return result
     finally:
         with trio.CancelScope(shield=True):
-            await trio.to_thread.run_sync(sandbox.close)
+            await trio.to_thread.run_sync(process.close)
         limiter.release()
 
 
@@ -192,9 +195,9 @@ async def _describe(
     settings = _settings(service)
     config = service.state.config
 
-    def work(sandbox: Sandbox) -> tuple[Statement, pa.Schema | None]:
+    def work(process: QueryProcess) -> tuple[Statement, pa.Schema | None]:
         return describe(
-            sandbox,
+            process,
             sql,
             stores=service.store,
             default_backend=config.storage_backend,
@@ -202,10 +205,10 @@ async def _describe(
             params=params,
         )
 
-    async def body(sandbox: Sandbox) -> tuple[Statement, pa.Schema | None]:
-        return await trio.to_thread.run_sync(work, sandbox)
+    async def body(process: QueryProcess) -> tuple[Statement, pa.Schema | None]:
+        return await trio.to_thread.run_sync(work, process)
 
-    return await _in_sandbox(service, settings, body)
+    return await _in_process(service, settings, body)
 
 
 def _unbound(statement: Statement) -> QueryError:
@@ -263,10 +266,10 @@ async def statement_get(call: GrpcCall, service: Any, command: TicketStatementQu
     config = service.state.config
     started = time.monotonic()
 
-    async def body(sandbox: Sandbox) -> None:
+    async def body(process: QueryProcess) -> None:
         def start() -> Any:
             return run(
-                sandbox,
+                process,
                 handle.query,
                 stores=service.store,
                 default_backend=config.storage_backend,
@@ -277,7 +280,7 @@ async def statement_get(call: GrpcCall, service: Any, command: TicketStatementQu
         reader = await trio.to_thread.run_sync(start)
         await stream_reader(call, reader, config.flight.max_message_size)
 
-    await _in_sandbox(service, settings, body)
+    await _in_process(service, settings, body)
     log.info(
         "Flight SQL query answered: %d messages in %.1f ms",
         call.messages_sent,

@@ -1,4 +1,4 @@
-"""Read-only SQL over the stores: what a query may be, what it names, and how it runs.
+"""Read-only SQL over the stores: what a query may be, what it names, its parameters.
 
 Invariants:
 
@@ -7,46 +7,38 @@ Invariants:
   table-valued ``PRAGMA``) or an ``EXPLAIN`` of one. DuckDB's own parser reads
   its kind, in the sandbox, before anything runs; anything else is refused,
   naming its kind, with nothing run.
-* The tables a query names are found by DuckDB's binder (also those named in
-  ``query()`` and ``query_table()``) and resolved as catalog names: ``t`` and
+* The tables a query names are found in DuckDB's parse tree (not bound: a
+  CTE in scope is no table; a name inside a string, as in ``query('…')``, is
+  none either, and the sandbox has no such table) and resolved as catalog
+  names: ``t`` and
   ``main.t`` are the default backend's; ``<backend>.t`` and
   ``<backend>.main.t`` that backend's (``duckdb``, ``ducklake``, ``delta``).
-  Each is authorized (``authorize``) before its store is asked about it; a
-  name that is no table is NOT_FOUND, naming it as the query wrote it. The
-  sandbox sees those tables and nothing else.
+  The server authorizes each before its store is asked about it
+  (``sql_process``); the sandbox sees those tables and nothing else.
 * Parameters (``?``, ``$1``, ``$name``) take their values from one row of an
   Arrow batch: by position, or by field name for named ones.
-* Everything here is synchronous and runs in a worker thread; whatever fails,
-  the sandbox is closed, unless a ``QueryReader`` was handed out (which closes it).
+* All of this runs in the query's own process (``sql_worker``), on its
+  sandbox's connection; the server only authorizes and looks up the tables.
 """
 
 from __future__ import annotations
 
 import json
 import re
-from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
 import pyarrow as pa
 
-from ..errors import ArrowportError
-from .errors import TableNotFoundError
-from .sql_sandbox import QueryError, QueryReader, Sandbox, TableSource
+from .sql_sandbox import QueryError, Sandbox
 
 BACKENDS = ("duckdb", "ducklake", "delta")
 DEFAULT_CATALOG = "memory"  # the sandbox's own: where the default backend's tables go
 ALLOWED = ("SELECT", "EXPLAIN")
-SCAN_ROWS = 4096  # a store scan's batches, as DoGet reads them
 _EXPLAIN = re.compile(
     r"\s*(?:(?:--[^\n]*\n|/\*.*?\*/)\s*)*explain\s+(?:analy[sz]e\s+)?(?:\([^)]*\)\s*)?",
     re.IGNORECASE | re.DOTALL,
 )
-
-# (backend) -> the store; raises when the server does not run it
-Stores = Callable[[str], Any]
-# (backend, table as written) -> None; raises when the caller may not read it
-Authorize = Callable[[str, str], None]
 
 
 @dataclass(frozen=True, slots=True)
@@ -162,61 +154,6 @@ def resolve(parts: tuple[str, ...], default_backend: str) -> TableRef:
     )
 
 
-def open_tables(
-    sandbox: Sandbox,
-    refs: tuple[TableRef, ...],
-    *,
-    stores: Stores,
-    authorize: Authorize,
-    scanning: bool,
-) -> None:
-    """Each table ``refs`` names, as a view in the sandbox: authorized, then looked up.
-
-    ``scanning`` false: the views are empty (to bind a query, not run it).
-    """
-    done: set[tuple[str, str]] = set()
-    for ref in refs:
-        key = (ref.catalog, ref.table.lower())
-        if key in done:
-            continue
-        done.add(key)
-        authorize(ref.backend, ref.table)
-        store = stores(ref.backend)
-        schema = _probe(store, ref)
-        sandbox.check()
-        sandbox.add_table(
-            ref.catalog,
-            ref.table,
-            TableSource(ref.written, schema, _opener(store, ref.table, schema, scanning)),
-        )
-
-
-def _probe(store: Any, ref: TableRef) -> pa.Schema:
-    try:
-        reader = store.scan(ref.table, limit=0, batch_rows=1)
-    except TableNotFoundError as exc:
-        raise TableNotFoundError(
-            f"the query names {ref.written!r}: no such table in the {ref.backend} backend",
-            table=ref.table,
-            suggestions=exc.suggestions,
-        ) from None
-    except ArrowportError as exc:
-        if exc.error == "invalid_name":
-            raise QueryError(f"the query names {ref.written!r}: {exc.detail}") from None
-        raise
-    try:
-        schema: pa.Schema = reader.schema
-    finally:
-        reader.close()
-    return schema
-
-
-def _opener(store: Any, table: str, schema: pa.Schema, scanning: bool) -> Callable[[], Any]:
-    if scanning:
-        return lambda: store.scan(table, batch_rows=SCAN_ROWS)
-    return lambda: pa.RecordBatchReader.from_batches(schema, iter(()))
-
-
 # -- parameters ------------------------------------------------------------------------
 
 
@@ -259,51 +196,3 @@ def parameter_values(statement: Statement, batch: pa.RecordBatch | None) -> Any:
 def parameter_schema(statement: Statement) -> pa.Schema:
     """The parameters, by name; their types are known only once values are bound (null)."""
     return pa.schema([pa.field(name, pa.null()) for name in statement.parameters])
-
-
-# -- whole queries ---------------------------------------------------------------------
-
-
-def describe(
-    sandbox: Sandbox,
-    sql: str,
-    *,
-    stores: Stores,
-    default_backend: str,
-    authorize: Authorize,
-    params: pa.RecordBatch | None = None,
-) -> tuple[Statement, pa.Schema | None]:
-    """Check and bind ``sql``: its statement, and its result's schema (None while it has
-    parameters without values). Closes the sandbox."""
-    try:
-        sandbox.open()
-        statement = check_statement(sandbox, sql, default_backend)
-        open_tables(sandbox, statement.refs, stores=stores, authorize=authorize, scanning=False)
-        sandbox.lock()
-        if statement.parameters and params is None:
-            return statement, None
-        return statement, sandbox.result_schema(sql, parameter_values(statement, params))
-    finally:
-        sandbox.close()
-
-
-def run(
-    sandbox: Sandbox,
-    sql: str,
-    *,
-    stores: Stores,
-    default_backend: str,
-    authorize: Authorize,
-    params: pa.RecordBatch | None = None,
-) -> QueryReader:
-    """Check and start ``sql``; its rows stream from the reader, which closes the sandbox."""
-    try:
-        sandbox.open()
-        statement = check_statement(sandbox, sql, default_backend)
-        values = parameter_values(statement, params)
-        open_tables(sandbox, statement.refs, stores=stores, authorize=authorize, scanning=True)
-        sandbox.lock()
-        return sandbox.execute(sql, values)
-    except BaseException:
-        sandbox.close()
-        raise

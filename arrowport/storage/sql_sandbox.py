@@ -1,5 +1,8 @@
 """A sandbox for one read-only SQL query: a DuckDB instance of its own that reaches nothing.
 
+It runs inside the query's own process (``sql_worker``), which bounds what
+DuckDB's ``memory_limit`` does not; this module bounds what DuckDB can reach.
+
 Invariants:
 
 * Every query, and the parse of its text (DuckDB's parser reads files for an

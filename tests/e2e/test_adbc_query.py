@@ -231,6 +231,24 @@ def test_a_query_over_its_memory_limit_fails_cleanly(server: Server) -> None:
     server.assert_serving()
 
 
+def test_values_built_outside_duckdbs_pool_fail_in_their_process(server: Server) -> None:
+    """A query building a multi-GB string or list (outside DuckDB's memory_limit, even as a
+    constant folded while planning) fails RESOURCE_EXHAUSTED in its own process: the server's
+    memory does not move and it keeps serving."""
+    assert server.proc is not None
+    idle = _rss_mb(server.proc.pid)
+    for sql in (
+        "SELECT length(repeat('x', 3000000000)) AS n",
+        "SELECT len([x FOR x IN range(200000000)]) AS n",
+        "SELECT range(400000000) AS l",
+    ):
+        error = failure(server, sql)
+        assert "ResourceExhausted" in str(error) and "query_memory_limit" in str(error), sql
+    assert _rss_mb(server.proc.pid) - idle < 100
+    assert query(server, "SELECT count(*) AS n FROM plain").to_pylist() == [{"n": ROWS}]
+    server.assert_serving()
+
+
 def _rss_mb(pid: int) -> float:
     for line in Path(f"/proc/{pid}/status").read_text().splitlines():
         if line.startswith("VmRSS:"):

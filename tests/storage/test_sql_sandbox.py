@@ -1,4 +1,5 @@
-"""Read-only SQL in its sandbox, over real stores (DuckDB file, DuckLake, Delta), no server."""
+"""Read-only SQL in its own process and sandbox, over real stores (DuckDB file, DuckLake,
+Delta), no server."""
 
 from __future__ import annotations
 
@@ -17,7 +18,7 @@ from arrowport.errors import ArrowportError
 from arrowport.io.status import grpc_status
 from arrowport.protocol.errors import GrpcStatus
 from arrowport.storage import DeltaStore, DuckDBStore, DuckLakeStore
-from arrowport.storage.sql_query import describe, run
+from arrowport.storage.sql_process import QueryProcess, describe, run
 from arrowport.storage.sql_sandbox import Sandbox, SandboxLimits
 
 LIMITS = SandboxLimits(memory_limit=64 * 1024**2, threads=1, timeout=5.0)
@@ -88,7 +89,7 @@ def _allow(backend: str, table: str) -> None:
 def rows(stores: dict[str, Counting], sql: str, params: pa.RecordBatch | None = None) -> pa.Table:
     """Run ``sql``; check that its described schema is the one it streams."""
     _, schema = describe(
-        Sandbox(LIMITS),
+        QueryProcess(LIMITS),
         sql,
         stores=stores.__getitem__,
         default_backend="duckdb",
@@ -96,7 +97,7 @@ def rows(stores: dict[str, Counting], sql: str, params: pa.RecordBatch | None = 
         params=params,
     )
     reader = run(
-        Sandbox(LIMITS),
+        QueryProcess(LIMITS),
         sql,
         stores=stores.__getitem__,
         default_backend="duckdb",
@@ -175,7 +176,7 @@ def test_authorization_comes_before_the_store(stores: dict[str, Counting]) -> No
     ):
         with pytest.raises(ArrowportError) as caught:
             describe(
-                Sandbox(LIMITS),
+                QueryProcess(LIMITS),
                 sql,
                 stores=stores.__getitem__,
                 default_backend="duckdb",
@@ -350,7 +351,7 @@ def test_interrupt_stops_a_running_query(stores: dict[str, Counting]) -> None:
         "SELECT count(*) FROM range(1000000000000)",
         "SELECT * FROM range(1000000000000) WHERE range % 1000000007 = 1",
     ):
-        sandbox = Sandbox(LIMITS)
+        sandbox = QueryProcess(LIMITS)
         timer = threading.Timer(0.5, lambda s=sandbox: s.interrupt(timed_out=True))
         started = time.monotonic()
         timer.start()
@@ -376,8 +377,8 @@ def test_interrupt_stops_a_running_query(stores: dict[str, Counting]) -> None:
 
 
 def test_an_interrupt_before_open_stops_the_query(stores: dict[str, Counting]) -> None:
-    """A sandbox interrupted before it opened runs nothing."""
-    sandbox = Sandbox(LIMITS)
+    """A query process interrupted before it started runs nothing."""
+    sandbox = QueryProcess(LIMITS)
     sandbox.interrupt()
     with pytest.raises(ArrowportError) as caught:
         run(
@@ -392,9 +393,14 @@ def test_an_interrupt_before_open_stops_the_query(stores: dict[str, Counting]) -
 
 def test_a_reader_closed_early_closes_the_store_scans(stores: dict[str, Counting]) -> None:
     """A result read in part and closed closes every store scan the query opened."""
+    big = _batch(200_000)
+    for backend, table in (("duckdb", "big"), ("delta", "big")):
+        write = stores[backend].store.open_write(table, big.schema)
+        write.insert([big])
+        write.finish()
     reader = run(
-        Sandbox(LIMITS),
-        "SELECT * FROM t a, t b, delta.e c",
+        QueryProcess(LIMITS),
+        "SELECT * FROM big UNION ALL SELECT * FROM delta.big",
         stores=stores.__getitem__,
         default_backend="duckdb",
         authorize=_allow,
@@ -403,3 +409,71 @@ def test_a_reader_closed_early_closes_the_store_scans(stores: dict[str, Counting
     assert stores["duckdb"].open_readers + stores["delta"].open_readers > 0
     reader.close()
     assert stores["duckdb"].open_readers == stores["delta"].open_readers == 0
+
+
+BOMBS = [
+    "SELECT length(repeat('x', 3000000000)) AS n",
+    "SELECT repeat('x', 2000000000) AS s",
+    "SELECT len([x FOR x IN range(200000000)]) AS n",
+    "SELECT range(400000000) AS l",
+]
+
+
+@pytest.mark.parametrize("sql", BOMBS)
+def test_allocations_outside_duckdbs_pool_stay_in_the_query_process(
+    stores: dict[str, Counting], sql: str
+) -> None:
+    """Values DuckDB builds outside its memory_limit (a huge string or list, even folded as a
+    constant while planning) fail RESOURCE_EXHAUSTED in the query's process; this one does
+    not grow."""
+    import resource
+
+    before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    started = time.monotonic()
+    error = refused(stores, sql)
+    assert grpc_status(error) is GrpcStatus.RESOURCE_EXHAUSTED, error.detail
+    assert "flight_sql.query_memory_limit" in error.detail
+    assert time.monotonic() - started < 60
+    grown_mb = (resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - before) / 1024
+    assert grown_mb < 100, f"this process grew {grown_mb:.0f} MB"
+
+
+def test_a_query_process_that_dies_is_a_clean_error(stores: dict[str, Counting]) -> None:
+    """A query process killed from outside (as by the OOM killer) ends its query with
+    RESOURCE_EXHAUSTED, not INTERNAL, and the next query runs."""
+    process = QueryProcess(LIMITS)
+
+    def kill_it() -> None:
+        spawned = process._spawned
+        assert spawned is not None
+        os.kill(spawned.pid, 9)
+
+    timer = threading.Timer(1.0, kill_it)
+    timer.start()
+    try:
+        with pytest.raises(ArrowportError) as caught:
+            reader = run(
+                process,
+                "SELECT count(*) FROM range(1000000000000)",
+                stores=stores.__getitem__,
+                default_backend="duckdb",
+                authorize=_allow,
+            )
+            reader.close()
+    finally:
+        timer.cancel()
+        process.close()
+    assert grpc_status(caught.value) is GrpcStatus.RESOURCE_EXHAUSTED
+    assert "engine stopped" in caught.value.detail
+    assert rows(stores, "SELECT 1 AS x").to_pylist() == [{"x": 1}]
+
+
+def test_a_dead_zygote_is_started_again(stores: dict[str, Counting]) -> None:
+    """If the query processes' parent dies, the next query starts a new one and runs."""
+    from arrowport.storage.sql_zygote import ZYGOTE
+
+    assert rows(stores, "SELECT 1 AS x").to_pylist() == [{"x": 1}]
+    assert ZYGOTE._proc is not None
+    ZYGOTE._proc.kill()
+    ZYGOTE._proc.wait(10)
+    assert rows(stores, "SELECT 2 AS x").to_pylist() == [{"x": 2}]
