@@ -13,8 +13,11 @@ Invariants:
   no trio, no server threads, no open database), in a session of its own,
   with only the environment Python needs (no tokens, no cloud credentials).
   It imports DuckDB and pyarrow before it forks, so a query process starts
-  in tens of milliseconds. It exits when the server closes its socket, and
-  dies with the server (``PR_SET_PDEATHSIG``).
+  in tens of milliseconds. (Those imports leave two idle native threads, of
+  Arrow's and DuckDB's pools, which the fork does not copy; a query process
+  that hung on a lock they held would be killed at its timeout like any.)
+  It exits when the server closes its socket, and dies with the server
+  (``PR_SET_PDEATHSIG``).
 * Each query process (``sql_worker.child``) is single-use. The zygote reaps
   it; the server kills it through a pidfd the zygote opened before it could
   exit, so a kill can never reach another process that reused its pid.
@@ -64,9 +67,12 @@ class Spawned:
 
 
 def _environment() -> dict[str, str]:
-    return {
-        k: v for k, v in os.environ.items() if k in _ENV_KEPT or k.startswith(_ENV_PREFIXES)
-    } | {"PYTHONDONTWRITEBYTECODE": "1"}
+    kept = {k: v for k, v in os.environ.items() if k in _ENV_KEPT or k.startswith(_ENV_PREFIXES)}
+    # no jemalloc background thread in the zygote: fewer threads at each fork
+    return kept | {
+        "PYTHONDONTWRITEBYTECODE": "1",
+        "JE_ARROW_MALLOC_CONF": "background_thread:false",
+    }
 
 
 class Zygote:
