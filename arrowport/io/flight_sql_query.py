@@ -177,16 +177,20 @@ async def _in_process(
 
 
 def _single(group: BaseExceptionGroup[Any]) -> BaseException:
-    """The one error of the body (a nursery wraps it), or the group (cancellations)."""
-    found: list[BaseException] = []
+    """What the nursery's group stands for: a cancellation of the call if there is one (an
+    error the body raised then comes from its killed process), else the body's one error."""
+    leaves: list[BaseException] = []
     pending: list[BaseException] = [group]
     while pending:
         exc = pending.pop()
         if isinstance(exc, BaseExceptionGroup):
             pending.extend(exc.exceptions)
-        elif not isinstance(exc, trio.Cancelled):
-            found.append(exc)
-    return found[0] if len(found) == 1 else group
+        else:
+            leaves.append(exc)
+    cancelled = [e for e in leaves if isinstance(e, trio.Cancelled)]
+    if cancelled:
+        return cancelled[0]
+    return leaves[0] if len(leaves) == 1 else group
 
 
 async def _describe(

@@ -321,6 +321,7 @@ def test_the_calls_grpc_timeout_stops_the_query(slow_server: Server) -> None:
     started = time.monotonic()
     assert query(slow_server, "SELECT 42 AS x").to_pylist() == [{"x": 42}]
     assert time.monotonic() - started < 4  # not waiting for the stopped query's 6 s
+    assert not any("Traceback" in line or "bug" in line for line in slow_server.log)
 
 
 def test_a_query_waits_for_a_slot(slow_server: Server) -> None:
