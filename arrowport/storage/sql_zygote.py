@@ -40,7 +40,7 @@ from typing import Any
 
 from .sql_sandbox import QueryError
 
-ZYGOTE_FLAG = "--arrowport-query-zygote"  # arrowport/__main__.py runs main() on it
+ZYGOTE_FLAG = "--arrowport-query-zygote"  # arrowport/__main__.py and packaging/entry.py run main()
 START_TIMEOUT = 120.0  # seconds for the zygote to import DuckDB and pyarrow
 # what a query process keeps of the server's environment (Python and its libraries)
 _ENV_KEPT = ("PATH", "PYTHONPATH", "PYTHONHOME", "VIRTUAL_ENV", "LD_LIBRARY_PATH", "HOME")
