@@ -112,6 +112,20 @@ PAGES: dict[str, Expect] = {
             "no token: refused",
         ),
     ),
+    "howto/adbc.md": Expect(
+        # trips: 3 + 0 (create refused) + 2 (keyed, sent twice); cities replaced by 2 rows
+        tables={"trips": 5, "cities": 2},
+        auth_tables={"secure": 3},
+        printed=(
+            "ingested 3",
+            "refused: ProgrammingError",
+            "2\n2\n",
+            "['TABLE']",
+            "duckdb main ['cities', 'trips']",
+            "{'city': 'Accra', 'n': 1}",
+            "[(2,)]",
+        ),
+    ),
     "howto/duckdb.md": Expect(
         tables={"trips": 6},
         delta={"trips_lake": 3},
