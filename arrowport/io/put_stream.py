@@ -119,10 +119,9 @@ async def put_into(
         stats.in_flight -= 1
     stats.succeeded(labels, result, time.monotonic() - started)
     log.info(
-        "%s %s -> %s/%s: %d rows, %d batches, %d bytes in %.1f ms%s",
+        "%s %s -> %s: %d rows, %d batches, %d bytes in %.1f ms%s",
         what,
         route.stream,
-        route.backend,
         result.table,
         result.rows,
         result.batches,
