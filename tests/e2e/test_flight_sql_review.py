@@ -6,12 +6,17 @@ from __future__ import annotations
 import time
 from pathlib import Path
 
+import adbc_driver_flightsql.dbapi as flightsql
 import httpx
+import pyarrow as pa
 import pyarrow.flight as fl
 import pytest
-from support import Server
+from adbc_driver_manager import Error as AdbcError
+from support import Server, sample_table
 
 from arrowport.protocol.flight_sql import CommandStatementQuery, pack
+
+pytestmark = pytest.mark.filterwarnings("ignore:Cannot disable autocommit")
 
 BIG = "SELECT range, repeat('x', 1000) AS pad FROM range(100000000)"
 
@@ -54,3 +59,36 @@ def test_a_doget_whose_client_stops_reading_frees_its_slot_at_query_timeout(
     finally:
         stalled.close()
     one_slot.assert_serving()
+
+
+@pytest.fixture
+def limited(server_factory: type[Server], tmp_path: Path) -> Server:
+    config = tmp_path / "arrowport.yaml"
+    config.write_text(
+        f"delta_config: {{table_path: {tmp_path / 'lake'}}}\n"
+        f"ducklake: {{catalog: {tmp_path / 'meta.ducklake'}, data_path: {tmp_path / 'lakedata'}}}\n"
+        "limits: {max_request_size: 3000000}\n"
+        "streams:\n"
+        "  lake_events: {storage_backend: ducklake}\n"
+    )
+    return server_factory(tmp_path, config=config).start()
+
+
+@pytest.mark.parametrize("backend", ["duckdb", "ducklake", "delta"])
+def test_a_replace_failing_midway_leaves_each_backends_old_table(
+    limited: Server, backend: str
+) -> None:
+    """A replace of a DuckLake or Delta table (catalog named) that breaks a limit after
+    sending batches leaves that table's schema and rows as they were."""
+    port = httpx.URL(limited.url).port
+    big = pa.table({"blob": [b"x" * 50_000] * 120})  # ~6 MB in 40 batches, over the limit
+    with flightsql.connect(f"grpc://127.0.0.1:{port}") as conn, conn.cursor() as cur:
+        assert cur.adbc_ingest("t", sample_table(100), mode="create", catalog_name=backend) == 100
+        with pytest.raises(AdbcError, match="ResourceExhausted"):
+            cur.adbc_ingest(
+                "t", big.to_reader(max_chunksize=3), mode="replace", catalog_name=backend
+            )
+        cur.execute(f"SELECT * FROM {backend}.t")
+        table = cur.fetch_arrow_table()
+    assert table.schema.names == sample_table(1).schema.names
+    assert sorted(table.column(0).to_pylist()) == sorted(sample_table(100).column(0).to_pylist())
