@@ -162,13 +162,22 @@ async def _in_process(
         )
     )
     try:
-        try:
-            async with trio.open_nursery() as nursery:
-                nursery.start_soon(_watchdog, process, deadline)
-                result = await body(process)
-                nursery.cancel_scope.cancel()
-        except BaseExceptionGroup as group:
-            raise _single(group) from None
+        # the deadline also ends what waits on the client (a DoGet's sends to a client that
+        # stopped reading): the process is not all a query holds, its slot is too
+        with trio.move_on_at(deadline) as scope:
+            try:
+                async with trio.open_nursery() as nursery:
+                    nursery.start_soon(_watchdog, process, deadline)
+                    result = await body(process)
+                    nursery.cancel_scope.cancel()
+            except BaseExceptionGroup as group:
+                raise _single(group) from None
+        if scope.cancelled_caught:
+            raise QueryError(
+                f"the query ran longer than flight_sql.query_timeout "
+                f"({settings.query_timeout:g} s) and was stopped",
+                error="deadline_exceeded",
+            )
         return result
     finally:
         with trio.CancelScope(shield=True):

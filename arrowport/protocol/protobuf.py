@@ -19,6 +19,10 @@ one generic encoder and decoder walk the field tables. Invariants:
   repeated fields), so it matches pyarrow byte for byte. A value out of range
   is the caller's bug: ``ValueError``.
 * Nesting is fixed by the message tables, so input cannot drive recursion.
+* A message holds at most ``MAX_FIELDS`` fields, counting each element of a
+  packed field and unknown fields; past it decode raises ``LocalProtocolError``
+  at once. Decoding costs microseconds a field on the event loop: a 4 MiB
+  control message of two-byte fields would take seconds and hundreds of MB.
 """
 
 from __future__ import annotations
@@ -45,6 +49,7 @@ _U64 = (1 << 64) - 1
 _FIXED64 = struct.Struct("<Q")
 _FIXED32 = struct.Struct("<I")
 ERROR_CODE = "invalid_protobuf"
+MAX_FIELDS = 10_000  # fields of one message, packed elements included (module doc)
 
 
 def _malformed(what: str, problem: str) -> LocalProtocolError:
@@ -287,13 +292,21 @@ class Message:
     def _decode(cls, data: BytesLike, path: str) -> Self:
         table = fields_of(cls)
         seen: dict[int, list[Any]] = {}
+        count = 0
         for number, wire_type, raw in iter_fields(data, path):
+            count += 1
+            if count > MAX_FIELDS:
+                raise _too_many(path)
             f = table.get(number)
             if f is None:
                 continue
             expected = f.wire_type
             if f.packed and wire_type == WIRE_LEN:  # packed: a run of varints
-                seen.setdefault(number, []).extend(_unpack(raw, f"{path} field {number}"))
+                packed = _unpack(raw, f"{path} field {number}", MAX_FIELDS - count + 1)
+                if packed is None:
+                    raise _too_many(path)
+                count += len(packed) - 1
+                seen.setdefault(number, []).extend(packed)
                 continue
             if wire_type != expected:
                 raise _malformed(
@@ -319,12 +332,20 @@ class Message:
         return cls(**values)
 
 
-def _unpack(raw: memoryview, what: str) -> list[int]:
-    values, pos = [], 0
+def _unpack(raw: memoryview, what: str, limit: int) -> list[int] | None:
+    """The varints of a packed field; None if there are more than ``limit``."""
+    values: list[int] = []
+    pos = 0
     while pos < len(raw):
+        if len(values) == limit:
+            return None
         value, pos = decode_varint(raw, pos, what)
         values.append(value)
     return values
+
+
+def _too_many(path: str) -> LocalProtocolError:
+    return _malformed(path, f"it has more than {MAX_FIELDS} fields (repeated elements included)")
 
 
 def _encode_value(f: Field, value: Any, *, keep: bool) -> bytes:
