@@ -799,7 +799,10 @@ def test_client_disconnect_mid_upload_commits_nothing_and_removes_files(
         assert wait_until(lambda: len(parquet_files(root_of(lake))) > len(before), 5.0)
     finally:
         sock.close()
-    assert wait_until(lambda: parquet_files(root_of(lake)) == before, 5.0), parquet_files(path)
+    # the rollback's clean-up runs after the disconnect; on a loaded 2-core machine it took
+    # just over 5 s once (the table directory was gone by the time the message was built)
+    cleaned = wait_until(lambda: parquet_files(root_of(lake)) == before, 15.0)
+    assert cleaned, parquet_files(path) if path.exists() else "table directory gone"
     lake.assert_serving()
     if target == "existing":
         assert delta_version(path) == 0 and delta_ids(path) == list(range(10))
