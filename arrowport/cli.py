@@ -152,7 +152,9 @@ def serve(
     ] = LogFormat.text,
 ) -> None:
     """Serve HTTP (POST /ingest/{stream}) and Arrow Flight (grpc://HOST:PORT) on one port,
-    until Ctrl-C or SIGTERM. With --certfile/--keyfile: HTTPS and grpc+tls:// instead."""
+    until Ctrl-C or SIGTERM. The Flight port also speaks Flight SQL (ADBC's adbc_ingest,
+    catalog browsing, read-only queries; see flight_sql in the config). With
+    --certfile/--keyfile: HTTPS and grpc+tls:// instead."""
     logs.configure(log_level.value, log_format.value)
     overrides: dict[str, Any] = {
         "host": host,
