@@ -104,9 +104,10 @@ def fitting_slices(batch: pa.RecordBatch, limit: int) -> Iterator[pa.RecordBatch
 
 def _row_too_large(size: int, limit: int) -> Exception:
     return limit_exceeded(
-        f"a row of this table is {size} bytes as a FlightData message, over "
+        f"a row of this result is {size} bytes as a FlightData message, over "
         f"flight.max_message_size ({limit} bytes): gRPC clients refuse such a message; "
-        "raise the limit (and the client's receive limit) or read the table over HTTP"
+        "raise the limit (and the client's receive limit), select fewer or smaller "
+        "columns, or read a whole table over HTTP"
     )
 
 
